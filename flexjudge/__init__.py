@@ -1,0 +1,67 @@
+"""flexjudge: personalized, interpretable judging of generated images and videos.
+
+The public surface is flat; everything here is cheap to import (no torch, no model libraries).
+"""
+
+from flexjudge.anchors import FLEX_ANCHORS, THINK_ANCHORS, anchors
+from flexjudge.checks import Finding, check, require_consistent
+from flexjudge.errors import (
+    BackendError,
+    FlexjudgeError,
+    ParseError,
+    RenderError,
+    TraceFileError,
+    TruncatedOutput,
+    ValidationFailed,
+)
+from flexjudge.formats import detect_format, parse, parse_pointwise, render, render_pointwise
+from flexjudge.schema import (
+    Criterion,
+    Dimension,
+    Evidence,
+    Intent,
+    Judgment,
+    JudgmentMeta,
+    PointCriterion,
+    PointDimension,
+    PointScale,
+    PointVerdict,
+    PointwiseJudgment,
+    Verdict,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FLEX_ANCHORS",
+    "THINK_ANCHORS",
+    "BackendError",
+    "Criterion",
+    "Dimension",
+    "Evidence",
+    "Finding",
+    "FlexjudgeError",
+    "Intent",
+    "Judgment",
+    "JudgmentMeta",
+    "ParseError",
+    "PointCriterion",
+    "PointDimension",
+    "PointScale",
+    "PointVerdict",
+    "PointwiseJudgment",
+    "RenderError",
+    "TraceFileError",
+    "TruncatedOutput",
+    "ValidationFailed",
+    "Verdict",
+    "__version__",
+    "anchors",
+    "check",
+    "detect_format",
+    "parse",
+    "parse_pointwise",
+    "render",
+    "render_pointwise",
+    "require_consistent",
+]

@@ -1,0 +1,61 @@
+"""The predefined anchor dimensions of each method, and how a written name is matched to one.
+
+Real judges decorate names ("A. Semantic Alignment & Accuracy", "**Aesthetics**:"), so names are compared
+in a canonical form: no enumerator prefix, no markdown or punctuation, "&" read as "and", case-folded.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Literal
+
+Modality = Literal["image", "video"]
+Scoring = Literal["split", "rating"]
+
+FLEX_ANCHORS: dict[Modality, tuple[str, str, str]] = {
+    "image": ("Semantic Alignment & Accuracy", "Image Quality & Realism", "Aesthetics & Artistry"),
+    "video": (
+        "Semantic Alignment & Accuracy",
+        "Video Quality & Dynamic Realism",
+        "Narrative, Aesthetics & Cinematography",
+    ),
+}
+"""UnifiedReward-Flex: three categories that open every judgment, in this order."""
+
+THINK_ANCHORS: dict[Modality, tuple[str, str, str]] = {
+    "image": ("Semantic consistency", "Aesthetics", "Authenticity"),
+    "video": ("Semantic consistency", "Temporal coherence", "Authenticity"),
+}
+"""UnifiedReward-Think: the three core dimensions, scored independently from 1 to 10."""
+
+
+def anchors(modality: Modality, scoring: Scoring = "split") -> tuple[str, str, str]:
+    """The anchor names a judgment of this modality and scoring scheme must open with."""
+    return (FLEX_ANCHORS if scoring == "split" else THINK_ANCHORS)[modality]
+
+
+_ENUMERATOR = re.compile(r"^(?:(?:category|dimension|dim|part)\s+)?(?:[a-z]|\d{1,2}|[ivx]{1,4})\s*[.):\-]\s+")
+_NOT_WORD = re.compile(r"[^\w]+")
+
+
+@lru_cache(maxsize=4096)
+def canonical_name(name: str) -> str:
+    """Lower-case words of `name` without enumerator, markdown or punctuation ("A. X & Y:" -> "x and y")."""
+    text = name.strip().strip("*_#`").strip().casefold()
+    text = _ENUMERATOR.sub("", text, count=1)
+    text = text.replace("&", " and ")
+    return " ".join(_NOT_WORD.sub(" ", text).split())
+
+
+@lru_cache(maxsize=64)
+def _canonical_anchors(modality: Modality, scoring: Scoring) -> tuple[str, ...]:
+    return tuple(canonical_name(a) for a in anchors(modality, scoring))
+
+
+def anchor_position(name: str, modality: Modality, scoring: Scoring = "split") -> int | None:
+    """0-based index of the anchor that `name` denotes, or None when it is not an anchor."""
+    try:
+        return _canonical_anchors(modality, scoring).index(canonical_name(name))
+    except ValueError:
+        return None

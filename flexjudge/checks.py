@@ -1,0 +1,198 @@
+"""The method's rules, checked on a judgment that was read: `check(judgment) -> list[Finding]`.
+
+Severities: `error` breaks the method (a split that is not 10, a winner its own scores contradict, a
+missing anchor); `warning` is suspect (a verdict against the dimension majority, 2 criteria where 3-5
+are asked, empty evidence); `info` is worth knowing. A consistent judgment has no errors or warnings.
+
+Rules by scoring scheme: `split` (Flex) checks the 10-point split and 3-5 criteria per dimension;
+`rating` (Think) checks ratings in 1..10 and decides the overall contradiction by total score, as Think does.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from flexjudge.anchors import anchor_position, anchors, canonical_name
+from flexjudge.errors import ValidationFailed
+from flexjudge.schema import Criterion, Dimension, Judgment, PointDimension, PointwiseJudgment
+
+Severity = Literal["error", "warning", "info"]
+
+__all__ = ["Finding", "Severity", "check", "require_consistent"]
+
+
+class Finding(BaseModel):
+    """One problem found in a judgment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    code: str
+    """Stable machine-readable code, e.g. `split_sum`."""
+    severity: Severity
+    """`error`, `warning` or `info`."""
+    path: str
+    """Where: `dimensions[1].criteria[0]`; empty for the judgment as a whole."""
+    message: str
+    """What is wrong, in words."""
+
+
+def check(
+    judgment: Judgment | PointwiseJudgment,
+    *,
+    prompt: str | None = None,
+    min_criteria: int = 3,
+    max_criteria: int = 5,
+    max_generated: int = 2,
+) -> list[Finding]:
+    """Every rule the judgment breaks. `prompt`, when given, is compared with the echoed prompt."""
+    found: list[Finding] = []
+    add = found.append
+    dims: list[Dimension] | list[PointDimension] = judgment.dimensions
+    scoring = judgment.scoring if isinstance(judgment, Judgment) else "split"
+    _check_anchors(judgment, add, max_generated)
+    _check_unique([d.name for d in dims], "dimensions", "dimension", add)
+    count_rule = isinstance(judgment, PointwiseJudgment) or scoring == "split"
+    for i, dim in enumerate(dims):
+        path = f"dimensions[{i}]"
+        if count_rule and not min_criteria <= len(dim.criteria) <= max_criteria:
+            add(_f("criteria_count", "warning", path, f"{len(dim.criteria)} criteria; expected {min_criteria} to {max_criteria}"))
+        _check_unique([c.name for c in dim.criteria], f"{path}.criteria", "criterion", add)
+        if isinstance(dim, Dimension):
+            _check_pair_dimension(dim, path, scoring, add)
+        else:
+            _check_point_dimension(dim, path, add)
+    if isinstance(judgment, Judgment):
+        _check_verdict(judgment, add)
+        for k, ev in enumerate(judgment.evidence):
+            if not ev.observations or not all(o.strip() for o in ev.observations):
+                add(_f("empty_evidence", "warning", f"evidence[{k}]", "an observation list or observation is empty"))
+    elif not judgment.observations:
+        add(_f("empty_evidence", "info", "observations", "no observations recorded before scoring"))
+    if prompt is not None and judgment.meta.source_format != "think":
+        _check_prompt(judgment.prompt, prompt, add)
+    return found
+
+
+def require_consistent(judgment: Judgment | PointwiseJudgment, *, prompt: str | None = None) -> None:
+    """Raise `ValidationFailed` when `check` finds any error or warning."""
+    serious = [f for f in check(judgment, prompt=prompt) if f.severity != "info"]
+    if serious:
+        raise ValidationFailed(serious)
+
+
+def _f(code: str, severity: Severity, path: str, message: str) -> Finding:
+    return Finding(code=code, severity=severity, path=path, message=message)
+
+
+def _check_anchors(judgment: Judgment | PointwiseJudgment, add: _Add, max_generated: int) -> None:
+    scoring = judgment.scoring if isinstance(judgment, Judgment) else "split"
+    expected = anchors(judgment.modality, scoring)
+    dims = judgment.dimensions
+    positions = [anchor_position(d.name, judgment.modality, scoring) for d in dims]
+    for k, anchor in enumerate(expected):
+        if k < len(dims) and positions[k] == k:
+            continue
+        path = f"dimensions[{k}]"
+        if k in positions:
+            add(_f("anchor_out_of_order", "error", path, f"anchor {anchor!r} should be dimension {k + 1}, is {positions.index(k) + 1}"))
+        elif k < len(dims) and positions[k] is None and _similar(dims[k].name, anchor):
+            add(_f("anchor_renamed", "error", path, f"{dims[k].name!r} looks like anchor {anchor!r} renamed"))
+        else:
+            add(_f("anchor_missing", "error", path, f"anchor {anchor!r} is missing"))
+    generated = 0
+    for i, (dim, position) in enumerate(zip(dims, positions, strict=True)):
+        if position is None:
+            generated += 1
+            if dim.origin == "predefined":
+                add(_f("origin_mismatch", "warning", f"dimensions[{i}].origin", f"{dim.name!r} is not an anchor but is marked predefined"))
+        elif dim.origin == "generated":
+            add(_f("origin_mismatch", "warning", f"dimensions[{i}].origin", f"anchor {dim.name!r} is marked generated"))
+    if generated > max_generated:
+        add(_f("too_many_generated", "error", "dimensions", f"{generated} generated dimensions; at most {max_generated}"))
+
+
+def _similar(name: str, anchor: str) -> bool:
+    a, b = canonical_name(name), canonical_name(anchor)
+    shared = set(a.split()) & set(b.split()) - {"and", "of", "the"}
+    return bool(shared) or difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
+
+
+def _check_unique(names: list[str], path: str, what: str, add: _Add) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        key = canonical_name(name)
+        if key in seen:
+            add(_f("duplicate_name", "error", f"{path}[{i}]", f"{what} {name!r} repeats {path}[{seen[key]}]"))
+        else:
+            seen[key] = i
+
+
+def _check_pair_dimension(dim: Dimension, path: str, scoring: str, add: _Add) -> None:
+    for j, crit in enumerate(dim.criteria):
+        where = f"{path}.criteria[{j}]"
+        if scoring == "split" and crit.score_1 + crit.score_2 != 10:
+            add(_f("split_sum", "error", where, f"scores {crit.score_1} + {crit.score_2} = {crit.score_1 + crit.score_2}, not 10"))
+        if scoring == "rating" and 0 in (crit.score_1, crit.score_2):
+            add(_f("score_range", "error", where, "Think ratings run from 1 to 10; found 0"))
+        _check_criterion_evidence(crit, where, add)
+    if not dim.analysis.strip() and scoring == "split":
+        add(_f("empty_analysis", "info", f"{path}.analysis", "no dimension-level analysis"))
+    one, two = dim.totals
+    leader = 1 if one > two else 2 if two > one else None
+    if dim.winner is not None and leader is not None and dim.winner != leader:
+        add(_f("dimension_winner_contradicts_scores", "error", f"{path}.winner",
+               f"winner is candidate {dim.winner} but the criteria give {one} to {two}"))
+    elif dim.winner is None and leader is not None:
+        add(_f("dimension_winner_contradicts_scores", "warning", f"{path}.winner", f"a tie, but the criteria give {one} to {two}"))
+
+
+def _check_criterion_evidence(crit: Criterion, where: str, add: _Add) -> None:
+    for n, text in ((1, crit.evidence_1), (2, crit.evidence_2)):
+        if not text.strip():
+            add(_f("empty_evidence", "warning", f"{where}.evidence_{n}", f"no evidence for candidate {n}"))
+
+
+def _check_point_dimension(dim: PointDimension, path: str, add: _Add) -> None:
+    for j, crit in enumerate(dim.criteria):
+        if not crit.evidence.strip():
+            add(_f("empty_evidence", "warning", f"{path}.criteria[{j}].evidence", "no evidence"))
+    scores = [c.score for c in dim.criteria]
+    if scores and not min(scores) <= dim.score <= max(scores):
+        add(_f("dimension_score_outside_criteria", "warning", f"{path}.score",
+               f"dimension score {dim.score} lies outside its criteria's scores {min(scores)}..{max(scores)}"))
+
+
+def _check_verdict(judgment: Judgment, add: _Add) -> None:
+    winner = judgment.verdict.winner
+    if judgment.scoring == "rating":  # Think decides by total score
+        one = sum(c.score_1 for d in judgment.dimensions for c in d.criteria)
+        two = sum(c.score_2 for d in judgment.dimensions for c in d.criteria)
+        rule = "total scores"
+    else:
+        one = sum(1 for d in judgment.dimensions if d.winner == 1)
+        two = sum(1 for d in judgment.dimensions if d.winner == 2)
+        rule = "dimension wins"
+    leader = 1 if one > two else 2 if two > one else None
+    if winner is not None and leader is not None and winner != leader:
+        add(_f("verdict_contradicts_dimensions", "warning", "verdict.winner",
+               f"overall winner is candidate {winner} but {rule} are {one} to {two}"))
+    elif winner is None and leader is not None:
+        add(_f("verdict_contradicts_dimensions", "info", "verdict.winner", f"a tie, but {rule} are {one} to {two}"))
+    if not judgment.verdict.analysis.strip() and judgment.scoring == "split":
+        add(_f("empty_analysis", "info", "verdict.analysis", "no overall analysis"))
+
+
+def _check_prompt(echoed: str, given: str, add: _Add) -> None:
+    if echoed == given:
+        return
+    if " ".join(echoed.split()).casefold() == " ".join(given.split()).casefold():
+        add(_f("prompt_mismatch", "info", "prompt", "echoed prompt differs only in case or spacing"))
+    else:
+        add(_f("prompt_mismatch", "warning", "prompt", "echoed prompt differs from the prompt given"))
+
+
+class _Add:  # the type of `list[Finding].append`, for the helpers above
+    def __call__(self, finding: Finding, /) -> None: ...

@@ -1,0 +1,89 @@
+"""Read and write judgments in each wire format: `flex` (released JSON), `think` (tagged text), `native`.
+
+`parse` never lets anything but a `ParseError` escape: a caller can always tell "unreadable" (and where,
+and why) from a judgment. Clean text takes each format's fast path; only text that fails it pays for
+lenient recovery, and a recovered judgment says so in `meta.recovered` and `meta.recovery_notes`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from flexjudge.anchors import Modality
+from flexjudge.errors import FlexjudgeError, ParseError
+from flexjudge.formats.flex import parse_flex, render_flex
+from flexjudge.formats.native import parse_native, render_native
+from flexjudge.formats.pointwise import parse_pointwise, render_pointwise
+from flexjudge.formats.think import parse_think, render_think
+from flexjudge.schema import Judgment
+
+Format = Literal["flex", "think", "native"]
+FORMATS: tuple[Format, ...] = ("flex", "think", "native")
+
+__all__ = ["FORMATS", "Format", "detect_format", "parse", "parse_pointwise", "render", "render_pointwise"]
+
+_FLEX_KEY = re.compile(r'"(?:categories|cat_winner|dims)"\s*:')
+_NATIVE_KEY = re.compile(r'"(?:dimensions|verdict|criteria)"\s*:')
+_THINK_MARK = re.compile(r"<think>|<answer>|\b(?:image|video)\s*1\s*\(\s*\d+\s*/\s*10\s*\)", re.I)
+
+
+def detect_format(text: str) -> Format:
+    """Which format `text` is written in; raises `ParseError` when it looks like none of them."""
+    think = _THINK_MARK.search(text)
+    brace = text.find("{")
+    if think is not None and (brace < 0 or think.start() < brace):
+        return "think"
+    flex, native = _FLEX_KEY.search(text), _NATIVE_KEY.search(text)
+    if flex is not None and (native is None or flex.start() < native.start()):
+        return "flex"
+    if native is not None:
+        return "native"
+    if think is not None:
+        return "think"
+    raise ParseError("cannot tell the format: no flex or native JSON keys and no Think tags", offset=0)
+
+
+def parse(
+    text: str,
+    format: Format | Literal["auto"] = "auto",
+    modality: Modality | None = None,
+    strict: bool = False,
+    *,
+    prompt: str = "",
+) -> Judgment:
+    """Read a pairwise judgment from model output.
+
+    `format="auto"` detects it. `modality` is the caller's truth when given; otherwise the winners'
+    labels say it. `strict=True` accepts only the exact format (no fences, prose, repairs or loose
+    winners). `prompt` fills `Judgment.prompt` for formats that do not echo it (think).
+    Raises `ParseError` (`TruncatedOutput` when the text stops before the verdict), and nothing else.
+    """
+    if not isinstance(text, str):
+        raise ParseError(f"expected text, got {type(text).__name__}", offset=0)
+    try:
+        chosen = detect_format(text) if format == "auto" else format
+        if chosen == "flex":
+            return parse_flex(text, modality=modality, strict=strict)
+        if chosen == "native":
+            return parse_native(text, modality=modality, strict=strict)
+        if chosen == "think":
+            return parse_think(text, modality=modality, strict=strict, prompt=prompt)
+        raise ParseError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)} or 'auto'", offset=0)
+    except FlexjudgeError:
+        raise
+    except RecursionError:
+        raise ParseError("nested too deeply", offset=0, format=format) from None
+    except Exception as exc:  # the contract: nothing but ParseError escapes
+        raise ParseError(f"internal error while parsing: {type(exc).__name__}: {exc}", offset=0) from exc
+
+
+def render(judgment: Judgment, format: Format) -> str:
+    """Write `judgment` in a wire format; raises `RenderError` when the format cannot carry it."""
+    if format == "flex":
+        return render_flex(judgment)
+    if format == "native":
+        return render_native(judgment)
+    if format == "think":
+        return render_think(judgment)
+    raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")

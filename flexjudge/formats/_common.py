@@ -1,0 +1,116 @@
+"""Pieces every codec shares: turning pydantic errors into located `ParseError`s, pruning unknown keys."""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from flexjudge.errors import ParseError, TruncatedOutput
+from flexjudge.formats._recovery import Extracted
+
+Loc = tuple[int | str, ...]
+
+
+def format_path(loc: Loc) -> str:
+    """('categories', 1, 'dims', 0, 'score_2') -> 'categories[1].dims[0].score_2'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def locate(text: str, value: Any, loc: Loc, base: int) -> int:
+    """Offset in `text` of the member named by `loc` inside the JSON `value` read from `text` at `base`.
+
+    A quoted key followed by a colon cannot occur inside a JSON string (its quotes would be escaped),
+    so the n-th `"key":` in the text is the n-th member of that name in document order.
+    """
+    keys = [p for p in loc if isinstance(p, str)]
+    if not keys:
+        return base
+    key = keys[-1]
+    target = tuple(loc[: max(i for i, p in enumerate(loc) if p == key) + 1])
+    seen = 0
+    for path in _member_paths(value, ()):
+        if path == target:
+            break
+        if path[-1] == key:
+            seen += 1
+    for n, match in enumerate(re.finditer(rf'"{re.escape(key)}"\s*:', text[base:])):
+        if n == seen:
+            return base + match.start()
+    return base
+
+
+def _member_paths(value: Any, prefix: Loc) -> Iterator[Loc]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield (*prefix, key)
+            yield from _member_paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _member_paths(item, (*prefix, i))
+
+
+def first_error(exc: ValidationError) -> tuple[Loc, str]:
+    error = exc.errors(include_url=False)[0]
+    loc = tuple(p for p in error["loc"] if isinstance(p, int | str))
+    return loc, error["msg"]
+
+
+def schema_error(exc: ValidationError, text: str, value: Any, base: int, fmt: str) -> ParseError:
+    """The first problem pydantic found, with its field path and where that field sits in the text."""
+    loc, message = first_error(exc)
+    count = exc.error_count()
+    more = f" (and {count - 1} more problem(s))" if count > 1 else ""
+    return ParseError(message + more, offset=locate(text, value, loc, base), path=format_path(loc) or None, format=fmt)
+
+
+def incomplete_error(text: str, found: Extracted, fmt: str) -> ParseError:
+    """The object stopped early and what was complete is not a whole judgment."""
+    if found.hit_end:
+        return TruncatedOutput(
+            f"output ends before the judgment is complete: {found.reason}",
+            offset=found.stop_offset,
+            partial_text=text,
+            format=fmt,
+        )
+    return ParseError(f"malformed JSON: {found.reason}", offset=found.stop_offset, format=fmt)
+
+
+def prune(value: Any, model: type[BaseModel], notes: list[str], path: str = "") -> Any:
+    """Drop keys the model does not know (lenient reading), recording each dropped key in `notes`."""
+    if not isinstance(value, dict):
+        return value
+    fields = model.model_fields
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        field = fields.get(key)
+        if field is None:
+            notes.append(f"dropped unknown key {path + key!r}")
+            continue
+        inner = _model_in(field.annotation)
+        if inner is None:
+            kept[key] = item
+        elif isinstance(item, list):
+            kept[key] = [prune(x, inner, notes, f"{path}{key}[{i}].") for i, x in enumerate(item)]
+        else:
+            kept[key] = prune(item, inner, notes, f"{path}{key}.")
+    return kept
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,116 @@
+"""flexjudge's own JSON: the whole hierarchy (intent, evidence, dimensions, verdict), winners as numbers.
+
+It is `Judgment` without `meta`, field for field, so any judgment renders to it without loss.
+This is the format new students learn: intent and evidence come before any score.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from flexjudge.anchors import Modality
+from flexjudge.errors import ParseError
+from flexjudge.formats import _common
+from flexjudge.formats._recovery import NoObject, extract_object
+from flexjudge.formats.winners import WinnerError, read_winner
+from flexjudge.schema import Judgment, JudgmentMeta
+
+FORMAT = "native"
+
+
+def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgment:
+    try:
+        judgment = Judgment.model_validate_json(text, strict=True)
+    except ValidationError:
+        judgment = None
+    if judgment is not None and "meta" not in judgment.model_fields_set:
+        if modality is None or modality == judgment.modality:
+            judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text)
+            return judgment
+    if strict:
+        raise _strict_failure(text, modality)
+    return _parse_lenient(text, modality)
+
+
+def _strict_failure(text: str, modality: Modality | None) -> ParseError:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return ParseError(f"not a single JSON object: {exc.msg}", offset=exc.pos, format=FORMAT)
+    except RecursionError:
+        return ParseError("JSON nested too deeply", offset=0, format=FORMAT)
+    base = len(text) - len(text.lstrip())
+    if isinstance(value, dict) and "meta" in value:
+        return ParseError("'meta' is not part of the native format", offset=base, path="meta", format=FORMAT)
+    try:
+        Judgment.model_validate(value, strict=True)
+    except ValidationError as exc:
+        return _common.schema_error(exc, text, value, base, FORMAT)
+    return ParseError(
+        f"modality is {value.get('modality')!r} but the caller said {modality!r}",
+        offset=_common.locate(text, value, ("modality",), base),
+        path="modality",
+        format=FORMAT,
+    )
+
+
+def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
+    try:
+        found = extract_object(text)
+    except NoObject as exc:
+        raise ParseError(exc.reason, offset=exc.offset, format=FORMAT) from None
+    except RecursionError:
+        raise ParseError("JSON nested too deeply", offset=0, format=FORMAT) from None
+    notes = list(found.notes)
+    value = _common.prune(found.value, Judgment, notes)
+    if "meta" in value:
+        del value["meta"]
+        notes.append("dropped 'meta', which is not part of the native format")
+    if modality is not None and value.get("modality") != modality:
+        notes.append(f"modality {value.get('modality')!r} replaced by the caller's {modality!r}")
+        value["modality"] = modality
+    try:
+        _read_winners(value, notes)
+    except _WinnerAt as exc:
+        offset = _common.locate(text, value, exc.loc, found.start)
+        raise ParseError(exc.reason, offset=offset, path=_common.format_path(exc.loc), format=FORMAT) from None
+    try:
+        judgment = Judgment.model_validate(value)
+    except ValidationError as exc:
+        if not found.complete:
+            raise _common.incomplete_error(text, found, FORMAT) from None
+        raise _common.schema_error(exc, text, value, found.start, FORMAT) from None
+    judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text, recovered=True, recovery_notes=notes)
+    return judgment
+
+
+class _WinnerAt(Exception):
+    def __init__(self, loc: _common.Loc, reason: str) -> None:
+        self.loc = loc
+        self.reason = reason
+
+
+def _read_winners(value: dict[str, Any], notes: list[str]) -> None:
+    """Normalise loose winners in place; None stays a tie, anything unreadable is an error."""
+    places: list[tuple[_common.Loc, dict[str, Any]]] = []
+    dimensions = value.get("dimensions")
+    if isinstance(dimensions, list):
+        places += [(("dimensions", i, "winner"), d) for i, d in enumerate(dimensions) if isinstance(d, dict)]
+    if isinstance(value.get("verdict"), dict):
+        places.append((("verdict", "winner"), value["verdict"]))
+    for loc, holder in places:
+        raw = holder.get("winner")
+        if raw is None or raw in (1, 2) and not isinstance(raw, bool):
+            continue
+        try:
+            holder["winner"] = read_winner(raw)
+        except WinnerError as exc:
+            raise _WinnerAt(loc, str(exc)) from None
+        notes.append(f"read winner {raw!r} at {_common.format_path(loc)} as candidate {holder['winner']}")
+
+
+def render_native(judgment: Judgment) -> str:
+    return json.dumps(judgment.content(), ensure_ascii=False)

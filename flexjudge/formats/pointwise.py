@@ -1,0 +1,65 @@
+"""Pointwise judgments in the native JSON form (the released judges have no pointwise format)."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import ValidationError
+
+from flexjudge.errors import FlexjudgeError, ParseError
+from flexjudge.formats import _common
+from flexjudge.formats._recovery import NoObject, extract_object
+from flexjudge.schema import JudgmentMeta, PointwiseJudgment
+
+FORMAT = "native"
+
+
+def parse_pointwise(text: str, strict: bool = False) -> PointwiseJudgment:
+    """Read a pointwise judgment; raises `ParseError` (or `TruncatedOutput`) and nothing else."""
+    try:
+        return _parse(text, strict)
+    except FlexjudgeError:
+        raise
+    except RecursionError:
+        raise ParseError("nested too deeply", offset=0, format=FORMAT) from None
+    except Exception as exc:  # the contract: nothing but ParseError escapes
+        raise ParseError(f"internal error while parsing: {type(exc).__name__}: {exc}", offset=0) from exc
+
+
+def _parse(text: str, strict: bool) -> PointwiseJudgment:
+    if not isinstance(text, str):
+        raise ParseError(f"expected text, got {type(text).__name__}", offset=0)
+    if strict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ParseError(f"not a single JSON object: {exc.msg}", offset=exc.pos, format=FORMAT) from None
+        base, notes, complete = len(text) - len(text.lstrip()), [], True
+        found = None
+    else:
+        try:
+            found = extract_object(text)
+        except NoObject as exc:
+            raise ParseError(exc.reason, offset=exc.offset, format=FORMAT) from None
+        notes = list(found.notes)
+        value = _common.prune(found.value, PointwiseJudgment, notes)
+        base, complete = found.start, found.complete
+    if isinstance(value, dict) and "meta" in value:
+        if strict:
+            raise ParseError("'meta' is not part of the native format", offset=base, path="meta", format=FORMAT)
+        del value["meta"]
+        notes.append("dropped 'meta', which is not part of the native format")
+    try:
+        judgment = PointwiseJudgment.model_validate(value, strict=strict)
+    except ValidationError as exc:
+        if found is not None and not complete:
+            raise _common.incomplete_error(text, found, FORMAT) from None
+        raise _common.schema_error(exc, text, value, base, FORMAT) from None
+    judgment.meta = JudgmentMeta(
+        source_format=FORMAT, candidate_order=[1], raw_text=text, recovered=bool(notes), recovery_notes=notes
+    )
+    return judgment
+
+
+def render_pointwise(judgment: PointwiseJudgment) -> str:
+    return json.dumps(judgment.content(), ensure_ascii=False)

@@ -1,0 +1,248 @@
+"""The UnifiedReward-Think text format: numbered dimension blocks with independent 1..10 ratings.
+
+    <think>
+    1. Semantic consistency:
+        Image 1 (9/10) - rationale;
+        Image 2 (7/10) - rationale
+    ...
+    Total score:
+    Image 1: 9+8+8=25
+    Image 2: 7+8+5=20
+    </think>
+    <answer>Image 1 is better</answer>
+
+Each block becomes a `Dimension` holding one `Criterion` of the same name, scored as ``rating``; the
+dimension's winner follows its ratings (equal ratings: a tie). The prompt is not echoed, so `parse`
+takes it from the caller.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from flexjudge.anchors import Modality, anchor_position
+from flexjudge.errors import ParseError, RenderError, TruncatedOutput
+from flexjudge.formats import _common
+from flexjudge.formats.winners import WinnerError, label, read_winner, winner_text
+from flexjudge.schema import Criterion, Dimension, Judgment, JudgmentMeta, Verdict
+
+FORMAT = "think"
+
+_SCORE_LINE = r"[ \t]*(?:[-*•][ \t]*)?\**(?P<label{n}>image|video)[ \t]*{n}\**[ \t]*\([ \t]*(?P<s{n}>\d+)[ \t]*/[ \t]*10[ \t]*\)\**[ \t]*(?:[-–—:][ \t]?)?(?P<r{n}>[^\n]*)"
+_BLOCK = re.compile(
+    r"^[ \t]*(?:(?P<number>\d+)[ \t]*[.)][ \t]*)?(?P<name>[^\n]*?)[ \t]*:[*_ \t]*\r?\n"
+    + _SCORE_LINE.format(n=1)
+    + r"\r?\n"
+    + _SCORE_LINE.format(n=2)
+    + r"$",
+    re.M | re.I,
+)
+_TOTAL_HEADER = re.compile(r"^[ \t*]*total[ \t]+score[ \t*]*:[ \t*]*$", re.M | re.I)
+_TOTAL_LINE = re.compile(r"^[ \t*-]*(image|video)[ \t]*([12])[ \t*]*:[ \t]*([\d \t+]*?)[ \t]*=[ \t]*(\d+)[ \t*]*$", re.M | re.I)
+_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S | re.I)
+
+
+@dataclass
+class _Block:
+    name: str
+    scores: tuple[int, int]
+    reasons: tuple[str, str]
+    labels: tuple[str, str]
+    offset: int
+
+
+def parse_think(text: str, *, modality: Modality | None, strict: bool, prompt: str) -> Judgment:
+    notes: list[str] = []
+    think_open = text.find("<think>")
+    think_close = text.find("</think>")
+    if strict:
+        _check_envelope(text, think_open, think_close)
+    elif think_open < 0:
+        notes.append("no <think> tag")
+    body_end = think_close if think_close >= 0 else len(text)
+    blocks = _blocks(text, max(think_open, 0), body_end)
+    answer = _ANSWER.search(text, think_close if think_close >= 0 else 0)
+    if answer is None:
+        where = "inside <think>" if think_close < 0 else "after </think>"
+        raise TruncatedOutput(f"output ends {where} with no <answer>", offset=len(text), partial_text=text, format=FORMAT)
+    if not blocks:
+        raise ParseError("no dimension blocks ('Name:' then 'Image 1 (x/10) - ...')", offset=max(think_open, 0), format=FORMAT)
+    resolved = _modality(blocks, answer.group(1), modality, strict, notes)
+    winner = _answer(text, answer, resolved, strict, notes)
+    _check_totals(text, blocks, body_end, resolved, strict, notes)
+    if not strict and not answer.group(0).lower().endswith("</answer>"):
+        notes.append("the <answer> tag is not closed")
+    try:
+        dimensions = [_dimension(b, resolved, strict, notes) for b in blocks]
+    except ValidationError as exc:
+        loc, message = _common.first_error(exc)
+        index = next((p for p in loc if isinstance(p, int)), 0)
+        raise ParseError(message, offset=blocks[min(index, len(blocks) - 1)].offset, format=FORMAT) from None
+    return Judgment(
+        prompt=prompt,
+        modality=resolved,
+        scoring="rating",
+        dimensions=dimensions,
+        verdict=Verdict(analysis="", winner=winner),
+        meta=JudgmentMeta(source_format=FORMAT, raw_text=text, recovered=bool(notes), recovery_notes=notes),
+    )
+
+
+def _check_envelope(text: str, think_open: int, think_close: int) -> None:
+    if think_open < 0:
+        raise ParseError("no <think> tag", offset=0, format=FORMAT)
+    if text[:think_open].strip():
+        raise ParseError("text before <think>", offset=0, format=FORMAT)
+    if think_close < 0:
+        raise TruncatedOutput("<think> is never closed", offset=len(text), partial_text=text, format=FORMAT)
+    after = text[think_close + len("</think>") :].strip()
+    if not re.fullmatch(r"<answer>[^<]*</answer>", after):
+        raise ParseError(
+            "expected exactly <answer>...</answer> after </think>", offset=think_close + len("</think>"), format=FORMAT
+        )
+
+
+def _blocks(text: str, start: int, end: int) -> list[_Block]:
+    return [
+        _Block(
+            name=m["name"].strip("*_ \t"),
+            scores=(int(m["s1"]), int(m["s2"])),
+            reasons=(_first_reason(m["r1"]), m["r2"].rstrip()),
+            labels=(m["label1"], m["label2"]),
+            offset=m.start(),
+        )
+        for m in _BLOCK.finditer(text, start, end)
+        if not _TOTAL_HEADER.fullmatch(m.group(0).split("\n", 1)[0])
+    ]
+
+
+def _first_reason(raw: str) -> str:
+    # The rationale of candidate 1 ends with ';' that separates it from candidate 2's line.
+    reason = raw.rstrip()
+    return reason[:-1] if reason.endswith(";") else reason
+
+
+def _modality(blocks: list[_Block], answer: str, modality: Modality | None, strict: bool, notes: list[str]) -> Modality:
+    said = {lab.lower() for b in blocks for lab in b.labels}
+    said |= {m for m in ("image", "video") if m in answer.lower()}
+    if strict and (len(said) != 1 or (modality is not None and said != {modality})):
+        raise ParseError(f"candidate labels {sorted(said)} do not name one modality", offset=blocks[0].offset, format=FORMAT)
+    if modality is not None:
+        if said != {modality}:
+            notes.append(f"labels {sorted(said)} but the caller said {modality}")
+        return modality
+    if len(said) == 1:
+        return "video" if "video" in said else "image"
+    notes.append(f"labels mix {sorted(said)}; read as image")
+    return "image"
+
+
+def _answer(text: str, answer: re.Match[str], modality: Modality, strict: bool, notes: list[str]) -> int:
+    raw = answer.group(1).strip()
+    if strict:
+        exact = {f"{winner_text(n, modality)} is better": n for n in (1, 2)}
+        if raw not in exact:
+            raise ParseError(
+                f"answer {raw!r} is not '{label(modality)} 1 is better' or '{label(modality)} 2 is better'",
+                offset=answer.start(1),
+                path="answer",
+                format=FORMAT,
+            )
+        return exact[raw]
+    try:
+        winner = read_winner(raw)
+    except WinnerError as exc:
+        raise ParseError(str(exc), offset=answer.start(1), path="answer", format=FORMAT) from None
+    if raw != f"{winner_text(winner, modality)} is better":
+        notes.append(f"read answer {raw!r} as candidate {winner}")
+    return winner
+
+
+def _check_totals(text: str, blocks: list[_Block], end: int, modality: Modality, strict: bool, notes: list[str]) -> None:
+    header = _TOTAL_HEADER.search(text, blocks[-1].offset, end)
+    if header is None:
+        if strict:
+            raise ParseError("no 'Total score:' block", offset=end, format=FORMAT)
+        notes.append("no 'Total score:' block")
+        return
+    lines = {int(m[2]): m for m in _TOTAL_LINE.finditer(text, header.end(), end)}
+    for candidate in (1, 2):
+        scores = [b.scores[candidate - 1] for b in blocks]
+        line = lines.get(candidate)
+        if line is None:
+            problem = f"no total line for {winner_text(candidate, modality)}"
+            offset = header.end()
+        else:
+            terms = [int(t) for t in re.findall(r"\d+", line[3])]
+            if terms == scores and int(line[4]) == sum(scores):
+                continue
+            problem = f"total for {winner_text(candidate, modality)} reads {line[3].strip()}={line[4]}, ratings give {sum(scores)}"
+            offset = line.start()
+        if strict:
+            raise ParseError(problem, offset=offset, format=FORMAT)
+        notes.append(problem)
+
+
+def _dimension(block: _Block, modality: Modality, strict: bool, notes: list[str]) -> Dimension:
+    one, two = block.scores
+    origin = "generated" if anchor_position(block.name, modality, "rating") is None else "predefined"
+    return Dimension(
+        name=block.name,
+        origin=origin,
+        criteria=[
+            Criterion(name=block.name, evidence_1=block.reasons[0], evidence_2=block.reasons[1], score_1=one, score_2=two)
+        ],
+        analysis="",
+        winner=1 if one > two else 2 if two > one else None,
+    )
+
+
+def render_think(judgment: Judgment) -> str:
+    """Render a Think judgment; raises `RenderError` for what the format cannot carry."""
+    _check_representable(judgment)
+    name = label(judgment.modality)
+    lines = ["<think>"]
+    for i, dim in enumerate(judgment.dimensions, 1):
+        c = dim.criteria[0]
+        lines += [f"{i}. {dim.name}:", f"    {name} 1 ({c.score_1}/10) - {c.evidence_1};", f"    {name} 2 ({c.score_2}/10) - {c.evidence_2}"]
+    lines.append("Total score:")
+    for n in (1, 2):
+        scores = [d.criteria[0].score_1 if n == 1 else d.criteria[0].score_2 for d in judgment.dimensions]
+        lines.append(f"{name} {n}: {'+'.join(map(str, scores))}={sum(scores)}")
+    lines.append("</think>")
+    assert judgment.verdict.winner is not None  # checked above
+    lines.append(f"<answer>{winner_text(judgment.verdict.winner, judgment.modality)} is better</answer>")
+    return "\n".join(lines)
+
+
+def _check_representable(judgment: Judgment) -> None:
+    def refuse(why: str) -> RenderError:
+        return RenderError(f"think cannot carry this judgment: {why}")
+
+    if judgment.scoring != "rating":
+        raise refuse("its scores are a 10-point split, Think rates each candidate 1..10")
+    if judgment.verdict.winner is None or judgment.verdict.analysis:
+        raise refuse("Think's verdict is a bare winner: no tie, no analysis")
+    if judgment.intent is not None or judgment.evidence:
+        raise refuse("Think states no intent or evidence")
+    if not judgment.dimensions:
+        raise refuse("it has no dimensions")
+    for i, dim in enumerate(judgment.dimensions):
+        where = f"dimensions[{i}]"
+        if len(dim.criteria) != 1 or dim.criteria[0].name != dim.name or dim.analysis:
+            raise refuse(f"{where} must be one criterion of the same name with no analysis")
+        c = dim.criteria[0]
+        expected = 1 if c.score_1 > c.score_2 else 2 if c.score_2 > c.score_1 else None
+        if dim.winner != expected:
+            raise refuse(f"{where}.winner does not follow its ratings")
+        if not _one_line(dim.name) or not dim.name or dim.name.endswith(("*", "_")):
+            raise refuse(f"{where}.name must be one non-empty line without surrounding space")
+        if not (_one_line(c.evidence_1) and _one_line(c.evidence_2)):
+            raise refuse(f"{where} rationales must be single lines without surrounding space")
+
+
+def _one_line(text: str) -> bool:
+    return "\n" not in text and "\r" not in text and text == text.strip()

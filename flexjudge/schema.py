@@ -1,0 +1,251 @@
+"""The typed judgment hierarchy: intent -> evidence -> dimensions -> criteria -> scores -> verdict.
+
+Two scoring schemes share one hierarchy (`Judgment.scoring`):
+
+- ``"split"`` (UnifiedReward-Flex): each criterion splits 10 points between the candidates,
+  ``score_1 + score_2 == 10``; a relative preference, not an absolute quality.
+- ``"rating"`` (UnifiedReward-Think): each candidate gets an independent 1..10 rating. A Think dimension
+  is one `Dimension` holding one `Criterion` of the same name; its winner follows the ratings (equal
+  ratings are a tie, ``winner=None``).
+
+Field types enforce what makes a value meaningless (a score of 11, a third candidate). The method's rules
+(the split, the anchors, 3-5 criteria, consistent winners) are reported by `flexjudge.check`, so one broken
+criterion in a teacher trace is a finding with a path, not a lost trace.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flexjudge.anchors import Modality, Scoring
+
+Origin = Literal["predefined", "generated"]
+SourceFormat = Literal["flex", "think", "native"]
+Candidate = Literal[1, 2]
+Score = Annotated[int, Field(ge=0, le=10)]
+
+__all__ = [
+    "Candidate",
+    "Criterion",
+    "Dimension",
+    "Evidence",
+    "Intent",
+    "Judgment",
+    "JudgmentMeta",
+    "Modality",
+    "Origin",
+    "PointCriterion",
+    "PointDimension",
+    "PointScale",
+    "PointVerdict",
+    "PointwiseJudgment",
+    "Scoring",
+    "SourceFormat",
+    "Verdict",
+]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class Intent(_Schema):
+    """What the prompt asks for, read before looking at any candidate."""
+
+    subjects: list[str]
+    """Who or what must appear."""
+    attributes_and_actions: list[str]
+    """Properties of the subjects and what they do."""
+    constraints: list[str]
+    """Hard requirements: counts, positions, relations, text to render, things to avoid."""
+    style: list[str]
+    """Requested medium, mood, palette, camera or artistic style."""
+    preferences: list[str]
+    """The user's stated preferences that this judgment applied (empty when none were given)."""
+
+
+class Evidence(_Schema):
+    """What is actually visible in one candidate, observed before any comparison."""
+
+    candidate: Candidate
+    """1-based number of the candidate, in the order the judge saw them."""
+    observations: list[str]
+    """Concrete visual observations: objects, text, defects, motion."""
+
+
+class Criterion(_Schema):
+    """A prompt-specific sub-dimension: evidence for each candidate, then the scores it justifies."""
+
+    name: str
+    """Short criterion name, often with a focus in parentheses ("Subject Completeness (Child & Kirin)")."""
+    evidence_1: str
+    """Visual evidence for candidate 1 under this criterion."""
+    evidence_2: str
+    """Visual evidence for candidate 2 under this criterion."""
+    score_1: Score
+    """Candidate 1's score: its share of 10 points (split) or its 1..10 rating (rating)."""
+    score_2: Score
+    """Candidate 2's score: its share of 10 points (split) or its 1..10 rating (rating)."""
+
+
+class Dimension(_Schema):
+    """An evaluation dimension (a Flex "category"): a predefined anchor or one generated for this prompt."""
+
+    name: str
+    """Dimension name as written by the judge (prefixes such as "A. " are kept)."""
+    origin: Origin
+    """`predefined` for the method's anchors, `generated` for dimensions the judge added for this prompt."""
+    criteria: list[Criterion]
+    """The prompt-specific criteria of this dimension (3 to 5 under the Flex method)."""
+    analysis: str
+    """The judge's comparison at the dimension level."""
+    winner: Candidate | None
+    """Candidate that wins this dimension; None is a tie."""
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        """Summed scores of candidate 1 and candidate 2 over this dimension's criteria."""
+        return sum(c.score_1 for c in self.criteria), sum(c.score_2 for c in self.criteria)
+
+
+class Verdict(_Schema):
+    """The overall decision."""
+
+    analysis: str
+    """The judge's overall reasoning."""
+    winner: Candidate | None
+    """Candidate preferred overall; None is a tie (never produced by the released judges)."""
+
+
+class JudgmentMeta(_Schema):
+    """How a judgment was obtained: enough to reproduce it and to know how much to trust it."""
+
+    source_format: SourceFormat | None = None
+    """Wire format the judgment was read from; None when it was built in code."""
+    candidate_order: list[int] = Field(default_factory=lambda: [1, 2])
+    """Caller's candidate numbers in the order the judge saw them ([2, 1] when the pair was swapped)."""
+    raw_text: str | None = None
+    """The exact text the judgment was read from."""
+    recovered: bool = False
+    """True when lenient reading was needed (fences, prose, repaired tail, loose winners)."""
+    recovery_notes: list[str] = Field(default_factory=list)
+    """What the lenient reader did, one note per repair."""
+
+
+class Judgment(_Schema):
+    """A pairwise judgment: the full hierarchy plus the metadata needed to reproduce it."""
+
+    prompt: str
+    """The generation prompt as the judge echoed it (empty when the format does not echo it)."""
+    modality: Modality
+    """Whether the candidates are images or videos."""
+    scoring: Scoring = "split"
+    """`split`: each criterion splits 10 points; `rating`: independent 1..10 ratings (Think)."""
+    intent: Intent | None = None
+    """The judge's reading of the prompt; None for formats that do not state it."""
+    evidence: list[Evidence] = Field(default_factory=list)
+    """Per-candidate observations made before comparing; empty for formats that do not state them."""
+    dimensions: list[Dimension]
+    """Anchors first, in order, then at most two generated dimensions."""
+    verdict: Verdict
+    """The overall decision."""
+    meta: JudgmentMeta = Field(default_factory=JudgmentMeta)
+    """Provenance; not part of any wire format."""
+
+    def content(self) -> dict[str, Any]:
+        """The judgment without its metadata: what two equal judgments share."""
+        return self.model_dump(exclude={"meta"})
+
+
+class PointScale(_Schema):
+    """The absolute scale of a pointwise judgment."""
+
+    low: int = 1
+    """Lowest possible score."""
+    high: int = 10
+    """Highest possible score."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PointScale:
+        if self.low >= self.high:
+            raise ValueError(f"scale low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class PointCriterion(_Schema):
+    """A criterion of a pointwise judgment: evidence, then an absolute score."""
+
+    name: str
+    """Short criterion name."""
+    evidence: str
+    """Visual evidence for this criterion."""
+    score: int
+    """Absolute score on the judgment's scale."""
+
+
+class PointDimension(_Schema):
+    """A dimension of a pointwise judgment."""
+
+    name: str
+    """Dimension name as written by the judge."""
+    origin: Origin
+    """`predefined` for the method's anchors, `generated` for dimensions added for this prompt."""
+    criteria: list[PointCriterion]
+    """The prompt-specific criteria of this dimension."""
+    analysis: str
+    """The judge's assessment at the dimension level."""
+    score: int
+    """Dimension score on the judgment's scale."""
+
+
+class PointVerdict(_Schema):
+    """The overall assessment of a single candidate."""
+
+    analysis: str
+    """The judge's overall reasoning."""
+    score: int
+    """Overall score on the judgment's scale."""
+
+
+class PointwiseJudgment(_Schema):
+    """One candidate scored on an absolute, declared scale (the released judge has no pointwise mode)."""
+
+    prompt: str
+    """The generation prompt as the judge echoed it."""
+    modality: Modality
+    """Whether the candidate is an image or a video."""
+    scale: PointScale = Field(default_factory=PointScale)
+    """The declared scale every score lies on."""
+    intent: Intent | None = None
+    """The judge's reading of the prompt."""
+    observations: list[str] = Field(default_factory=list)
+    """What is visible in the candidate, observed before scoring."""
+    dimensions: list[PointDimension]
+    """Anchors first, in order, then at most two generated dimensions."""
+    verdict: PointVerdict
+    """The overall assessment."""
+    meta: JudgmentMeta = Field(default_factory=lambda: JudgmentMeta(candidate_order=[1]))
+    """Provenance; not part of any wire format."""
+
+    @model_validator(mode="after")
+    def _scores_on_scale(self) -> PointwiseJudgment:
+        low, high = self.scale.low, self.scale.high
+
+        def bad(score: int) -> bool:
+            return not low <= score <= high
+
+        for i, dim in enumerate(self.dimensions):
+            if bad(dim.score):
+                raise ValueError(f"dimensions[{i}].score {dim.score} is off the scale {low}..{high}")
+            for j, crit in enumerate(dim.criteria):
+                if bad(crit.score):
+                    raise ValueError(f"dimensions[{i}].criteria[{j}].score {crit.score} is off the scale {low}..{high}")
+        if bad(self.verdict.score):
+            raise ValueError(f"verdict.score {self.verdict.score} is off the scale {low}..{high}")
+        return self
+
+    def content(self) -> dict[str, Any]:
+        """The judgment without its metadata."""
+        return self.model_dump(exclude={"meta"})
