@@ -11,7 +11,8 @@ import re
 from typing import Literal
 
 from flexjudge.anchors import Modality
-from flexjudge.errors import FlexjudgeError, ParseError
+from flexjudge.errors import FlexjudgeError, ParseError, TruncatedOutput
+from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.formats.flex import parse_flex, render_flex
 from flexjudge.formats.native import parse_native, render_native
 from flexjudge.formats.pointwise import parse_pointwise, render_pointwise
@@ -41,7 +42,19 @@ def detect_format(text: str) -> Format:
         return "native"
     if think is not None:
         return "think"
+    if brace >= 0 and _cut_short(text):
+        raise TruncatedOutput(
+            "output ends before any key that tells flex from native", offset=len(text), partial_text=text
+        )
     raise ParseError("cannot tell the format: no flex or native JSON keys and no Think tags", offset=0)
+
+
+def _cut_short(text: str) -> bool:
+    try:
+        found = extract_object(text)
+    except NoObject:
+        return False
+    return not found.complete and found.hit_end
 
 
 def parse(

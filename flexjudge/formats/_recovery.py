@@ -53,6 +53,9 @@ def extract_object(text: str) -> Extracted:
     search_from = 0
     fence_end: int | None = None
     fence = _FENCE_OPEN.search(text)
+    brace = text.find("{")
+    if fence is not None and 0 <= brace < fence.start():
+        fence = None  # a fence after the object opens is inside a string, not around the object
     if fence is not None:
         search_from = fence.end()
         close = text.find("```", search_from)
@@ -140,8 +143,9 @@ class _Reader:
         try:
             value, end = scanstring(self.text, i + 1, False)
         except json.JSONDecodeError as exc:
-            unterminated = exc.msg.startswith("Unterminated")
-            raise _Stop(exc.pos, exc.msg, unterminated) from None
+            # No closing quote before the end: the text was cut inside this string (even mid-escape).
+            cut = exc.msg.startswith("Unterminated") or '"' not in self.text[exc.pos :]
+            raise _Stop(exc.pos, exc.msg, cut) from None
         return value, end
 
     def value(self, i: int) -> tuple[Any, int]:

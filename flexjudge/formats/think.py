@@ -155,6 +155,10 @@ def _answer(text: str, answer: re.Match[str], modality: Modality, strict: bool, 
     try:
         winner = read_winner(raw)
     except WinnerError as exc:
+        if not answer.group(0).lower().endswith("</answer>"):
+            raise TruncatedOutput(
+                f"output ends inside <answer>: {exc}", offset=len(text), partial_text=text, format=FORMAT
+            ) from None
         raise ParseError(str(exc), offset=answer.start(1), path="answer", format=FORMAT) from None
     if raw != f"{winner_text(winner, modality)} is better":
         notes.append(f"read answer {raw!r} as candidate {winner}")
@@ -238,11 +242,14 @@ def _check_representable(judgment: Judgment) -> None:
         expected = 1 if c.score_1 > c.score_2 else 2 if c.score_2 > c.score_1 else None
         if dim.winner != expected:
             raise refuse(f"{where}.winner does not follow its ratings")
-        if not _one_line(dim.name) or not dim.name or dim.name.endswith(("*", "_")):
-            raise refuse(f"{where}.name must be one non-empty line without surrounding space")
+        if not _one_line(dim.name) or not dim.name or dim.name != dim.name.strip("*_"):
+            raise refuse(f"{where}.name must be one non-empty line without surrounding space or markdown")
         if not (_one_line(c.evidence_1) and _one_line(c.evidence_2)):
-            raise refuse(f"{where} rationales must be single lines without surrounding space")
+            raise refuse(f"{where} rationales must be single lines without surrounding space or Think tags")
+
+
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
 def _one_line(text: str) -> bool:
-    return "\n" not in text and "\r" not in text and text == text.strip()
+    return "\n" not in text and "\r" not in text and text == text.strip() and not any(t in text for t in _TAGS)
