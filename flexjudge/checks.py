@@ -11,6 +11,7 @@ Rules by scoring scheme: `split` (Flex) checks the 10-point split and 3-5 criter
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -39,6 +40,9 @@ class Finding(BaseModel):
     """What is wrong, in words."""
 
 
+_Add = Callable[[Finding], None]  # `list[Finding].append`, handed to each rule
+
+
 def check(
     judgment: Judgment | PointwiseJudgment,
     *,
@@ -50,7 +54,7 @@ def check(
     """Every rule the judgment breaks. `prompt`, when given, is compared with the echoed prompt."""
     found: list[Finding] = []
     add = found.append
-    dims: list[Dimension] | list[PointDimension] = judgment.dimensions
+    dims: Sequence[Dimension | PointDimension] = judgment.dimensions
     scoring = judgment.scoring if isinstance(judgment, Judgment) else "split"
     _check_anchors(judgment, add, max_generated)
     _check_unique([d.name for d in dims], "dimensions", "dimension", add)
@@ -58,7 +62,14 @@ def check(
     for i, dim in enumerate(dims):
         path = f"dimensions[{i}]"
         if count_rule and not min_criteria <= len(dim.criteria) <= max_criteria:
-            add(_f("criteria_count", "warning", path, f"{len(dim.criteria)} criteria; expected {min_criteria} to {max_criteria}"))
+            add(
+                _f(
+                    "criteria_count",
+                    "warning",
+                    path,
+                    f"{len(dim.criteria)} criteria; expected {min_criteria} to {max_criteria}",
+                )
+            )
         _check_unique([c.name for c in dim.criteria], f"{path}.criteria", "criterion", add)
         if isinstance(dim, Dimension):
             _check_pair_dimension(dim, path, scoring, add)
@@ -68,7 +79,14 @@ def check(
         _check_verdict(judgment, add)
         for k, ev in enumerate(judgment.evidence):
             if not ev.observations or not all(o.strip() for o in ev.observations):
-                add(_f("empty_evidence", "warning", f"evidence[{k}]", "an observation list or observation is empty"))
+                add(
+                    _f(
+                        "empty_evidence",
+                        "warning",
+                        f"evidence[{k}]",
+                        "an observation list or observation is empty",
+                    )
+                )
     elif not judgment.observations:
         add(_f("empty_evidence", "info", "observations", "no observations recorded before scoring"))
     if prompt is not None and judgment.meta.source_format != "think":
@@ -90,14 +108,21 @@ def _f(code: str, severity: Severity, path: str, message: str) -> Finding:
 def _check_anchors(judgment: Judgment | PointwiseJudgment, add: _Add, max_generated: int) -> None:
     scoring = judgment.scoring if isinstance(judgment, Judgment) else "split"
     expected = anchors(judgment.modality, scoring)
-    dims = judgment.dimensions
+    dims: Sequence[Dimension | PointDimension] = judgment.dimensions
     positions = [anchor_position(d.name, judgment.modality, scoring) for d in dims]
     for k, anchor in enumerate(expected):
         if k < len(dims) and positions[k] == k:
             continue
         path = f"dimensions[{k}]"
         if k in positions:
-            add(_f("anchor_out_of_order", "error", path, f"anchor {anchor!r} should be dimension {k + 1}, is {positions.index(k) + 1}"))
+            add(
+                _f(
+                    "anchor_out_of_order",
+                    "error",
+                    path,
+                    f"anchor {anchor!r} should be dimension {k + 1}, is {positions.index(k) + 1}",
+                )
+            )
         elif k < len(dims) and positions[k] is None and _similar(dims[k].name, anchor):
             add(_f("anchor_renamed", "error", path, f"{dims[k].name!r} looks like anchor {anchor!r} renamed"))
         else:
@@ -107,11 +132,32 @@ def _check_anchors(judgment: Judgment | PointwiseJudgment, add: _Add, max_genera
         if position is None:
             generated += 1
             if dim.origin == "predefined":
-                add(_f("origin_mismatch", "warning", f"dimensions[{i}].origin", f"{dim.name!r} is not an anchor but is marked predefined"))
+                add(
+                    _f(
+                        "origin_mismatch",
+                        "warning",
+                        f"dimensions[{i}].origin",
+                        f"{dim.name!r} is not an anchor but is marked predefined",
+                    )
+                )
         elif dim.origin == "generated":
-            add(_f("origin_mismatch", "warning", f"dimensions[{i}].origin", f"anchor {dim.name!r} is marked generated"))
+            add(
+                _f(
+                    "origin_mismatch",
+                    "warning",
+                    f"dimensions[{i}].origin",
+                    f"anchor {dim.name!r} is marked generated",
+                )
+            )
     if generated > max_generated:
-        add(_f("too_many_generated", "error", "dimensions", f"{generated} generated dimensions; at most {max_generated}"))
+        add(
+            _f(
+                "too_many_generated",
+                "error",
+                "dimensions",
+                f"{generated} generated dimensions; at most {max_generated}",
+            )
+        )
 
 
 def _similar(name: str, anchor: str) -> bool:
@@ -134,7 +180,14 @@ def _check_pair_dimension(dim: Dimension, path: str, scoring: str, add: _Add) ->
     for j, crit in enumerate(dim.criteria):
         where = f"{path}.criteria[{j}]"
         if scoring == "split" and crit.score_1 + crit.score_2 != 10:
-            add(_f("split_sum", "error", where, f"scores {crit.score_1} + {crit.score_2} = {crit.score_1 + crit.score_2}, not 10"))
+            add(
+                _f(
+                    "split_sum",
+                    "error",
+                    where,
+                    f"scores {crit.score_1} + {crit.score_2} = {crit.score_1 + crit.score_2}, not 10",
+                )
+            )
         if scoring == "rating" and 0 in (crit.score_1, crit.score_2):
             add(_f("score_range", "error", where, "Think ratings run from 1 to 10; found 0"))
         _check_criterion_evidence(crit, where, add)
@@ -143,10 +196,23 @@ def _check_pair_dimension(dim: Dimension, path: str, scoring: str, add: _Add) ->
     one, two = dim.totals
     leader = 1 if one > two else 2 if two > one else None
     if dim.winner is not None and leader is not None and dim.winner != leader:
-        add(_f("dimension_winner_contradicts_scores", "error", f"{path}.winner",
-               f"winner is candidate {dim.winner} but the criteria give {one} to {two}"))
+        add(
+            _f(
+                "dimension_winner_contradicts_scores",
+                "error",
+                f"{path}.winner",
+                f"winner is candidate {dim.winner} but the criteria give {one} to {two}",
+            )
+        )
     elif dim.winner is None and leader is not None:
-        add(_f("dimension_winner_contradicts_scores", "warning", f"{path}.winner", f"a tie, but the criteria give {one} to {two}"))
+        add(
+            _f(
+                "dimension_winner_contradicts_scores",
+                "warning",
+                f"{path}.winner",
+                f"a tie, but the criteria give {one} to {two}",
+            )
+        )
 
 
 def _check_criterion_evidence(crit: Criterion, where: str, add: _Add) -> None:
@@ -161,8 +227,14 @@ def _check_point_dimension(dim: PointDimension, path: str, add: _Add) -> None:
             add(_f("empty_evidence", "warning", f"{path}.criteria[{j}].evidence", "no evidence"))
     scores = [c.score for c in dim.criteria]
     if scores and not min(scores) <= dim.score <= max(scores):
-        add(_f("dimension_score_outside_criteria", "warning", f"{path}.score",
-               f"dimension score {dim.score} lies outside its criteria's scores {min(scores)}..{max(scores)}"))
+        add(
+            _f(
+                "dimension_score_outside_criteria",
+                "warning",
+                f"{path}.score",
+                f"dimension score {dim.score} is outside its criteria's scores {min(scores)}..{max(scores)}",
+            )
+        )
 
 
 def _check_verdict(judgment: Judgment, add: _Add) -> None:
@@ -177,10 +249,23 @@ def _check_verdict(judgment: Judgment, add: _Add) -> None:
         rule = "dimension wins"
     leader = 1 if one > two else 2 if two > one else None
     if winner is not None and leader is not None and winner != leader:
-        add(_f("verdict_contradicts_dimensions", "warning", "verdict.winner",
-               f"overall winner is candidate {winner} but {rule} are {one} to {two}"))
+        add(
+            _f(
+                "verdict_contradicts_dimensions",
+                "warning",
+                "verdict.winner",
+                f"overall winner is candidate {winner} but {rule} are {one} to {two}",
+            )
+        )
     elif winner is None and leader is not None:
-        add(_f("verdict_contradicts_dimensions", "info", "verdict.winner", f"a tie, but {rule} are {one} to {two}"))
+        add(
+            _f(
+                "verdict_contradicts_dimensions",
+                "info",
+                "verdict.winner",
+                f"a tie, but {rule} are {one} to {two}",
+            )
+        )
     if not judgment.verdict.analysis.strip() and judgment.scoring == "split":
         add(_f("empty_analysis", "info", "verdict.analysis", "no overall analysis"))
 
@@ -192,7 +277,3 @@ def _check_prompt(echoed: str, given: str, add: _Add) -> None:
         add(_f("prompt_mismatch", "info", "prompt", "echoed prompt differs only in case or spacing"))
     else:
         add(_f("prompt_mismatch", "warning", "prompt", "echoed prompt differs from the prompt given"))
-
-
-class _Add:  # the type of `list[Finding].append`, for the helpers above
-    def __call__(self, finding: Finding, /) -> None: ...

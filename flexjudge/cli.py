@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import typer
 from rich.console import Console
@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flexjudge.errors import TraceFileError
+from flexjudge.formats import Format
 from flexjudge.traces import DEFAULT_MAX_LINE_BYTES, LineReport, Summary, iter_reports
 
 app = typer.Typer(
@@ -27,12 +28,22 @@ _FORMATS = ("auto", "flex", "think", "native")
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="JSONL of traces: id, prompt, output or judgment, label?, modality?")],
+    file: Annotated[
+        Path, typer.Argument(help="JSONL of traces: id, prompt, output or judgment, label?, modality?")
+    ],
     format: Annotated[str, typer.Option("--format", help="auto, flex, think or native")] = "auto",
-    strict: Annotated[bool, typer.Option("--strict", help="Accept only exact formats, no lenient recovery")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a report")] = False,
-    fail_on: Annotated[str, typer.Option("--fail-on", help="error, or warning to fail on warnings too")] = "error",
-    max_line_bytes: Annotated[int, typer.Option(help="Longer lines are reported and skipped")] = DEFAULT_MAX_LINE_BYTES,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Accept only exact formats, no lenient recovery")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a report")
+    ] = False,
+    fail_on: Annotated[
+        str, typer.Option("--fail-on", help="error, or warning to fail on warnings too")
+    ] = "error",
+    max_line_bytes: Annotated[
+        int, typer.Option(help="Longer lines are reported and skipped")
+    ] = DEFAULT_MAX_LINE_BYTES,
 ) -> None:
     """Check every trace in FILE; exit 0 only when every line is valid."""
     if format not in _FORMATS:
@@ -43,7 +54,10 @@ def validate(
     summary = Summary()
     out = Console(highlight=False, soft_wrap=True)
     try:
-        for report in iter_reports(file, format=format, strict=strict, max_line_bytes=max_line_bytes, summary=summary):  # type: ignore[arg-type]
+        reports = iter_reports(
+            file, format=cast(Format, format), strict=strict, max_line_bytes=max_line_bytes, summary=summary
+        )
+        for report in reports:
             summary.add(report, severity)
             if not as_json:
                 _print_line(out, report, severity)
@@ -62,7 +76,9 @@ def validate(
 
 @app.command()
 def schemas(
-    out: Annotated[Path, typer.Option("--out", help="Directory to write the JSON Schema files into")] = Path("schemas"),
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the JSON Schema files into")] = Path(
+        "schemas"
+    ),
 ) -> None:
     """Write the wire JSON Schemas (pairwise, pointwise, released flex; image and video)."""
     from flexjudge.wire_schemas import all_schemas
@@ -83,7 +99,8 @@ def _print_line(out: Console, report: LineReport, fail_on: str) -> None:
     for p in report.problems:
         colour = {"error": "red", "warning": "yellow"}.get(p.severity, "dim")
         where = f"  {escape(p.path)}" if p.path else ""
-        out.print(f"line {report.line}{ident}{where}  [{colour}]{p.severity}[/{colour}] {p.code}: {escape(p.message)}")
+        severity = f"[{colour}]{p.severity}[/{colour}]"
+        out.print(f"line {report.line}{ident}{where}  {severity} {p.code}: {escape(p.message)}")
 
 
 def _print_summary(out: Console, file: Path, summary: Summary) -> None:

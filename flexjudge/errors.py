@@ -20,7 +20,9 @@ class ParseError(FlexjudgeError):
     but a value was not.
     """
 
-    def __init__(self, reason: str, *, offset: int, path: str | None = None, format: str | None = None) -> None:
+    def __init__(
+        self, reason: str, *, offset: int, path: str | None = None, format: str | None = None
+    ) -> None:
         self.reason = reason
         self.offset = offset
         self.path = path
@@ -36,14 +38,20 @@ class TruncatedOutput(ParseError):
     """
 
     def __init__(
-        self, reason: str, *, offset: int, partial_text: str, path: str | None = None, format: str | None = None
+        self,
+        reason: str,
+        *,
+        offset: int,
+        partial_text: str,
+        path: str | None = None,
+        format: str | None = None,
     ) -> None:
         self.partial_text = partial_text
         super().__init__(reason, offset=offset, path=path, format=format)
 
 
 class RenderError(FlexjudgeError):
-    """A judgment that the requested format cannot express (for example several criteria per Think dimension)."""
+    """A judgment the requested format cannot express (for example several criteria per Think dimension)."""
 
 
 class ValidationFailed(FlexjudgeError):
@@ -60,7 +68,12 @@ class BackendError(FlexjudgeError):
     """A model backend failed; `retryable` says whether the same call may succeed later."""
 
     def __init__(
-        self, message: str, *, retryable: bool, status_code: int | None = None, original: BaseException | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status_code: int | None = None,
+        original: BaseException | None = None,
     ) -> None:
         self.retryable = retryable
         self.status_code = status_code

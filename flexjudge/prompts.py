@@ -1,4 +1,4 @@
-"""Prompt templates: shipped inside the wheel under `flexjudge/prompts/`, kept at `prompts/` in the repository.
+"""Prompt templates: shipped in the wheel under `flexjudge/prompts/`, kept at `prompts/` in the repository.
 
 Templates are `str.format` strings (literal braces doubled). A user may pass a file of their own.
 """
@@ -26,7 +26,9 @@ def load_template(name_or_path: str | Path) -> str:
         return candidate.read_text(encoding="utf-8")
     bundled = _directory() / f"{name_or_path}.md"
     if not bundled.is_file():
-        raise FileNotFoundError(f"no prompt template {name_or_path!r}; bundled: {', '.join(template_names())}")
+        raise FileNotFoundError(
+            f"no prompt template {name_or_path!r}; bundled: {', '.join(template_names())}"
+        )
     return bundled.read_text(encoding="utf-8")
 
 

@@ -241,7 +241,9 @@ class PointwiseJudgment(_Schema):
                 raise ValueError(f"dimensions[{i}].score {dim.score} is off the scale {low}..{high}")
             for j, crit in enumerate(dim.criteria):
                 if bad(crit.score):
-                    raise ValueError(f"dimensions[{i}].criteria[{j}].score {crit.score} is off the scale {low}..{high}")
+                    raise ValueError(
+                        f"dimensions[{i}].criteria[{j}].score {crit.score} is off the scale {low}..{high}"
+                    )
         if bad(self.verdict.score):
             raise ValueError(f"verdict.score {self.verdict.score} is off the scale {low}..{high}")
         return self

@@ -77,8 +77,12 @@ class Summary:
         if report.problems:
             if len(self.listed) < _MAX_LISTED:
                 self.listed.append(
-                    {"line": report.line, "id": report.id, "valid": ok,
-                     "problems": [p.model_dump() for p in report.problems]}
+                    {
+                        "line": report.line,
+                        "id": report.id,
+                        "valid": ok,
+                        "problems": [p.model_dump() for p in report.problems],
+                    }
                 )
             else:
                 self.listed_all = False
@@ -106,18 +110,24 @@ class Summary:
 
 
 def iter_reports(
-    path: Path | str, *, format: Format | Literal["auto"] = "auto", strict: bool = False,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, summary: Summary | None = None,
+    path: Path | str,
+    *,
+    format: Format | Literal["auto"] = "auto",
+    strict: bool = False,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    summary: Summary | None = None,
 ) -> Iterator[LineReport]:
     """One report per non-blank line of `path`; raises `TraceFileError` when the file cannot be opened."""
     try:
-        handle = Path(path).open("rb")
+        handle = Path(path).open("rb")  # noqa: SIM115 - closed by the `with` below; opening is what may fail
     except OSError as exc:
         raise TraceFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     with handle:
         for number, raw in _lines(handle, max_line_bytes):
             if raw is None:
-                yield _problem(number, None, "line_too_long", f"line is longer than {max_line_bytes} bytes; skipped")
+                yield _problem(
+                    number, None, "line_too_long", f"line is longer than {max_line_bytes} bytes; skipped"
+                )
                 continue
             if not raw.strip():
                 if summary is not None:
@@ -141,7 +151,9 @@ def _lines(handle: BinaryIO, limit: int) -> Iterator[tuple[int, bytes | None]]:
             yield number, raw
 
 
-def report_line(number: int, raw: bytes, *, format: Format | Literal["auto"] = "auto", strict: bool = False) -> LineReport:
+def report_line(
+    number: int, raw: bytes, *, format: Format | Literal["auto"] = "auto", strict: bool = False
+) -> LineReport:
     """Read one JSONL line and judge it."""
     nul = raw.find(b"\x00")
     if nul >= 0:
@@ -170,7 +182,9 @@ def report_line(number: int, raw: bytes, *, format: Format | Literal["auto"] = "
         return _problem(number, ident, "truncated", f"{exc.reason} (offset {exc.offset})", label=label)
     except ParseError as exc:
         path = "output" + (f".{exc.path}" if exc.path else "")
-        return _problem(number, ident, "parse_error", f"{exc.reason} (offset {exc.offset})", path=path, label=label)
+        return _problem(
+            number, ident, "parse_error", f"{exc.reason} (offset {exc.offset})", path=path, label=label
+        )
     problems = check(judgment, prompt=prompt)
     return LineReport(number, ident, problems, judgment, label)
 
@@ -203,4 +217,6 @@ def _fields(record: dict[str, Any]) -> tuple[str, Any, Label | None, str] | str:
 def _problem(
     number: int, ident: str | None, code: str, message: str, *, path: str = "", label: Label | None = None
 ) -> LineReport:
-    return LineReport(number, ident, [Finding(code=code, severity="error", path=path, message=message)], label=label)
+    return LineReport(
+        number, ident, [Finding(code=code, severity="error", path=path, message=message)], label=label
+    )

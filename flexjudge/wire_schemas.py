@@ -24,8 +24,21 @@ MIN_DIMENSIONS, MAX_DIMENSIONS = 3, 5  # 3 anchors + at most 2 generated
 
 # What OpenAI strict mode accepts; anything else is stripped or rejected (checked in the tests).
 _STRICT_KEYWORDS = frozenset(
-    {"type", "properties", "required", "additionalProperties", "items", "enum", "anyOf", "$ref", "$defs",
-     "description", "title", "minItems", "maxItems"}
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "anyOf",
+        "$ref",
+        "$defs",
+        "description",
+        "title",
+        "minItems",
+        "maxItems",
+    }
 )
 _DROPPED = ("default", "title", "minLength", "maxLength", "minimum", "maximum")
 
@@ -36,7 +49,11 @@ def native_pair_schema(modality: Modality) -> Schema:
     props = schema["properties"]
     del props["meta"]
     schema["$defs"].pop("JudgmentMeta", None)
-    props["modality"] = {"type": "string", "enum": [modality], "description": props["modality"]["description"]}
+    props["modality"] = {
+        "type": "string",
+        "enum": [modality],
+        "description": props["modality"]["description"],
+    }
     props["scoring"] = {"type": "string", "enum": ["split"], "description": props["scoring"]["description"]}
     props["intent"] = {"$ref": "#/$defs/Intent", "description": props["intent"]["description"]}
     _bound(props["dimensions"], MIN_DIMENSIONS, MAX_DIMENSIONS)
@@ -48,7 +65,9 @@ def native_pair_schema(modality: Modality) -> Schema:
     for name in ("score_1", "score_2"):
         field = defs["Criterion"]["properties"][name]
         defs["Criterion"]["properties"][name] = _int_enum(list(range(11)), field["description"])
-    defs["Evidence"]["properties"]["candidate"] = _int_enum([1, 2], defs["Evidence"]["properties"]["candidate"]["description"])
+    defs["Evidence"]["properties"]["candidate"] = _int_enum(
+        [1, 2], defs["Evidence"]["properties"]["candidate"]["description"]
+    )
     return _strictify(schema)
 
 
@@ -61,7 +80,11 @@ def native_point_schema(modality: Modality, scale: PointScale | None = None) -> 
         del props[name]
     for name in ("JudgmentMeta", "PointScale"):
         schema["$defs"].pop(name, None)
-    props["modality"] = {"type": "string", "enum": [modality], "description": props["modality"]["description"]}
+    props["modality"] = {
+        "type": "string",
+        "enum": [modality],
+        "description": props["modality"]["description"],
+    }
     props["intent"] = {"$ref": "#/$defs/Intent", "description": props["intent"]["description"]}
     _bound(props["dimensions"], MIN_DIMENSIONS, MAX_DIMENSIONS)
     defs = schema["$defs"]
@@ -78,7 +101,11 @@ def flex_schema(modality: Modality) -> Schema:
     winners = [winner_text(1, modality), winner_text(2, modality)]
     defs = schema["$defs"]
     schema["properties"]["winner"] = {"type": "string", "enum": winners, "description": "Overall winner."}
-    defs["FlexCategory"]["properties"]["cat_winner"] = {"type": "string", "enum": winners, "description": "Category winner."}
+    defs["FlexCategory"]["properties"]["cat_winner"] = {
+        "type": "string",
+        "enum": winners,
+        "description": "Category winner.",
+    }
     _bound(schema["properties"]["categories"], MIN_DIMENSIONS, MAX_DIMENSIONS)
     _bound(defs["FlexCategory"]["properties"]["dims"], MIN_CRITERIA, MAX_CRITERIA)
     for name in ("score_1", "score_2"):

@@ -10,7 +10,9 @@ from flexjudge import Criterion, Dimension, Evidence, Intent, Judgment, Verdict
 from flexjudge.anchors import anchor_position, anchors
 
 # Reasons full of what breaks naive parsers: quotes, braces, newlines, unicode, and winner-like phrases.
-_tricky = st.sampled_from(['"', "{", "}", "[", "]", "\n", "\\", "Image 2", "Video 1", "```", "<think>", "é", "😀", ":", ";"])
+_tricky = st.sampled_from(
+    ['"', "{", "}", "[", "]", "\n", "\\", "Image 2", "Video 1", "```", "<think>", "é", "😀", ":", ";"]
+)
 any_text = st.lists(st.one_of(st.text(max_size=12), _tricky), max_size=6).map("".join)
 scores = st.integers(min_value=0, max_value=10)
 winners = st.sampled_from([1, 2])
@@ -19,7 +21,11 @@ winners = st.sampled_from([1, 2])
 @st.composite
 def criteria(draw: st.DrawFn, names: st.SearchStrategy[str] = any_text) -> Criterion:
     return Criterion(
-        name=draw(names), evidence_1=draw(any_text), evidence_2=draw(any_text), score_1=draw(scores), score_2=draw(scores)
+        name=draw(names),
+        evidence_1=draw(any_text),
+        evidence_2=draw(any_text),
+        score_1=draw(scores),
+        score_2=draw(scores),
     )
 
 
@@ -48,17 +54,28 @@ def split_judgments(draw: st.DrawFn, ties: bool = False) -> Judgment:
         )
         for name in draw(dimension_names(modality, "split"))
     ]
-    return Judgment(prompt=draw(any_text), modality=modality, dimensions=dims, verdict=Verdict(analysis=draw(any_text), winner=draw(winner)))
+    return Judgment(
+        prompt=draw(any_text),
+        modality=modality,
+        dimensions=dims,
+        verdict=Verdict(analysis=draw(any_text), winner=draw(winner)),
+    )
 
 
 @st.composite
 def native_judgments(draw: st.DrawFn) -> Judgment:
     """Anything the schema allows: ties, ratings, intent and evidence."""
     base = draw(split_judgments(ties=True))
-    intent = draw(st.none() | st.builds(Intent, **{k: st.lists(any_text, max_size=3) for k in Intent.model_fields}))
+    intent = draw(
+        st.none() | st.builds(Intent, **{k: st.lists(any_text, max_size=3) for k in Intent.model_fields})
+    )
     evidence = [Evidence(candidate=c, observations=draw(st.lists(any_text, max_size=3))) for c in (1, 2)]
     return base.model_copy(
-        update={"scoring": draw(st.sampled_from(["split", "rating"])), "intent": intent, "evidence": draw(st.sampled_from([[], evidence]))}
+        update={
+            "scoring": draw(st.sampled_from(["split", "rating"])),
+            "intent": intent,
+            "evidence": draw(st.sampled_from([[], evidence])),
+        }
     )
 
 
@@ -81,11 +98,21 @@ def think_judgments(draw: st.DrawFn) -> Judgment:
         one, two = draw(st.integers(1, 10)), draw(st.integers(1, 10))
         crit = Criterion(name=name, evidence_1=draw(_line), evidence_2=draw(_line), score_1=one, score_2=two)
         dims.append(
-            Dimension(name=name, origin=_origin(name, modality, "rating"), criteria=[crit], analysis="",
-                      winner=1 if one > two else 2 if two > one else None)
+            Dimension(
+                name=name,
+                origin=_origin(name, modality, "rating"),
+                criteria=[crit],
+                analysis="",
+                winner=1 if one > two else 2 if two > one else None,
+            )
         )
-    return Judgment(prompt=draw(any_text), modality=modality, scoring="rating", dimensions=dims,
-                    verdict=Verdict(analysis="", winner=draw(winners)))
+    return Judgment(
+        prompt=draw(any_text),
+        modality=modality,
+        scoring="rating",
+        dimensions=dims,
+        verdict=Verdict(analysis="", winner=draw(winners)),
+    )
 
 
 @st.composite
@@ -98,7 +125,12 @@ def flex_objects(draw: st.DrawFn) -> dict[str, Any]:
         {"name": any_text, "reason_1": any_text, "reason_2": any_text, "score_1": scores, "score_2": scores}
     )
     categories = [
-        {"name": name, "dims": draw(st.lists(dim, min_size=1, max_size=5)), "cat_reason": draw(any_text), "cat_winner": draw(win)}
+        {
+            "name": name,
+            "dims": draw(st.lists(dim, min_size=1, max_size=5)),
+            "cat_reason": draw(any_text),
+            "cat_winner": draw(win),
+        }
         for name in draw(dimension_names(modality, "split"))
     ]
     return {"prompt": draw(any_text), "categories": categories, "reason": draw(any_text), "winner": draw(win)}

@@ -82,7 +82,9 @@ def parse(
             return parse_native(text, modality=modality, strict=strict)
         if chosen == "think":
             return parse_think(text, modality=modality, strict=strict, prompt=prompt)
-        raise ParseError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)} or 'auto'", offset=0)
+        raise ParseError(
+            f"unknown format {format!r}; expected one of {', '.join(FORMATS)} or 'auto'", offset=0
+        )
     except FlexjudgeError:
         raise
     except RecursionError:

@@ -68,7 +68,9 @@ def schema_error(exc: ValidationError, text: str, value: Any, base: int, fmt: st
     loc, message = first_error(exc)
     count = exc.error_count()
     more = f" (and {count - 1} more problem(s))" if count > 1 else ""
-    return ParseError(message + more, offset=locate(text, value, loc, base), path=format_path(loc) or None, format=fmt)
+    return ParseError(
+        message + more, offset=locate(text, value, loc, base), path=format_path(loc) or None, format=fmt
+    )
 
 
 def incomplete_error(text: str, found: Extracted, fmt: str) -> ParseError:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -16,9 +16,9 @@ from flexjudge.errors import ParseError, RenderError
 from flexjudge.formats import _common
 from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.formats.winners import WinnerError, read_winner, winner_text
-from flexjudge.schema import Criterion, Dimension, Judgment, JudgmentMeta, Score, Verdict
+from flexjudge.schema import Candidate, Criterion, Dimension, Judgment, JudgmentMeta, Score, Verdict
 
-FORMAT = "flex"
+FORMAT: Final = "flex"
 
 
 class _Wire(BaseModel):
@@ -119,7 +119,8 @@ _ALL_EXACT = ("Image 1", "Image 2", "Video 1", "Video 2")
 
 def _winner_locs(value: dict[str, Any]) -> list[tuple[_common.Loc, Any]]:
     locs: list[tuple[_common.Loc, Any]] = [
-        (("categories", i, "cat_winner"), c.get("cat_winner")) for i, c in enumerate(value.get("categories", []))
+        (("categories", i, "cat_winner"), c.get("cat_winner"))
+        for i, c in enumerate(value.get("categories", []))
     ]
     return [*locs, (("winner",), value.get("winner"))]
 
@@ -193,12 +194,16 @@ def _build(
             origin="generated" if anchor_position(category.name, modality) is None else "predefined",
             criteria=[
                 Criterion.model_construct(
-                    name=d.name, evidence_1=d.reason_1, evidence_2=d.reason_2, score_1=d.score_1, score_2=d.score_2
+                    name=d.name,
+                    evidence_1=d.reason_1,
+                    evidence_2=d.reason_2,
+                    score_1=d.score_1,
+                    score_2=d.score_2,
                 )
                 for d in category.dims
             ],
             analysis=category.cat_reason,
-            winner=winners[i],
+            winner=cast(Candidate, winners[i]),
         )
         for i, category in enumerate(wire.categories)
     ]
@@ -212,7 +217,7 @@ def _build(
         intent=None,
         evidence=[],
         dimensions=dimensions,
-        verdict=Verdict.model_construct(analysis=wire.reason, winner=winners[-1]),
+        verdict=Verdict.model_construct(analysis=wire.reason, winner=cast(Candidate, winners[-1])),
         meta=meta,
     )
 
@@ -220,7 +225,9 @@ def _build(
 def to_flex_dict(judgment: Judgment) -> dict[str, Any]:
     """The released wire object for `judgment` (intent and evidence are not part of it and are left out)."""
     if judgment.scoring != "split":
-        raise RenderError("flex scores split 10 points per criterion; this judgment holds independent ratings")
+        raise RenderError(
+            "flex scores split 10 points per criterion; this judgment holds independent ratings"
+        )
 
     def winner(value: int | None, where: str) -> str:
         if value is None:

@@ -7,7 +7,7 @@ This is the format new students learn: intent and evidence come before any score
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -18,7 +18,7 @@ from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.formats.winners import WinnerError, read_winner
 from flexjudge.schema import Judgment, JudgmentMeta
 
-FORMAT = "native"
+FORMAT: Final = "native"
 
 
 def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgment:
@@ -26,10 +26,10 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
         judgment = Judgment.model_validate_json(text, strict=True)
     except ValidationError:
         judgment = None
-    if judgment is not None and "meta" not in judgment.model_fields_set:
-        if modality is None or modality == judgment.modality:
-            judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text)
-            return judgment
+    exact = judgment is not None and "meta" not in judgment.model_fields_set
+    if judgment is not None and exact and modality in (None, judgment.modality):
+        judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text)
+        return judgment
     if strict:
         raise _strict_failure(text, modality)
     return _parse_lenient(text, modality)
@@ -76,7 +76,9 @@ def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
         _read_winners(value, notes)
     except _WinnerAt as exc:
         offset = _common.locate(text, value, exc.loc, found.start)
-        raise ParseError(exc.reason, offset=offset, path=_common.format_path(exc.loc), format=FORMAT) from None
+        raise ParseError(
+            exc.reason, offset=offset, path=_common.format_path(exc.loc), format=FORMAT
+        ) from None
     try:
         judgment = Judgment.model_validate(value)
     except ValidationError as exc:
@@ -103,7 +105,7 @@ def _read_winners(value: dict[str, Any], notes: list[str]) -> None:
         places.append((("verdict", "winner"), value["verdict"]))
     for loc, holder in places:
         raw = holder.get("winner")
-        if raw is None or raw in (1, 2) and not isinstance(raw, bool):
+        if raw is None or (raw in (1, 2) and not isinstance(raw, bool)):
             continue
         try:
             holder["winner"] = read_winner(raw)

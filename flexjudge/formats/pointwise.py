@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Final
 
 from pydantic import ValidationError
 
@@ -11,7 +12,7 @@ from flexjudge.formats import _common
 from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.schema import JudgmentMeta, PointwiseJudgment
 
-FORMAT = "native"
+FORMAT: Final = "native"
 
 
 def parse_pointwise(text: str, strict: bool = False) -> PointwiseJudgment:
@@ -46,7 +47,9 @@ def _parse(text: str, strict: bool) -> PointwiseJudgment:
         base, complete = found.start, found.complete
     if isinstance(value, dict) and "meta" in value:
         if strict:
-            raise ParseError("'meta' is not part of the native format", offset=base, path="meta", format=FORMAT)
+            raise ParseError(
+                "'meta' is not part of the native format", offset=base, path="meta", format=FORMAT
+            )
         del value["meta"]
         notes.append("dropped 'meta', which is not part of the native format")
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from pydantic import ValidationError
 
@@ -29,9 +30,13 @@ from flexjudge.formats import _common
 from flexjudge.formats.winners import WinnerError, label, read_winner, winner_text
 from flexjudge.schema import Criterion, Dimension, Judgment, JudgmentMeta, Verdict
 
-FORMAT = "think"
+FORMAT: Final = "think"
 
-_SCORE_LINE = r"[ \t]*(?:[-*•][ \t]*)?\**(?P<label{n}>image|video)[ \t]*{n}\**[ \t]*\([ \t]*(?P<s{n}>\d+)[ \t]*/[ \t]*10[ \t]*\)\**[ \t]*(?:[-–—:][ \t]?)?(?P<r{n}>[^\n]*)"
+# "    Image 1 (9/10) - rationale;" with optional bullet, bold and dash variants.
+_SCORE_LINE = (
+    r"[ \t]*(?:[-*•][ \t]*)?\**(?P<label{n}>image|video)[ \t]*{n}\**[ \t]*"
+    r"\([ \t]*(?P<s{n}>\d+)[ \t]*/[ \t]*10[ \t]*\)\**[ \t]*(?:[-–—:][ \t]?)?(?P<r{n}>[^\n]*)"
+)
 _BLOCK = re.compile(
     r"^[ \t]*(?:(?P<number>\d+)[ \t]*[.)][ \t]*)?(?P<name>[^\n]*?)[ \t]*:[*_ \t]*\r?\n"
     + _SCORE_LINE.format(n=1)
@@ -41,7 +46,9 @@ _BLOCK = re.compile(
     re.M | re.I,
 )
 _TOTAL_HEADER = re.compile(r"^[ \t*]*total[ \t]+score[ \t*]*:[ \t*]*$", re.M | re.I)
-_TOTAL_LINE = re.compile(r"^[ \t*-]*(image|video)[ \t]*([12])[ \t*]*:[ \t]*([\d \t+]*?)[ \t]*=[ \t]*(\d+)[ \t*]*$", re.M | re.I)
+_TOTAL_LINE = re.compile(
+    r"^[ \t*-]*(image|video)[ \t]*([12])[ \t*]*:[ \t]*([\d \t+]*?)[ \t]*=[ \t]*(\d+)[ \t*]*$", re.M | re.I
+)
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S | re.I)
 
 
@@ -67,9 +74,15 @@ def parse_think(text: str, *, modality: Modality | None, strict: bool, prompt: s
     answer = _ANSWER.search(text, think_close if think_close >= 0 else 0)
     if answer is None:
         where = "inside <think>" if think_close < 0 else "after </think>"
-        raise TruncatedOutput(f"output ends {where} with no <answer>", offset=len(text), partial_text=text, format=FORMAT)
+        raise TruncatedOutput(
+            f"output ends {where} with no <answer>", offset=len(text), partial_text=text, format=FORMAT
+        )
     if not blocks:
-        raise ParseError("no dimension blocks ('Name:' then 'Image 1 (x/10) - ...')", offset=max(think_open, 0), format=FORMAT)
+        raise ParseError(
+            "no dimension blocks ('Name:' then 'Image 1 (x/10) - ...')",
+            offset=max(think_open, 0),
+            format=FORMAT,
+        )
     resolved = _modality(blocks, answer.group(1), modality, strict, notes)
     winner = _answer(text, answer, resolved, strict, notes)
     _check_totals(text, blocks, body_end, resolved, strict, notes)
@@ -101,7 +114,9 @@ def _check_envelope(text: str, think_open: int, think_close: int) -> None:
     after = text[think_close + len("</think>") :].strip()
     if not re.fullmatch(r"<answer>[^<]*</answer>", after):
         raise ParseError(
-            "expected exactly <answer>...</answer> after </think>", offset=think_close + len("</think>"), format=FORMAT
+            "expected exactly <answer>...</answer> after </think>",
+            offset=think_close + len("</think>"),
+            format=FORMAT,
         )
 
 
@@ -125,11 +140,17 @@ def _first_reason(raw: str) -> str:
     return reason[:-1] if reason.endswith(";") else reason
 
 
-def _modality(blocks: list[_Block], answer: str, modality: Modality | None, strict: bool, notes: list[str]) -> Modality:
+def _modality(
+    blocks: list[_Block], answer: str, modality: Modality | None, strict: bool, notes: list[str]
+) -> Modality:
     said = {lab.lower() for b in blocks for lab in b.labels}
     said |= {m for m in ("image", "video") if m in answer.lower()}
     if strict and (len(said) != 1 or (modality is not None and said != {modality})):
-        raise ParseError(f"candidate labels {sorted(said)} do not name one modality", offset=blocks[0].offset, format=FORMAT)
+        raise ParseError(
+            f"candidate labels {sorted(said)} do not name one modality",
+            offset=blocks[0].offset,
+            format=FORMAT,
+        )
     if modality is not None:
         if said != {modality}:
             notes.append(f"labels {sorted(said)} but the caller said {modality}")
@@ -165,7 +186,9 @@ def _answer(text: str, answer: re.Match[str], modality: Modality, strict: bool, 
     return winner
 
 
-def _check_totals(text: str, blocks: list[_Block], end: int, modality: Modality, strict: bool, notes: list[str]) -> None:
+def _check_totals(
+    text: str, blocks: list[_Block], end: int, modality: Modality, strict: bool, notes: list[str]
+) -> None:
     header = _TOTAL_HEADER.search(text, blocks[-1].offset, end)
     if header is None:
         if strict:
@@ -183,7 +206,10 @@ def _check_totals(text: str, blocks: list[_Block], end: int, modality: Modality,
             terms = [int(t) for t in re.findall(r"\d+", line[3])]
             if terms == scores and int(line[4]) == sum(scores):
                 continue
-            problem = f"total for {winner_text(candidate, modality)} reads {line[3].strip()}={line[4]}, ratings give {sum(scores)}"
+            written = f"{line[3].strip()}={line[4]}"
+            problem = (
+                f"total for {winner_text(candidate, modality)} reads {written}, ratings give {sum(scores)}"
+            )
             offset = line.start()
         if strict:
             raise ParseError(problem, offset=offset, format=FORMAT)
@@ -197,7 +223,13 @@ def _dimension(block: _Block, modality: Modality, strict: bool, notes: list[str]
         name=block.name,
         origin=origin,
         criteria=[
-            Criterion(name=block.name, evidence_1=block.reasons[0], evidence_2=block.reasons[1], score_1=one, score_2=two)
+            Criterion(
+                name=block.name,
+                evidence_1=block.reasons[0],
+                evidence_2=block.reasons[1],
+                score_1=one,
+                score_2=two,
+            )
         ],
         analysis="",
         winner=1 if one > two else 2 if two > one else None,
@@ -211,7 +243,11 @@ def render_think(judgment: Judgment) -> str:
     lines = ["<think>"]
     for i, dim in enumerate(judgment.dimensions, 1):
         c = dim.criteria[0]
-        lines += [f"{i}. {dim.name}:", f"    {name} 1 ({c.score_1}/10) - {c.evidence_1};", f"    {name} 2 ({c.score_2}/10) - {c.evidence_2}"]
+        lines += [
+            f"{i}. {dim.name}:",
+            f"    {name} 1 ({c.score_1}/10) - {c.evidence_1};",
+            f"    {name} 2 ({c.score_2}/10) - {c.evidence_2}",
+        ]
     lines.append("Total score:")
     for n in (1, 2):
         scores = [d.criteria[0].score_1 if n == 1 else d.criteria[0].score_2 for d in judgment.dimensions]
@@ -252,4 +288,6 @@ _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
 def _one_line(text: str) -> bool:
-    return "\n" not in text and "\r" not in text and text == text.strip() and not any(t in text for t in _TAGS)
+    return (
+        "\n" not in text and "\r" not in text and text == text.strip() and not any(t in text for t in _TAGS)
+    )

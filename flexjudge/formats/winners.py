@@ -9,7 +9,9 @@ from flexjudge.anchors import Modality
 _LABEL = {"image": "Image", "video": "Video"}
 _REF = r"(?:image|video|candidate|picture|clip|option)\s*#?\s*(\d+)"
 _LEADING_REF = re.compile(rf"^(?:the\s+)?(?:{_REF}|(\d+))(?![\d/])\b(?P<rest>.*)$", re.S)
-_ORDINAL = re.compile(r"^(?:the\s+)?(first|second)\s+(?:image|video|candidate|one|picture|clip)\b(?P<rest>.*)$", re.S)
+_ORDINAL = re.compile(
+    r"^(?:the\s+)?(first|second)\s+(?:image|video|candidate|one|picture|clip)\b(?P<rest>.*)$", re.S
+)
 _ANY_REF = re.compile(rf"\b{_REF}\b")
 _COMPARATIVE = re.compile(r"\b(?:than|over|versus|vs\.?|compared\s+(?:to|with))\s*(?:the\s+)?$")
 _DOUBT = re.compile(
