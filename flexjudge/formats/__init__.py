@@ -31,16 +31,18 @@ _THINK_MARK = re.compile(r"<think>|<answer>|\b(?:image|video)\s*1\s*\(\s*\d+\s*/
 
 def detect_format(text: str) -> Format:
     """Which format `text` is written in; raises `ParseError` when it looks like none of them."""
-    think = _THINK_MARK.search(text)
     brace = text.find("{")
-    if think is not None and (brace < 0 or think.start() < brace):
+    # Think text before any brace decides at once; otherwise the first JSON key that only one
+    # format uses. Searching the whole of a long JSON text for Think marks would cost more than parsing it.
+    if _THINK_MARK.search(text, 0, brace if brace >= 0 else len(text)):
         return "think"
-    flex, native = _FLEX_KEY.search(text), _NATIVE_KEY.search(text)
-    if flex is not None and (native is None or flex.start() < native.start()):
-        return "flex"
+    flex = _FLEX_KEY.search(text)
+    native = _NATIVE_KEY.search(text, 0, flex.start() if flex is not None else len(text))
     if native is not None:
         return "native"
-    if think is not None:
+    if flex is not None:
+        return "flex"
+    if brace >= 0 and _THINK_MARK.search(text, brace):
         return "think"
     if brace >= 0 and _cut_short(text):
         raise TruncatedOutput(

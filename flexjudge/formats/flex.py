@@ -10,6 +10,8 @@ import json
 from typing import Any, Final, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import CoreSchema, SchemaValidator
+from pydantic_core import core_schema as cs
 
 from flexjudge.anchors import Modality, anchor_position
 from flexjudge.errors import ParseError, RenderError
@@ -66,30 +68,84 @@ class FlexOutput(_Wire):
     """"Image 1" or "Image 2" ("Video 1" or "Video 2" for video)."""
 
 
-def parse_flex(text: str, *, modality: Modality | None, strict: bool) -> Judgment:
+def _record(fields: dict[str, CoreSchema], **aliases: str) -> CoreSchema:
+    return cs.typed_dict_schema(
+        {name: cs.typed_dict_field(schema, validation_alias=aliases.get(name)) for name, schema in fields.items()},
+        extra_behavior="forbid",
+        config=cs.CoreConfig(validate_by_alias=True),
+    )
+
+
+# The fast path: FlexOutput's exact shape, read by pydantic-core straight into the dictionaries that
+# become Criterion and Dimension objects (flex names mapped to ours by alias). Clean text pays for one
+# JSON pass and a few object shells; anything else falls back to FlexOutput and the lenient reader.
+_TEXT, _SCORE = cs.str_schema(strict=True), cs.int_schema(ge=0, le=10, strict=True)
+_FAST_CRITERION = _record(
+    {"name": _TEXT, "evidence_1": _TEXT, "evidence_2": _TEXT, "score_1": _SCORE, "score_2": _SCORE},
+    evidence_1="reason_1",
+    evidence_2="reason_2",
+)
+_FAST_CATEGORY = _record(
+    {"name": _TEXT, "criteria": cs.list_schema(_FAST_CRITERION, strict=True), "analysis": _TEXT, "winner": _TEXT},
+    criteria="dims",
+    analysis="cat_reason",
+    winner="cat_winner",
+)
+_FAST = SchemaValidator(
+    _record({"prompt": _TEXT, "categories": cs.list_schema(_FAST_CATEGORY, strict=True), "reason": _TEXT, "winner": _TEXT})
+)
+_CRITERION_FIELDS = set(Criterion.model_fields)
+_DIMENSION_FIELDS = set(Dimension.model_fields)
+_EXACT_WINNERS: dict[str, tuple[Modality, Candidate]] = {
+    winner_text(n, m): (m, n) for m in ("image", "video") for n in (1, 2)  # type: ignore[misc]
+}
+
+
+def _parse_fast(text: str, modality: Modality | None) -> Judgment | None:
+    """The judgment when `text` is exactly the released format, else None."""
     try:
-        wire = FlexOutput.model_validate_json(text, strict=True)
+        raw = _FAST.validate_json(text)
     except ValidationError:
-        wire = None
-    if wire is not None:
-        exact = _exact_modality(wire)
-        if exact is not None and (modality is None or modality == exact):
-            return _build(wire, text, exact, [], recovered=False)
+        return None
+    try:
+        said, winner = _EXACT_WINNERS[raw["winner"]]
+        dimensions = []
+        for category in raw["categories"]:
+            category_modality, category["winner"] = _EXACT_WINNERS[category["winner"]]
+            if category_modality != said:
+                return None
+            category["criteria"] = [_common.trusted(Criterion, c, _CRITERION_FIELDS) for c in category["criteria"]]
+            category["origin"] = "generated" if anchor_position(category["name"], said) is None else "predefined"
+            dimensions.append(_common.trusted(Dimension, category, _DIMENSION_FIELDS))
+    except KeyError:
+        return None
+    if modality is not None and modality != said:
+        return None
+    return Judgment.model_construct(
+        prompt=raw["prompt"],
+        modality=said,
+        scoring="split",
+        intent=None,
+        evidence=[],
+        dimensions=dimensions,
+        verdict=Verdict.model_construct(analysis=raw["reason"], winner=winner),
+        meta=JudgmentMeta.model_construct(
+            source_format=FORMAT, candidate_order=[1, 2], raw_text=text, recovered=False, recovery_notes=[]
+        ),
+    )
+
+
+def parse_flex(text: str, *, modality: Modality | None, strict: bool) -> Judgment:
+    fast = _parse_fast(text, modality)
+    if fast is not None:
+        return fast
     if strict:
-        raise _strict_failure(text, wire, modality)
+        raise _strict_failure(text, modality)
     return _parse_lenient(text, modality)
 
 
-def _exact_modality(wire: FlexOutput) -> Modality | None:
-    """The modality when every winner is spelled exactly as released, else None."""
-    winners = [wire.winner, *(c.cat_winner for c in wire.categories)]
-    for modality in ("image", "video"):
-        if all(w in (winner_text(1, modality), winner_text(2, modality)) for w in winners):
-            return modality
-    return None
-
-
-def _strict_failure(text: str, wire: FlexOutput | None, modality: Modality | None) -> ParseError:
+def _strict_failure(text: str, modality: Modality | None) -> ParseError:
+    """Why `text` is not exactly the released format (the fast path said no; say where and why)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -97,11 +153,10 @@ def _strict_failure(text: str, wire: FlexOutput | None, modality: Modality | Non
     except RecursionError:
         return ParseError("JSON nested too deeply", offset=0, format=FORMAT)
     base = len(text) - len(text.lstrip())
-    if wire is None:
-        try:
-            FlexOutput.model_validate(value, strict=True)
-        except ValidationError as exc:
-            return _common.schema_error(exc, text, value, base, FORMAT)
+    try:
+        FlexOutput.model_validate(value, strict=True)
+    except ValidationError as exc:
+        return _common.schema_error(exc, text, value, base, FORMAT)
     expected = f"{winner_text(1, modality or 'image')!r} or {winner_text(2, modality or 'image')!r}"
     for loc, winner in _winner_locs(value):
         if winner not in ((winner_text(1, modality), winner_text(2, modality)) if modality else _ALL_EXACT):
@@ -184,10 +239,8 @@ def _build(
     notes: list[str],
     *,
     recovered: bool,
-    winners: list[int] | None = None,
+    winners: list[int],
 ) -> Judgment:
-    if winners is None:  # exact spelling: the number is the last character
-        winners = [int(str(c.cat_winner)[-1]) for c in wire.categories] + [int(str(wire.winner)[-1])]
     dimensions = [
         Dimension.model_construct(
             name=category.name,
