@@ -177,53 +177,48 @@ def _check_unique(names: list[str], path: str, what: str, add: _Add) -> None:
 
 
 def _check_pair_dimension(dim: Dimension, path: str, scoring: str, add: _Add) -> None:
+    # One pass over the criteria: this loop is most of what checking a judgment costs.
+    split = scoring == "split"
+    one = two = 0
     for j, crit in enumerate(dim.criteria):
-        where = f"{path}.criteria[{j}]"
-        if scoring == "split" and crit.score_1 + crit.score_2 != 10:
+        a, b = crit.score_1, crit.score_2
+        one += a
+        two += b
+        if split and a + b != 10:
+            add(_f("split_sum", "error", f"{path}.criteria[{j}]", f"scores {a} + {b} = {a + b}, not 10"))
+        elif not split and (a == 0 or b == 0):
             add(
-                _f(
-                    "split_sum",
-                    "error",
-                    where,
-                    f"scores {crit.score_1} + {crit.score_2} = {crit.score_1 + crit.score_2}, not 10",
-                )
+                _f("score_range", "error", f"{path}.criteria[{j}]", "Think ratings run from 1 to 10; found 0")
             )
-        if scoring == "rating" and 0 in (crit.score_1, crit.score_2):
-            add(_f("score_range", "error", where, "Think ratings run from 1 to 10; found 0"))
-        _check_criterion_evidence(crit, where, add)
-    if not dim.analysis.strip() and scoring == "split":
+        e1, e2 = crit.evidence_1, crit.evidence_2
+        if not e1 or not e2 or e1.isspace() or e2.isspace():  # `_blank`, inlined on the hot path
+            _report_empty_evidence(crit, f"{path}.criteria[{j}]", add)
+    if split and _blank(dim.analysis):
         add(_f("empty_analysis", "info", f"{path}.analysis", "no dimension-level analysis"))
-    one, two = dim.totals
     leader = 1 if one > two else 2 if two > one else None
-    if dim.winner is not None and leader is not None and dim.winner != leader:
-        add(
-            _f(
-                "dimension_winner_contradicts_scores",
-                "error",
-                f"{path}.winner",
-                f"winner is candidate {dim.winner} but the criteria give {one} to {two}",
-            )
-        )
-    elif dim.winner is None and leader is not None:
-        add(
-            _f(
-                "dimension_winner_contradicts_scores",
-                "warning",
-                f"{path}.winner",
-                f"a tie, but the criteria give {one} to {two}",
-            )
-        )
+    if leader is None or dim.winner == leader:
+        return
+    if dim.winner is None:
+        message = f"a tie, but the criteria give {one} to {two}"
+        add(_f("dimension_winner_contradicts_scores", "warning", f"{path}.winner", message))
+    else:
+        message = f"winner is candidate {dim.winner} but the criteria give {one} to {two}"
+        add(_f("dimension_winner_contradicts_scores", "error", f"{path}.winner", message))
 
 
-def _check_criterion_evidence(crit: Criterion, where: str, add: _Add) -> None:
+def _blank(text: str) -> bool:
+    return not text or text.isspace()
+
+
+def _report_empty_evidence(crit: Criterion, where: str, add: _Add) -> None:
     for n, text in ((1, crit.evidence_1), (2, crit.evidence_2)):
-        if not text.strip():
+        if _blank(text):
             add(_f("empty_evidence", "warning", f"{where}.evidence_{n}", f"no evidence for candidate {n}"))
 
 
 def _check_point_dimension(dim: PointDimension, path: str, add: _Add) -> None:
     for j, crit in enumerate(dim.criteria):
-        if not crit.evidence.strip():
+        if _blank(crit.evidence):
             add(_f("empty_evidence", "warning", f"{path}.criteria[{j}].evidence", "no evidence"))
     scores = [c.score for c in dim.criteria]
     if scores and not min(scores) <= dim.score <= max(scores):

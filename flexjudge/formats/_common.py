@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
@@ -107,14 +108,13 @@ def prune(value: Any, model: type[BaseModel], notes: list[str], path: str = "") 
     """Drop keys the model does not know (lenient reading), recording each dropped key in `notes`."""
     if not isinstance(value, dict):
         return value
-    fields = model.model_fields
+    nested = _nested_models(model)
     kept: dict[str, Any] = {}
     for key, item in value.items():
-        field = fields.get(key)
-        if field is None:
+        if key not in nested:
             notes.append(f"dropped unknown key {path + key!r}")
             continue
-        inner = _model_in(field.annotation)
+        inner = nested[key]
         if inner is None:
             kept[key] = item
         elif isinstance(item, list):
@@ -122,6 +122,12 @@ def prune(value: Any, model: type[BaseModel], notes: list[str], path: str = "") 
         else:
             kept[key] = prune(item, inner, notes, f"{path}{key}.")
     return kept
+
+
+@functools.cache
+def _nested_models(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
+    """Each field of `model`, mapped to the model its values hold (None for plain values)."""
+    return {name: _model_in(field.annotation) for name, field in model.model_fields.items()}
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import CoreSchema, SchemaValidator
@@ -70,7 +70,10 @@ class FlexOutput(_Wire):
 
 def _record(fields: dict[str, CoreSchema], **aliases: str) -> CoreSchema:
     return cs.typed_dict_schema(
-        {name: cs.typed_dict_field(schema, validation_alias=aliases.get(name)) for name, schema in fields.items()},
+        {
+            name: cs.typed_dict_field(schema, validation_alias=aliases.get(name))
+            for name, schema in fields.items()
+        },
         extra_behavior="forbid",
         config=cs.CoreConfig(validate_by_alias=True),
     )
@@ -79,25 +82,36 @@ def _record(fields: dict[str, CoreSchema], **aliases: str) -> CoreSchema:
 # The fast path: FlexOutput's exact shape, read by pydantic-core straight into the dictionaries that
 # become Criterion and Dimension objects (flex names mapped to ours by alias). Clean text pays for one
 # JSON pass and a few object shells; anything else falls back to FlexOutput and the lenient reader.
-_TEXT, _SCORE = cs.str_schema(strict=True), cs.int_schema(ge=0, le=10, strict=True)
-_FAST_CRITERION = _record(
-    {"name": _TEXT, "evidence_1": _TEXT, "evidence_2": _TEXT, "score_1": _SCORE, "score_2": _SCORE},
-    evidence_1="reason_1",
-    evidence_2="reason_2",
-)
-_FAST_CATEGORY = _record(
-    {"name": _TEXT, "criteria": cs.list_schema(_FAST_CRITERION, strict=True), "analysis": _TEXT, "winner": _TEXT},
-    criteria="dims",
-    analysis="cat_reason",
-    winner="cat_winner",
-)
-_FAST = SchemaValidator(
-    _record({"prompt": _TEXT, "categories": cs.list_schema(_FAST_CATEGORY, strict=True), "reason": _TEXT, "winner": _TEXT})
-)
+def _validator(strict: bool) -> SchemaValidator:
+    text, score = cs.str_schema(strict=strict), cs.int_schema(ge=0, le=10, strict=strict)
+    criterion = _record(
+        {"name": text, "evidence_1": text, "evidence_2": text, "score_1": score, "score_2": score},
+        evidence_1="reason_1",
+        evidence_2="reason_2",
+    )
+    category = _record(
+        {"name": text, "criteria": cs.list_schema(criterion), "analysis": text, "winner": text},
+        criteria="dims",
+        analysis="cat_reason",
+        winner="cat_winner",
+    )
+    return SchemaValidator(
+        _record({"prompt": text, "categories": cs.list_schema(category), "reason": text, "winner": text})
+    )
+
+
+_FAST = _validator(strict=True)
+_LAX = _validator(strict=False)  # the lenient reader's second try: "7" and 7.0 read as 7, and noted
 _CRITERION_FIELDS = set(Criterion.model_fields)
 _DIMENSION_FIELDS = set(Dimension.model_fields)
+_VERDICT_FIELDS = set(Verdict.model_fields)
+_META_FIELDS = set(JudgmentMeta.model_fields)
+_JUDGMENT_FIELDS = set(Judgment.model_fields)
 _EXACT_WINNERS: dict[str, tuple[Modality, Candidate]] = {
-    winner_text(n, m): (m, n) for m in ("image", "video") for n in (1, 2)  # type: ignore[misc]
+    "Image 1": ("image", 1),
+    "Image 2": ("image", 2),
+    "Video 1": ("video", 1),
+    "Video 2": ("video", 2),
 }
 
 
@@ -107,6 +121,16 @@ def _parse_fast(text: str, modality: Modality | None) -> Judgment | None:
         raw = _FAST.validate_json(text)
     except ValidationError:
         return None
+    return _assemble(raw, text, modality, notes=None)
+
+
+def _assemble(
+    raw: dict[str, Any], text: str, modality: Modality | None, notes: list[str] | None
+) -> Judgment | None:
+    """Turn validated fast-path data into a Judgment; None when a winner is not spelled exactly.
+
+    `notes` is None on the fast path (nothing was repaired) and the lenient reader's notes otherwise.
+    """
     try:
         said, winner = _EXACT_WINNERS[raw["winner"]]
         dimensions = []
@@ -114,25 +138,35 @@ def _parse_fast(text: str, modality: Modality | None) -> Judgment | None:
             category_modality, category["winner"] = _EXACT_WINNERS[category["winner"]]
             if category_modality != said:
                 return None
-            category["criteria"] = [_common.trusted(Criterion, c, _CRITERION_FIELDS) for c in category["criteria"]]
-            category["origin"] = "generated" if anchor_position(category["name"], said) is None else "predefined"
+            category["criteria"] = [
+                _common.trusted(Criterion, c, _CRITERION_FIELDS) for c in category["criteria"]
+            ]
+            category["origin"] = (
+                "generated" if anchor_position(category["name"], said) is None else "predefined"
+            )
             dimensions.append(_common.trusted(Dimension, category, _DIMENSION_FIELDS))
     except KeyError:
         return None
     if modality is not None and modality != said:
         return None
-    return Judgment.model_construct(
-        prompt=raw["prompt"],
-        modality=said,
-        scoring="split",
-        intent=None,
-        evidence=[],
-        dimensions=dimensions,
-        verdict=Verdict.model_construct(analysis=raw["reason"], winner=winner),
-        meta=JudgmentMeta.model_construct(
-            source_format=FORMAT, candidate_order=[1, 2], raw_text=text, recovered=False, recovery_notes=[]
-        ),
-    )
+    meta = {
+        "source_format": FORMAT,
+        "candidate_order": [1, 2],
+        "raw_text": text,
+        "recovered": notes is not None,
+        "recovery_notes": notes or [],
+    }
+    judgment = {
+        "prompt": raw["prompt"],
+        "modality": said,
+        "scoring": "split",
+        "intent": None,
+        "evidence": [],
+        "dimensions": dimensions,
+        "verdict": _common.trusted(Verdict, {"analysis": raw["reason"], "winner": winner}, _VERDICT_FIELDS),
+        "meta": _common.trusted(JudgmentMeta, meta, _META_FIELDS),
+    }
+    return _common.trusted(Judgment, judgment, _JUDGMENT_FIELDS)
 
 
 def parse_flex(text: str, *, modality: Modality | None, strict: bool) -> Judgment:
@@ -159,7 +193,9 @@ def _strict_failure(text: str, modality: Modality | None) -> ParseError:
         return _common.schema_error(exc, text, value, base, FORMAT)
     expected = f"{winner_text(1, modality or 'image')!r} or {winner_text(2, modality or 'image')!r}"
     for loc, winner in _winner_locs(value):
-        if winner not in ((winner_text(1, modality), winner_text(2, modality)) if modality else _ALL_EXACT):
+        if winner not in (
+            (winner_text(1, modality), winner_text(2, modality)) if modality else tuple(_EXACT_WINNERS)
+        ):
             return ParseError(
                 f"winner {winner!r} is not exactly {expected}",
                 offset=_common.locate(text, value, loc, base),
@@ -169,14 +205,15 @@ def _strict_failure(text: str, modality: Modality | None) -> ParseError:
     return ParseError("winners mix 'Image' and 'Video'", offset=base, format=FORMAT)
 
 
-_ALL_EXACT = ("Image 1", "Image 2", "Video 1", "Video 2")
-
-
 def _winner_locs(value: dict[str, Any]) -> list[tuple[_common.Loc, Any]]:
-    locs: list[tuple[_common.Loc, Any]] = [
-        (("categories", i, "cat_winner"), c.get("cat_winner"))
-        for i, c in enumerate(value.get("categories", []))
-    ]
+    categories = value.get("categories")
+    locs: list[tuple[_common.Loc, Any]] = []
+    if isinstance(categories, list):
+        locs = [
+            (("categories", i, "cat_winner"), c.get("cat_winner"))
+            for i, c in enumerate(categories)
+            if isinstance(c, dict)
+        ]
     return [*locs, (("winner",), value.get("winner"))]
 
 
@@ -185,94 +222,56 @@ def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
         found = extract_object(text)
     except NoObject as exc:
         raise ParseError(exc.reason, offset=exc.offset, format=FORMAT) from None
-    except RecursionError:
-        raise ParseError("JSON nested too deeply", offset=0, format=FORMAT) from None
     notes = list(found.notes)
     value = _common.prune(found.value, FlexOutput, notes)
+    resolved = _lenient_modality(value, modality, notes)
+    # Winners are read first, so a bad one is reported as such; then they are spelled exactly,
+    # and the data goes through the same validator and assembly as the fast path.
+    for loc, winner in _winner_locs(value):
+        if winner is None:
+            continue  # missing: validation reports it (or the truncation that lost it)
+        try:
+            number = read_winner(winner)
+        except WinnerError as exc:
+            offset = _common.locate(text, value, loc, found.start)
+            raise ParseError(str(exc), offset=offset, path=_common.format_path(loc), format=FORMAT) from None
+        exact = winner_text(number, resolved)
+        if winner != exact:
+            notes.append(f"read winner {winner!r} at {_common.format_path(loc)} as candidate {number}")
+            holder = value if loc == ("winner",) else value["categories"][loc[1]]
+            holder[loc[-1]] = exact
     try:
-        wire = FlexOutput.model_validate(value, strict=True)
+        raw = _FAST.validate_python(value, strict=True)
     except ValidationError:
         try:
-            wire = FlexOutput.model_validate(value)
+            raw = _LAX.validate_python(value)
         except ValidationError as exc:
             if not found.complete:
                 raise _common.incomplete_error(text, found, FORMAT) from None
             raise _common.schema_error(exc, text, value, found.start, FORMAT) from None
         notes.append("coerced values to their expected types")
-    resolved = _lenient_modality(wire, modality, notes)
-    winners: list[int] = []
-    for loc, winner in _winner_locs(value):
-        try:
-            winners.append(read_winner(winner))
-        except WinnerError as exc:
-            offset = _common.locate(text, value, loc, found.start)
-            raise ParseError(str(exc), offset=offset, path=_common.format_path(loc), format=FORMAT) from None
-        if winner not in (winner_text(1, resolved), winner_text(2, resolved)):
-            notes.append(f"read winner {winner!r} at {_common.format_path(loc)} as candidate {winners[-1]}")
-    return _build(wire, text, resolved, notes, recovered=True, winners=winners)
+    judgment = _assemble(raw, text, resolved, notes)
+    assert judgment is not None  # every winner was rewritten to the exact spelling of `resolved`
+    return judgment
 
 
-def _lenient_modality(wire: FlexOutput, modality: Modality | None, notes: list[str]) -> Modality:
+def _lenient_modality(value: dict[str, Any], modality: Modality | None, notes: list[str]) -> Modality:
     said = {
-        m
-        for w in (wire.winner, *(c.cat_winner for c in wire.categories))
-        if isinstance(w, str)
-        for m in ("image", "video")
-        if m in w.lower()
+        m for _, w in _winner_locs(value) if isinstance(w, str) for m in ("image", "video") if m in w.lower()
     }
     if modality is not None:
         if said and said != {modality}:
             notes.append(f"winners name {sorted(said)} but the caller said {modality}")
         return modality
     if len(said) == 1:
-        return said.pop()  # type: ignore[return-value]
-    names = [c.name for c in wire.categories]
-    guess: Modality = "video" if any(anchor_position(n, "video") == 1 for n in names) else "image"
+        return "video" if "video" in said else "image"
+    categories = value.get("categories")
+    names = [c.get("name") for c in categories if isinstance(c, dict)] if isinstance(categories, list) else []
+    guess: Modality = (
+        "video" if any(isinstance(n, str) and anchor_position(n, "video") == 1 for n in names) else "image"
+    )
     notes.append(f"modality not stated by the winners; read as {guess}")
     return guess
-
-
-def _build(
-    wire: FlexOutput,
-    text: str,
-    modality: Modality,
-    notes: list[str],
-    *,
-    recovered: bool,
-    winners: list[int],
-) -> Judgment:
-    dimensions = [
-        Dimension.model_construct(
-            name=category.name,
-            origin="generated" if anchor_position(category.name, modality) is None else "predefined",
-            criteria=[
-                Criterion.model_construct(
-                    name=d.name,
-                    evidence_1=d.reason_1,
-                    evidence_2=d.reason_2,
-                    score_1=d.score_1,
-                    score_2=d.score_2,
-                )
-                for d in category.dims
-            ],
-            analysis=category.cat_reason,
-            winner=cast(Candidate, winners[i]),
-        )
-        for i, category in enumerate(wire.categories)
-    ]
-    meta = JudgmentMeta.model_construct(
-        source_format=FORMAT, candidate_order=[1, 2], raw_text=text, recovered=recovered, recovery_notes=notes
-    )
-    return Judgment.model_construct(
-        prompt=wire.prompt,
-        modality=modality,
-        scoring="split",
-        intent=None,
-        evidence=[],
-        dimensions=dimensions,
-        verdict=Verdict.model_construct(analysis=wire.reason, winner=cast(Candidate, winners[-1])),
-        meta=meta,
-    )
 
 
 def to_flex_dict(judgment: Judgment) -> dict[str, Any]:
