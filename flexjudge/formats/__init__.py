@@ -76,6 +76,8 @@ def parse(
     """
     if not isinstance(text, str):
         raise ParseError(f"expected text, got {type(text).__name__}", offset=0)
+    if modality not in (None, "image", "video"):
+        raise ParseError(f"unknown modality {modality!r}; expected 'image', 'video' or None", offset=0)
     try:
         chosen = detect_format(text) if format == "auto" else format
         if chosen == "flex":
