@@ -288,3 +288,11 @@ def test_pointwise_round_trip_and_scale() -> None:
         flexjudge.parse_pointwise(off_scale)
     with pytest.raises(TruncatedOutput):
         flexjudge.parse_pointwise(text[: len(text) // 2])
+
+
+def test_think_rating_out_of_range_names_its_block() -> None:
+    text = THINK.replace("(8/10) - Natural hands", "(12/10) - Natural hands")
+    with pytest.raises(ParseError) as info:
+        flexjudge.parse(text)
+    assert info.value.path == "dimensions[2]"
+    assert text[info.value.offset :].startswith("3. Authenticity")

@@ -22,11 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from pydantic import ValidationError
-
 from flexjudge.anchors import Modality, anchor_position
 from flexjudge.errors import ParseError, RenderError, TruncatedOutput
-from flexjudge.formats import _common
 from flexjudge.formats.winners import WinnerError, label, read_winner, winner_text
 from flexjudge.schema import Criterion, Dimension, Judgment, JudgmentMeta, Verdict
 
@@ -88,12 +85,7 @@ def parse_think(text: str, *, modality: Modality | None, strict: bool, prompt: s
     _check_totals(text, blocks, body_end, resolved, strict, notes)
     if not strict and not answer.group(0).lower().endswith("</answer>"):
         notes.append("the <answer> tag is not closed")
-    try:
-        dimensions = [_dimension(b, resolved, strict, notes) for b in blocks]
-    except ValidationError as exc:
-        loc, message = _common.first_error(exc)
-        index = next((p for p in loc if isinstance(p, int)), 0)
-        raise ParseError(message, offset=blocks[min(index, len(blocks) - 1)].offset, format=FORMAT) from None
+    dimensions = [_dimension(b, i, resolved) for i, b in enumerate(blocks)]
     return Judgment(
         prompt=prompt,
         modality=resolved,
@@ -216,21 +208,24 @@ def _check_totals(
         notes.append(problem)
 
 
-def _dimension(block: _Block, modality: Modality, strict: bool, notes: list[str]) -> Dimension:
+def _dimension(block: _Block, index: int, modality: Modality) -> Dimension:
     one, two = block.scores
+    for score in (one, two):
+        if not 0 <= score <= 10:
+            raise ParseError(
+                f"rating {score}/10 is out of range",
+                offset=block.offset,
+                path=f"dimensions[{index}]",
+                format=FORMAT,
+            )
     origin = "generated" if anchor_position(block.name, modality, "rating") is None else "predefined"
+    criterion = Criterion(
+        name=block.name, evidence_1=block.reasons[0], evidence_2=block.reasons[1], score_1=one, score_2=two
+    )
     return Dimension(
         name=block.name,
         origin=origin,
-        criteria=[
-            Criterion(
-                name=block.name,
-                evidence_1=block.reasons[0],
-                evidence_2=block.reasons[1],
-                score_1=one,
-                score_2=two,
-            )
-        ],
+        criteria=[criterion],
         analysis="",
         winner=1 if one > two else 2 if two > one else None,
     )
