@@ -11,7 +11,8 @@ import re
 from typing import Literal
 
 from flexjudge.anchors import Modality
-from flexjudge.errors import FlexjudgeError, ParseError, TruncatedOutput
+from flexjudge.errors import ParseError, TruncatedOutput
+from flexjudge.formats._common import only_parse_errors
 from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.formats.flex import parse_flex, render_flex
 from flexjudge.formats.native import parse_native, render_native
@@ -78,7 +79,7 @@ def parse(
         raise ParseError(f"expected text, got {type(text).__name__}", offset=0)
     if modality not in (None, "image", "video"):
         raise ParseError(f"unknown modality {modality!r}; expected 'image', 'video' or None", offset=0)
-    try:
+    with only_parse_errors(None if format == "auto" else format):
         chosen = detect_format(text) if format == "auto" else format
         if chosen == "flex":
             return parse_flex(text, modality=modality, strict=strict)
@@ -89,12 +90,6 @@ def parse(
         raise ParseError(
             f"unknown format {format!r}; expected one of {', '.join(FORMATS)} or 'auto'", offset=0
         )
-    except FlexjudgeError:
-        raise
-    except RecursionError:
-        raise ParseError("nested too deeply", offset=0, format=format) from None
-    except Exception as exc:  # the contract: nothing but ParseError escapes
-        raise ParseError(f"internal error while parsing: {type(exc).__name__}: {exc}", offset=0) from exc
 
 
 def render(judgment: Judgment, format: Format) -> str:

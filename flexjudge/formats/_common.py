@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import types
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from flexjudge.errors import ParseError, TruncatedOutput
+from flexjudge.errors import FlexjudgeError, ParseError, TruncatedOutput
 from flexjudge.formats._recovery import Extracted
 
 Loc = tuple[int | str, ...]
@@ -33,6 +34,21 @@ def trusted(cls: type[M], data: dict[str, Any], fields: set[str]) -> M:
     _set(obj, "__pydantic_extra__", None)
     _set(obj, "__pydantic_private__", None)
     return obj
+
+
+@contextlib.contextmanager
+def only_parse_errors(fmt: str | None) -> Iterator[None]:
+    """The parser contract: whatever goes wrong inside, the caller sees a `ParseError` and nothing else."""
+    try:
+        yield
+    except FlexjudgeError:
+        raise
+    except RecursionError:
+        raise ParseError("nested too deeply", offset=0, format=fmt) from None
+    except Exception as exc:
+        raise ParseError(
+            f"internal error while parsing: {type(exc).__name__}: {exc}", offset=0, format=fmt
+        ) from exc
 
 
 def format_path(loc: Loc) -> str:

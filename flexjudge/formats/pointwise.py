@@ -7,7 +7,7 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from flexjudge.errors import FlexjudgeError, ParseError
+from flexjudge.errors import ParseError
 from flexjudge.formats import _common
 from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.schema import JudgmentMeta, PointwiseJudgment
@@ -17,14 +17,8 @@ FORMAT: Final = "native"
 
 def parse_pointwise(text: str, strict: bool = False) -> PointwiseJudgment:
     """Read a pointwise judgment; raises `ParseError` (or `TruncatedOutput`) and nothing else."""
-    try:
+    with _common.only_parse_errors(FORMAT):
         return _parse(text, strict)
-    except FlexjudgeError:
-        raise
-    except RecursionError:
-        raise ParseError("nested too deeply", offset=0, format=FORMAT) from None
-    except Exception as exc:  # the contract: nothing but ParseError escapes
-        raise ParseError(f"internal error while parsing: {type(exc).__name__}: {exc}", offset=0) from exc
 
 
 def _parse(text: str, strict: bool) -> PointwiseJudgment:
