@@ -30,6 +30,10 @@ THINK_ANCHORS: dict[Modality, tuple[str, str, str]] = {
 """UnifiedReward-Think: the three core dimensions, scored independently from 1 to 10."""
 
 
+MAX_GENERATED = 2
+"""At most this many generated dimensions follow the anchors."""
+
+
 def anchors(modality: Modality, scoring: Scoring = "split") -> tuple[str, str, str]:
     """The anchor names a judgment of this modality and scoring scheme must open with."""
     return (FLEX_ANCHORS if scoring == "split" else THINK_ANCHORS)[modality]

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from flexjudge.anchors import Modality, Scoring
+from flexjudge.anchors import MAX_GENERATED, Modality, Scoring, canonical_name
 
 Origin = Literal["predefined", "generated"]
 SourceFormat = Literal["flex", "think", "native"]
@@ -41,8 +42,11 @@ __all__ = [
     "PointScale",
     "PointVerdict",
     "PointwiseJudgment",
+    "Preferences",
     "Scoring",
     "SourceFormat",
+    "SwapReport",
+    "Usage",
     "Verdict",
 ]
 
@@ -119,6 +123,62 @@ class Verdict(_Schema):
     """Candidate preferred overall; None is a tie (never produced by the released judges)."""
 
 
+class Preferences(_Schema):
+    """A user's judging profile: what they care about, how much, and what must always be judged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    profile: str = ""
+    """Free text, e.g. "muted palettes; legible text matters most"."""
+    weights: dict[str, float] = Field(default_factory=dict)
+    """Dimension name -> weight (default 1.0 for dimensions not listed)."""
+    custom_dimensions: tuple[str, ...] = ()
+    """Dimensions the judge must add after the anchors (at most two)."""
+    weighted_verdict: bool = False
+    """Decide the overall winner by weighted dimension votes instead of the judge's verdict."""
+
+    @field_validator("custom_dimensions")
+    @classmethod
+    def _few_and_new(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > MAX_GENERATED:
+            raise ValueError(f"at most {MAX_GENERATED} custom dimensions fit after the three anchors")
+        if any(not name.strip() for name in value):
+            raise ValueError("custom dimension names must not be empty")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"weights must be >= 0: {bad}")
+        return value
+
+    def weight(self, dimension_name: str) -> float:
+        """The weight of a dimension, matched by canonical name."""
+        wanted = canonical_name(dimension_name)
+        for name, weight in self.weights.items():
+            if canonical_name(name) == wanted:
+                return weight
+        return 1.0
+
+    @classmethod
+    def coerce(cls, value: Preferences | str | None) -> Preferences | None:
+        """Accept a profile string as shorthand for `Preferences(profile=...)`."""
+        if value is None or isinstance(value, Preferences):
+            return value
+        return cls(profile=value)
+
+
+class Usage(_Schema):
+    """Tokens a backend reported for one generation."""
+
+    prompt_tokens: int
+    """Tokens in the prompt, images included."""
+    completion_tokens: int
+    """Tokens generated."""
+
+
 class JudgmentMeta(_Schema):
     """How a judgment was obtained: enough to reproduce it and to know how much to trust it."""
 
@@ -132,6 +192,22 @@ class JudgmentMeta(_Schema):
     """True when lenient reading was needed (fences, prose, repaired tail, loose winners)."""
     recovery_notes: list[str] = Field(default_factory=list)
     """What the lenient reader did, one note per repair."""
+    model: str | None = None
+    """The judge model that produced it."""
+    backend: str | None = None
+    """The backend that ran the model (`transformers`, `openai`)."""
+    template_version: str | None = None
+    """Version of the prompt template it was asked with."""
+    constrained: bool | None = None
+    """True when decoding was constrained (valid by construction); False for prompt-only output."""
+    usage: Usage | None = None
+    """Token usage, when the backend reports it."""
+    preferences: Preferences | None = None
+    """The user's preferences it was judged under."""
+    verdict_rule: Literal["judge", "weighted", "swap"] = "judge"
+    """Who decided the overall winner: the judge, weighted dimension votes, or the order-swap merge."""
+    swap: SwapReport | None = None
+    """Both runs and how they were merged, when judged in both orders."""
 
 
 class Judgment(_Schema):
@@ -151,12 +227,31 @@ class Judgment(_Schema):
     """Anchors first, in order, then at most two generated dimensions."""
     verdict: Verdict
     """The overall decision."""
-    meta: JudgmentMeta = Field(default_factory=JudgmentMeta)
-    """Provenance; not part of any wire format."""
+    meta: SkipJsonSchema[JudgmentMeta] = Field(default_factory=JudgmentMeta)
+    """Provenance; not part of any wire format (and left out of the JSON Schema)."""
 
     def content(self) -> dict[str, Any]:
         """The judgment without its metadata: what two equal judgments share."""
         return self.model_dump(exclude={"meta"})
+
+
+class SwapReport(_Schema):
+    """How the two candidate orders compared, and how the merged judgment was decided."""
+
+    first: Judgment
+    """The judgment in the caller's order (candidate 1 shown first)."""
+    second: Judgment
+    """The judgment in swapped order, mapped back to the caller's numbering."""
+    dimension_agreement: dict[str, bool]
+    """Dimension name -> whether both runs chose the same winner (for dimensions both runs made)."""
+    verdict_agreement: bool
+    """Whether both runs chose the same overall winner."""
+    resolution: Literal["agreed", "dimension_majority", "weighted_majority", "tie"]
+    """What decided the overall winner."""
+
+
+JudgmentMeta.model_rebuild()
+Judgment.model_rebuild()
 
 
 class PointScale(_Schema):
@@ -226,8 +321,8 @@ class PointwiseJudgment(_Schema):
     """Anchors first, in order, then at most two generated dimensions."""
     verdict: PointVerdict
     """The overall assessment."""
-    meta: JudgmentMeta = Field(default_factory=lambda: JudgmentMeta(candidate_order=[1]))
-    """Provenance; not part of any wire format."""
+    meta: SkipJsonSchema[JudgmentMeta] = Field(default_factory=lambda: JudgmentMeta(candidate_order=[1]))
+    """Provenance; not part of any wire format (and left out of the JSON Schema)."""
 
     @model_validator(mode="after")
     def _scores_on_scale(self) -> PointwiseJudgment:

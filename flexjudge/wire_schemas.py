@@ -47,8 +47,6 @@ def native_pair_schema(modality: Modality) -> Schema:
     """The native pairwise judgment a judge must emit: intent, evidence, dimensions, verdict."""
     schema = Judgment.model_json_schema()
     props = schema["properties"]
-    del props["meta"]
-    schema["$defs"].pop("JudgmentMeta", None)
     props["modality"] = {
         "type": "string",
         "enum": [modality],
@@ -76,10 +74,8 @@ def native_point_schema(modality: Modality, scale: PointScale | None = None) -> 
     scale = scale or PointScale()
     schema = PointwiseJudgment.model_json_schema()
     props = schema["properties"]
-    for name in ("meta", "scale"):
-        del props[name]
-    for name in ("JudgmentMeta", "PointScale"):
-        schema["$defs"].pop(name, None)
+    del props["scale"]
+    schema["$defs"].pop("PointScale", None)
     props["modality"] = {
         "type": "string",
         "enum": [modality],

@@ -106,6 +106,10 @@ _CRITERION_FIELDS = set(Criterion.model_fields)
 _DIMENSION_FIELDS = set(Dimension.model_fields)
 _VERDICT_FIELDS = set(Verdict.model_fields)
 _META_FIELDS = set(JudgmentMeta.model_fields)
+# Defaults that are immutable (None, False, strings) can be shared; list defaults are set per call below.
+_META_DEFAULTS = {
+    name: field.default for name, field in JudgmentMeta.model_fields.items() if field.default_factory is None
+}
 _JUDGMENT_FIELDS = set(Judgment.model_fields)
 _EXACT_WINNERS: dict[str, tuple[Modality, Candidate]] = {
     "Image 1": ("image", 1),
@@ -150,6 +154,7 @@ def _assemble(
     if modality is not None and modality != said:
         return None
     meta = {
+        **_META_DEFAULTS,
         "source_format": FORMAT,
         "candidate_order": [1, 2],
         "raw_text": text,

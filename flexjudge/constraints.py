@@ -1,0 +1,162 @@
+"""What a constrained decoder enforces beyond the exported wire schemas: valid by construction.
+
+The wire schemas (`flexjudge.wire_schemas`) stay inside OpenAI's strict subset. Engines that take full
+JSON Schema (llguidance, outlines-core, xgrammar, vLLM's structured outputs) get more here:
+
+- the anchors, by name and in order (`prefixItems` with `const` names), then at most two generated
+  dimensions, and the user's required custom dimensions right after the anchors;
+- the 10-point split: each criterion is one of 11 alternatives (`anyOf`) whose scores are constants
+  (0/10, 1/9, ..., 10/0), so `score_1 + score_2 == 10` cannot be broken;
+- 3 to 5 criteria per dimension.
+
+One definition feeds every engine. `flexjudge.check` re-checks the same rules after decoding.
+`max_string_length` bounds every string: only for random-weight test models (a real judge closes its
+strings; DESIGN.md measured that character bounds multiply mask cost, so production leaves it None).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from flexjudge.anchors import MAX_GENERATED, Modality, anchors
+from flexjudge.formats.winners import winner_text
+from flexjudge.wire_schemas import MAX_CRITERIA, MIN_CRITERIA, flex_schema, native_pair_schema
+
+Schema = dict[str, Any]
+OutputFormat = Literal["flex", "native"]
+
+
+def pair_constraint(
+    modality: Modality,
+    output_format: OutputFormat = "flex",
+    *,
+    custom_dimensions: tuple[str, ...] = (),
+    max_generated: int = MAX_GENERATED,
+    max_string_length: int | None = None,
+) -> Schema:
+    """The full decoding constraint for a pairwise judgment in `output_format`."""
+    if len(custom_dimensions) > max_generated:
+        raise ValueError(f"{len(custom_dimensions)} custom dimensions; at most {max_generated} fit")
+    if output_format == "flex":
+        schema = _flex(modality, custom_dimensions, max_generated)
+    else:
+        schema = _native(modality, custom_dimensions, max_generated)
+    if max_string_length is not None:
+        _bound_strings(schema, max_string_length)
+    return schema
+
+
+def anchor_names(modality: Modality, output_format: OutputFormat) -> list[str]:
+    """Anchor names as the format writes them: Flex letters them ("A. ..."), native does not."""
+    names = anchors(modality)
+    return [f"{'ABC'[i]}. {name}" for i, name in enumerate(names)] if output_format == "flex" else list(names)
+
+
+def custom_names(custom_dimensions: tuple[str, ...], output_format: OutputFormat) -> list[str]:
+    """Custom dimension names as the format writes them (Flex continues the lettering: "D. ...")."""
+    if output_format == "native":
+        return list(custom_dimensions)
+    return [f"{'DE'[i]}. {name}" for i, name in enumerate(custom_dimensions)]
+
+
+def _split_alternatives(criterion: Schema, first: str, second: str) -> Schema:
+    alternatives = []
+    for share in range(11):
+        option = copy.deepcopy(criterion)
+        option["properties"][first] = {"type": "integer", "const": share}
+        option["properties"][second] = {"type": "integer", "const": 10 - share}
+        alternatives.append(option)
+    return {"anyOf": alternatives}
+
+
+def _dimension_items(
+    dimension: Schema, names: list[str], name_key: str, extra: dict[str, Any]
+) -> list[Schema]:
+    items = []
+    for name in names:
+        item = copy.deepcopy(dimension)
+        item["properties"][name_key] = {"type": "string", "const": name}
+        for key, value in extra.items():
+            item["properties"][key] = value
+        items.append(item)
+    return items
+
+
+def _flex(modality: Modality, custom: tuple[str, ...], max_generated: int) -> Schema:
+    base = flex_schema(modality)
+    defs = base.pop("$defs")
+    dim = defs["FlexDim"]
+    category = copy.deepcopy(defs["FlexCategory"])
+    category["properties"]["dims"] = {
+        "type": "array",
+        "items": _split_alternatives(dim, "score_1", "score_2"),
+        "minItems": MIN_CRITERIA,
+        "maxItems": MAX_CRITERIA,
+    }
+    winners = [winner_text(1, modality), winner_text(2, modality)]
+    category["properties"]["cat_winner"] = {"type": "string", "enum": winners}
+    fixed = anchor_names(modality, "flex") + custom_names(custom, "flex")
+    base["properties"]["categories"] = {
+        "type": "array",
+        "prefixItems": _dimension_items(category, fixed, "name", {}),
+        "items": category,
+        "minItems": len(fixed),
+        "maxItems": 3 + max_generated,
+    }
+    return base
+
+
+def _native(modality: Modality, custom: tuple[str, ...], max_generated: int) -> Schema:
+    base = native_pair_schema(modality)
+    defs = base.pop("$defs")
+    base["properties"]["intent"] = defs["Intent"]
+    evidence = defs["Evidence"]
+    base["properties"]["evidence"] = {
+        "type": "array",
+        "prefixItems": [_with_const(evidence, "candidate", n) for n in (1, 2)],
+        "items": False,
+        "minItems": 2,
+        "maxItems": 2,
+    }
+    dimension = copy.deepcopy(defs["Dimension"])
+    dimension["properties"]["criteria"] = {
+        "type": "array",
+        "items": _split_alternatives(defs["Criterion"], "score_1", "score_2"),
+        "minItems": MIN_CRITERIA,
+        "maxItems": MAX_CRITERIA,
+    }
+    base["properties"]["verdict"] = defs["Verdict"]
+    predefined = {"origin": {"type": "string", "const": "predefined"}}
+    generated = {"origin": {"type": "string", "const": "generated"}}
+    items = _dimension_items(dimension, anchor_names(modality, "native"), "name", predefined)
+    items += _dimension_items(dimension, custom_names(custom, "native"), "name", generated)
+    free = copy.deepcopy(dimension)
+    free["properties"].update(generated)
+    base["properties"]["dimensions"] = {
+        "type": "array",
+        "prefixItems": items,
+        "items": free,
+        "minItems": len(items),
+        "maxItems": 3 + max_generated,
+    }
+    return base
+
+
+def _with_const(schema: Schema, key: str, value: Any) -> Schema:
+    out = copy.deepcopy(schema)
+    out["properties"][key] = {"type": "integer", "const": value}
+    return out
+
+
+def _bound_strings(node: Any, limit: int) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _bound_strings(item, limit)
+    elif isinstance(node, dict):
+        if node.get("type") == "string" and "const" not in node and "enum" not in node:
+            node["maxLength"] = limit
+        if node.get("type") == "array" and node.get("items", {}) == {"type": "string"}:
+            node.setdefault("maxItems", 4)  # lists of free strings (intent, observations) stay short too
+        for value in node.values():
+            _bound_strings(value, limit)
