@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from flexjudge.anchors import anchor_position, anchors, canonical_name
 from flexjudge.errors import ValidationFailed
 from flexjudge.schema import Criterion, Dimension, Judgment, PointDimension, PointwiseJudgment
+from flexjudge.swap import SWAPPED_SUFFIX
 
 Severity = Literal["error", "warning", "info"]
 
@@ -59,15 +60,17 @@ def check(
     _check_anchors(judgment, add, max_generated)
     _check_unique([d.name for d in dims], "dimensions", "dimension", add)
     count_rule = isinstance(judgment, PointwiseJudgment) or scoring == "split"
+    merged = judgment.meta.swap is not None
     for i, dim in enumerate(dims):
         path = f"dimensions[{i}]"
-        if count_rule and not min_criteria <= len(dim.criteria) <= max_criteria:
+        count = _criteria_per_run(dim) if merged else len(dim.criteria)
+        if count_rule and not min_criteria <= count <= max_criteria:
             add(
                 _f(
                     "criteria_count",
                     "warning",
                     path,
-                    f"{len(dim.criteria)} criteria; expected {min_criteria} to {max_criteria}",
+                    f"{count} criteria; expected {min_criteria} to {max_criteria}",
                 )
             )
         _check_unique([c.name for c in dim.criteria], f"{path}.criteria", "criterion", add)
@@ -232,12 +235,24 @@ def _check_point_dimension(dim: PointDimension, path: str, add: _Add) -> None:
         )
 
 
+def _criteria_per_run(dim: Dimension | PointDimension) -> int:
+    # An order-swap merge holds both runs' criteria; the 3-5 rule applies to each run.
+    first = sum(1 for c in dim.criteria if not c.name.endswith(SWAPPED_SUFFIX))
+    return first or len(dim.criteria)
+
+
 def _check_verdict(judgment: Judgment, add: _Add) -> None:
     winner = judgment.verdict.winner
+    preferences = judgment.meta.preferences
+    weighted = preferences is not None and preferences.weighted_verdict
     if judgment.scoring == "rating":  # Think decides by total score
         one = sum(c.score_1 for d in judgment.dimensions for c in d.criteria)
         two = sum(c.score_2 for d in judgment.dimensions for c in d.criteria)
         rule = "total scores"
+    elif weighted and preferences is not None:
+        one = sum(preferences.weight(d.name) for d in judgment.dimensions if d.winner == 1)
+        two = sum(preferences.weight(d.name) for d in judgment.dimensions if d.winner == 2)
+        rule = "weighted dimension wins"
     else:
         one = sum(1 for d in judgment.dimensions if d.winner == 1)
         two = sum(1 for d in judgment.dimensions if d.winner == 2)
