@@ -39,7 +39,9 @@ def anchors(modality: Modality, scoring: Scoring = "split") -> tuple[str, str, s
     return (FLEX_ANCHORS if scoring == "split" else THINK_ANCHORS)[modality]
 
 
-_ENUMERATOR = re.compile(r"^(?:(?:category|dimension|dim|part)\s+)?(?:[a-z]|\d{1,2}|[ivx]{1,4})\s*[.):\-]\s+")
+_ENUMERATOR = re.compile(
+    r"^(?:(?:category|dimension|dim|part)\s+)?(?:[a-z]|\d{1,2}|[ivx]{1,4})\s*[.):\-]\s*(?=\w)"
+)
 _NOT_WORD = re.compile(r"[^\w]+")
 
 

@@ -173,7 +173,9 @@ def _check_unique(names: list[str], path: str, what: str, add: _Add) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         key = canonical_name(name)
-        if key in seen:
+        if not key:
+            add(_f("empty_name", "warning", f"{path}[{i}].name", f"a {what} without a name"))
+        elif key in seen:
             add(_f("duplicate_name", "error", f"{path}[{i}]", f"{what} {name!r} repeats {path}[{seen[key]}]"))
         else:
             seen[key] = i
@@ -194,7 +196,8 @@ def _check_pair_dimension(dim: Dimension, path: str, scoring: str, add: _Add) ->
                 _f("score_range", "error", f"{path}.criteria[{j}]", "Think ratings run from 1 to 10; found 0")
             )
         e1, e2 = crit.evidence_1, crit.evidence_2
-        if not e1 or not e2 or e1.isspace() or e2.isspace():  # `_blank`, inlined on the hot path
+        # `_blank`, inlined on the hot path: only texts that start blank pay for the full test.
+        if not e1 or not e2 or e1[0] in _BLANKS or e2[0] in _BLANKS:
             _report_empty_evidence(crit, f"{path}.criteria[{j}]", add)
     if split and _blank(dim.analysis):
         add(_f("empty_analysis", "info", f"{path}.analysis", "no dimension-level analysis"))
@@ -209,8 +212,11 @@ def _check_pair_dimension(dim: Dimension, path: str, scoring: str, add: _Add) ->
         add(_f("dimension_winner_contradicts_scores", "error", f"{path}.winner", message))
 
 
+_BLANKS = " \t\n\r\f\v\u00a0\u200b\u200c\u200d\u2060\ufeff"  # whitespace and zero-width characters
+
+
 def _blank(text: str) -> bool:
-    return not text or text.isspace()
+    return not text.strip(_BLANKS)
 
 
 def _report_empty_evidence(crit: Criterion, where: str, add: _Add) -> None:
@@ -245,6 +251,8 @@ def _check_verdict(judgment: Judgment, add: _Add) -> None:
     winner = judgment.verdict.winner
     preferences = judgment.meta.preferences
     weighted = preferences is not None and preferences.weighted_verdict
+    one: float
+    two: float
     if judgment.scoring == "rating":  # Think decides by total score
         one = sum(c.score_1 for d in judgment.dimensions for c in d.criteria)
         two = sum(c.score_2 for d in judgment.dimensions for c in d.criteria)

@@ -42,7 +42,7 @@ def validate(
         str, typer.Option("--fail-on", help="error, or warning to fail on warnings too")
     ] = "error",
     max_line_bytes: Annotated[
-        int, typer.Option(help="Longer lines are reported and skipped")
+        int, typer.Option(min=1, help="Longer lines are reported and skipped")
     ] = DEFAULT_MAX_LINE_BYTES,
 ) -> None:
     """Check every trace in FILE; exit 0 only when every line is valid."""
@@ -64,7 +64,7 @@ def validate(
     except TraceFileError as exc:
         _fail(str(exc))
     if as_json:
-        print(json.dumps({"file": str(file), **summary.as_dict()}, ensure_ascii=False))
+        print(json.dumps({"file": str(file), **summary.as_dict()}))  # ASCII: safe on any terminal
     else:
         _print_summary(out, file, summary)
     if summary.total == 0:
@@ -95,12 +95,17 @@ def schemas(
 def _print_line(out: Console, report: LineReport, fail_on: str) -> None:
     if not report.problems:
         return
-    ident = f" id={escape(report.id)}" if report.id is not None else ""
+    ident = f" id={escape(_printable(report.id))}" if report.id is not None else ""
     for p in report.problems:
         colour = {"error": "red", "warning": "yellow"}.get(p.severity, "dim")
         where = f"  {escape(p.path)}" if p.path else ""
         severity = f"[{colour}]{p.severity}[/{colour}]"
-        out.print(f"line {report.line}{ident}{where}  {severity} {p.code}: {escape(p.message)}")
+        out.print(f"line {report.line}{ident}{where}  {severity} {p.code}: {escape(_printable(p.message))}")
+
+
+def _printable(text: str) -> str:
+    """Lone surrogates and other unencodable characters, escaped instead of crashing the terminal."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _print_summary(out: Console, file: Path, summary: Summary) -> None:

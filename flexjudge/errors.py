@@ -83,3 +83,16 @@ class BackendError(FlexjudgeError):
 
 class TraceFileError(FlexjudgeError):
     """A trace file that cannot be read at all (missing, a directory, unreadable)."""
+
+
+class MediaError(FlexjudgeError):
+    """An image or video that cannot be used: missing, unreadable, corrupt, unsupported, or over a limit.
+
+    `source` names what was given (a path, a URL, or the kind and size of an in-memory object) and
+    `reason` says why it was refused.
+    """
+
+    def __init__(self, reason: str, *, source: str) -> None:
+        self.reason = reason
+        self.source = source
+        super().__init__(f"{source}: {reason}")

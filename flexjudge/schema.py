@@ -17,15 +17,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from flexjudge.anchors import MAX_GENERATED, Modality, Scoring, canonical_name
 
 Origin = Literal["predefined", "generated"]
 SourceFormat = Literal["flex", "think", "native"]
 Candidate = Literal[1, 2]
-Score = Annotated[int, Field(ge=0, le=10)]
+Score = Annotated[int, Strict(), Field(ge=0, le=10)]
+"""A criterion score: an integer (never a boolean or a string) from 0 to 10."""
+PointScore = Annotated[int, Strict()]
 
 __all__ = [
     "Candidate",
@@ -276,7 +279,7 @@ class PointCriterion(_Schema):
     """Short criterion name."""
     evidence: str
     """Visual evidence for this criterion."""
-    score: int
+    score: PointScore
     """Absolute score on the judgment's scale."""
 
 
@@ -291,7 +294,7 @@ class PointDimension(_Schema):
     """The prompt-specific criteria of this dimension."""
     analysis: str
     """The judge's assessment at the dimension level."""
-    score: int
+    score: PointScore
     """Dimension score on the judgment's scale."""
 
 
@@ -300,7 +303,7 @@ class PointVerdict(_Schema):
 
     analysis: str
     """The judge's overall reasoning."""
-    score: int
+    score: PointScore
     """Overall score on the judgment's scale."""
 
 
@@ -327,20 +330,27 @@ class PointwiseJudgment(_Schema):
     @model_validator(mode="after")
     def _scores_on_scale(self) -> PointwiseJudgment:
         low, high = self.scale.low, self.scale.high
-
-        def bad(score: int) -> bool:
-            return not low <= score <= high
-
+        places: list[tuple[tuple[str | int, ...], int]] = [(("verdict", "score"), self.verdict.score)]
         for i, dim in enumerate(self.dimensions):
-            if bad(dim.score):
-                raise ValueError(f"dimensions[{i}].score {dim.score} is off the scale {low}..{high}")
-            for j, crit in enumerate(dim.criteria):
-                if bad(crit.score):
-                    raise ValueError(
-                        f"dimensions[{i}].criteria[{j}].score {crit.score} is off the scale {low}..{high}"
-                    )
-        if bad(self.verdict.score):
-            raise ValueError(f"verdict.score {self.verdict.score} is off the scale {low}..{high}")
+            places.append((("dimensions", i, "score"), dim.score))
+            places += [
+                (("dimensions", i, "criteria", j, "score"), c.score) for j, c in enumerate(dim.criteria)
+            ]
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "off_scale",
+                    "score {score} is off the scale {low}..{high}",
+                    {"score": v, "low": low, "high": high},
+                ),
+                loc=loc,
+                input=v,
+            )
+            for loc, v in places
+            if not low <= v <= high
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
 
     def content(self) -> dict[str, Any]:

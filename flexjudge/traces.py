@@ -168,6 +168,8 @@ def report_line(
         return _problem(number, None, "not_json", f"not JSON: {exc.msg} at column {exc.colno}")
     except RecursionError:
         return _problem(number, None, "not_json", "not JSON: nested too deeply")
+    except ValueError as exc:  # a number Python will not convert
+        return _problem(number, None, "not_json", f"not JSON: {exc}")
     if not isinstance(record, dict):
         return _problem(number, None, "bad_field", f"expected a JSON object, got {type(record).__name__}")
     ident = record.get("id")

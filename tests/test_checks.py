@@ -142,3 +142,12 @@ def test_think_rules_use_totals_and_skip_criteria_counts() -> None:
     )  # type: ignore[operator]
     finding = next(f for f in flexjudge.check(flipped) if f.code == "verdict_contradicts_dimensions")
     assert "total scores" in finding.message
+
+
+def test_blank_names_and_invisible_evidence() -> None:
+    dims = [_dim(a) for a in flexjudge.anchors("image")]
+    dims[0].criteria[0] = dims[0].criteria[0].model_copy(update={"name": "  ", "evidence_1": "\u200b"})
+    found = _codes(_judgment(dims))
+    assert found["empty_name"] == "warning" and found["empty_evidence"] == "warning"
+    names = ["A.Semantic Alignment & Accuracy", "B)Image Quality & Realism", "C. Aesthetics & Artistry"]
+    assert flexjudge.check(_judgment([_dim(n) for n in names])) == []

@@ -139,3 +139,20 @@ def test_memory_stays_flat_as_the_file_grows(tmp_path: Path) -> None:
     large.write_bytes(lines * 100)
     # 20x the data must not cost anywhere near 20x the memory: nothing per line is kept.
     assert _peak_memory(large) < 2 * _peak_memory(small) + 256 * 1024
+
+
+def test_odd_characters_and_numbers_never_crash_the_report(tmp_path: Path) -> None:
+    lines = (
+        b'{"id": "\\ud800", "prompt": "p", "output": "x"}\n'
+        + b'{"id": 1, "prompt": "p", "output": "x", "label": '
+        + b"9" * 5000
+        + b"}\n"
+    )
+    path = _write(tmp_path, lines)
+    for extra in ((), ("--json",)):
+        result = _run(str(path), *extra)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    report = json.loads(_run(str(path), "--json").stdout)
+    assert report["codes"] == {"parse_error": 1, "not_json": 1}
+    bad_limit = _run(str(path), "--max-line-bytes", "0")
+    assert bad_limit.returncode == 2 and "Traceback" not in bad_limit.stderr

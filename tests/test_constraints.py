@@ -66,7 +66,10 @@ def test_custom_dimensions_are_required_in_order() -> None:
     schema = pair_constraint("image", "flex", custom_dimensions=("Text Legibility",))
     assert not _valid(FLEX, schema) or FLEX["categories"][3]["name"] == "D. Text Legibility"
     with_custom = copy.deepcopy(FLEX)
-    with_custom["categories"] = [*FLEX["categories"][:3], {**FLEX["categories"][0], "name": "D. Text Legibility"}]
+    with_custom["categories"] = [
+        *FLEX["categories"][:3],
+        {**FLEX["categories"][0], "name": "D. Text Legibility"},
+    ]
     assert _valid(with_custom, schema)
     without = copy.deepcopy(with_custom)
     without["categories"] = without["categories"][:3]

@@ -296,3 +296,92 @@ def test_think_rating_out_of_range_names_its_block() -> None:
         flexjudge.parse(text)
     assert info.value.path == "dimensions[2]"
     assert text[info.value.offset :].startswith("3. Authenticity")
+
+
+# Regressions found in review: each input here once produced a wrong judgment or a crash.
+
+
+def test_think_answer_cut_mid_phrase_is_truncated_not_read() -> None:
+    for cut in ("Image 1 and", "Image 1", "Image 1 is", "Image 2 is better than Image"):
+        text = THINK.replace("<answer>Image 1 is better</answer>", f"<answer>{cut}")
+        with pytest.raises(TruncatedOutput):
+            flexjudge.parse(text)
+    complete = THINK.replace("</answer>", "")
+    assert flexjudge.parse(complete).verdict.winner == 1
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda t: t.replace("2. Aesthetics:\n", "2. Aesthetics:\n\n"),
+        lambda t: t.replace("(7/10) - Balanced", "(7.5/10) - Balanced"),
+    ],
+)
+def test_unreadable_think_block_is_an_error_not_a_lost_dimension(damage) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ParseError, match="block could not be read"):
+        flexjudge.parse(damage(THINK))
+
+
+def test_think_with_crlf_line_endings() -> None:
+    crlf = THINK.replace("\n", "\r\n")
+    assert flexjudge.parse(crlf, strict=True).content() == flexjudge.parse(THINK, strict=True).content()
+
+
+def test_think_answers_that_disagree_are_refused() -> None:
+    with pytest.raises(ParseError, match="different winners"):
+        flexjudge.parse(THINK + "\n<answer>Image 2 is better</answer>")
+
+
+def test_flex_after_a_thinking_preamble(flex_text: str) -> None:
+    judgment = flexjudge.parse(
+        "<think>\nLet me compare Image 1 (8/10) and the other.\n</think>\n\n" + flex_text
+    )
+    assert judgment.meta.source_format == "flex" and judgment.meta.recovered
+
+
+def test_braces_in_prose_before_the_object(flex_text: str, flex_obj: dict) -> None:
+    for before in (
+        "I use {placeholders} here.\n```json\n",
+        "```python\nx = {1: 2}\n```\nThe judgment:\n```json\n",
+    ):
+        judgment = flexjudge.parse(before + flex_text)
+        assert json.loads(flexjudge.render(judgment, "flex")) == flex_obj
+
+
+def test_conflicting_verdicts_are_refused(flex_text: str, flex_obj: dict) -> None:
+    other = "Image 1" if flex_obj["winner"] == "Image 2" else "Image 2"
+    duplicated = flex_text.rstrip()[:-1] + f', "winner": "{other}"}}'
+    for strict in (False, True):
+        with pytest.raises(ParseError):
+            flexjudge.parse(duplicated, strict=strict)
+    second = json.dumps({**flex_obj, "winner": other})
+    with pytest.raises(ParseError, match="different winners"):
+        flexjudge.parse(f"Draft:\n```json\n{flex_text}\n```\nCorrected:\n```json\n{second}\n```")
+
+
+def test_booleans_and_huge_numbers_are_never_scores(flex_obj: dict) -> None:
+    flex_obj["categories"][0]["dims"][0]["score_1"] = True
+    with pytest.raises(ParseError):
+        flexjudge.parse(json.dumps(flex_obj))
+    huge = json.dumps(flex_obj).replace("true", "9" * 5000)
+    with pytest.raises(ParseError) as info:
+        flexjudge.parse(huge)
+    assert not info.value.reason.startswith("internal")
+    native = json.loads((OUTPUTS / "native_image.json").read_text(encoding="utf-8"))
+    native["dimensions"][0]["criteria"][0]["score_1"] = True
+    with pytest.raises(ParseError):
+        flexjudge.parse(json.dumps(native))
+
+
+def test_offsets_count_dropped_keys(flex_obj: dict) -> None:
+    text = json.dumps({"extra": {"winner": "x"}, **{**flex_obj, "winner": "Image 1/2"}})
+    with pytest.raises(ParseError) as info:
+        flexjudge.parse(text)
+    assert info.value.path == "winner"
+    assert text[info.value.offset :].startswith('"winner": "Image 1/2"')
+
+
+def test_fence_inside_a_reason_with_a_trailing_comma(flex_obj: dict) -> None:
+    flex_obj["reason"] = "see ``` here"
+    text = "```json\n" + json.dumps(flex_obj)[:-1] + ",}\n```"
+    assert flexjudge.parse(text).verdict.winner == int(flex_obj["winner"][-1])

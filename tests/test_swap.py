@@ -18,7 +18,9 @@ def _first() -> Judgment:
 
 def _as_if_swapped(judgment: Judgment) -> Judgment:
     """What a position-consistent judge would say with the candidates shown the other way round."""
-    return unswap(judgment).model_copy(update={"meta": judgment.meta.model_copy(update={"candidate_order": [2, 1]})})
+    return unswap(judgment).model_copy(
+        update={"meta": judgment.meta.model_copy(update={"candidate_order": [2, 1]})}
+    )
 
 
 def test_unswap_is_an_involution_and_flips_everything() -> None:
@@ -39,7 +41,10 @@ def test_consistent_runs_agree_and_keep_the_verdict() -> None:
     assert all(report.dimension_agreement.values())
     assert merged.verdict.winner == first.verdict.winner
     assert merged.meta.verdict_rule == "swap"
-    assert all(len(d.criteria) == 2 * len(f.criteria) for d, f in zip(merged.dimensions, first.dimensions, strict=True))
+    assert all(
+        len(d.criteria) == 2 * len(f.criteria)
+        for d, f in zip(merged.dimensions, first.dimensions, strict=True)
+    )
     assert any(c.name.endswith(SWAPPED_SUFFIX) for c in merged.dimensions[0].criteria)
     serious = [f for f in flexjudge.check(merged) if f.severity != "info"]
     assert serious == []

@@ -11,7 +11,7 @@ import re
 from typing import Literal
 
 from flexjudge.anchors import Modality
-from flexjudge.errors import ParseError, TruncatedOutput
+from flexjudge.errors import ParseError, RenderError, TruncatedOutput
 from flexjudge.formats._common import only_parse_errors
 from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.formats.flex import parse_flex, render_flex
@@ -32,19 +32,17 @@ _THINK_MARK = re.compile(r"<think>|<answer>|\b(?:image|video)\s*1\s*\(\s*\d+\s*/
 
 def detect_format(text: str) -> Format:
     """Which format `text` is written in; raises `ParseError` when it looks like none of them."""
-    brace = text.find("{")
-    # Think text before any brace decides at once; otherwise the first JSON key that only one
-    # format uses. Searching the whole of a long JSON text for Think marks would cost more than parsing it.
-    if _THINK_MARK.search(text, 0, brace if brace >= 0 else len(text)):
-        return "think"
+    # JSON keys decide first: thinking backbones (Qwen3, Qwen3.5) write <think>...</think> before the JSON,
+    # and Think text never holds a quoted key followed by a colon.
     flex = _FLEX_KEY.search(text)
     native = _NATIVE_KEY.search(text, 0, flex.start() if flex is not None else len(text))
     if native is not None:
         return "native"
     if flex is not None:
         return "flex"
-    if brace >= 0 and _THINK_MARK.search(text, brace):
+    if _THINK_MARK.search(text):
         return "think"
+    brace = text.find("{")
     if brace >= 0 and _cut_short(text):
         raise TruncatedOutput(
             "output ends before any key that tells flex from native", offset=len(text), partial_text=text
@@ -100,4 +98,4 @@ def render(judgment: Judgment, format: Format) -> str:
         return render_native(judgment)
     if format == "think":
         return render_think(judgment)
-    raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    raise RenderError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")

@@ -13,8 +13,12 @@ from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
 
-_FENCE_OPEN = re.compile(r"```[ \t]*(?:json|JSON|jsonc|javascript)?[ \t]*\r?\n?")
-_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_JSON_FENCE = re.compile(r"```[ \t]*(?:json|jsonc)[ \t]*\r?\n?", re.I)
+_ANY_FENCE = re.compile(r"```[ \t]*\w*[ \t]*\r?\n?")
+_OPENING_KEY = re.compile(r'\{\s*"([^"\\]{1,64})"\s*:')
+# Bounded digits: Python refuses int() beyond 4300 digits, and no judgment needs more than a few.
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d{0,99})(?:\.\d{1,100})?(?:[eE][-+]?\d{1,3})?")
+_VERDICT_KEYS = ("winner", "cat_winner", "verdict")
 _WS = " \t\n\r"
 _LITERALS = {"true": True, "false": False, "null": None}
 _DECODER = json.JSONDecoder(strict=False)
@@ -47,35 +51,87 @@ class NoObject(Exception):
         self.offset = offset
 
 
-def extract_object(text: str) -> Extracted:
-    """Locate the judgment object (inside a fence or amid prose) and read it leniently."""
+def extract_object(text: str, keys: frozenset[str] = frozenset()) -> Extracted:
+    """Locate the judgment object (inside a fence or amid prose) and read it leniently.
+
+    `keys` are member names the judgment object may open with: braces in prose or code before it
+    ("{placeholders}", a Python dict) are passed over. Raises `NoObject` when there is no object, or
+    when the text holds two verdicts that disagree (a duplicated winner key, or a second judgment).
+    """
     notes: list[str] = []
-    search_from = 0
+    fence = _JSON_FENCE.search(text)
+    if fence is None:
+        plain = _ANY_FENCE.search(text)  # a bare fence counts only when it opens before any brace
+        brace = text.find("{")
+        if plain is not None and (brace < 0 or plain.start() < brace):
+            fence = plain
+    search_from = fence.end() if fence is not None else 0
     fence_end: int | None = None
-    fence = _FENCE_OPEN.search(text)
-    brace = text.find("{")
-    if fence is not None and 0 <= brace < fence.start():
-        fence = None  # a fence after the object opens is inside a string, not around the object
     if fence is not None:
-        search_from = fence.end()
         close = text.find("```", search_from)
         fence_end = close if close >= 0 else None
         notes.append("read the object inside a code fence" + ("" if close >= 0 else " that was never closed"))
-    start = text.find("{", search_from)
-    if start < 0:
+    start = _object_start(text, search_from, keys)
+    if start is None:
         raise NoObject("no JSON object found", len(text))
-    if text[:start].strip() and fence is None:
-        notes.append(f"skipped {start} characters of prose before the object")
+    if text[search_from:start].strip():
+        notes.append(f"skipped {start - search_from} characters of prose before the object")
     try:
-        value, end = _DECODER.raw_decode(text, start)
-    except json.JSONDecodeError:
+        value, end = _decoder(notes).raw_decode(text, start)
+    except NoObject as conflict:
+        raise NoObject(conflict.reason, start) from None
+    except (json.JSONDecodeError, ValueError):  # ValueError: a number Python will not convert
         return _read_partial(text, start, fence_end, notes)
-    if not isinstance(value, dict):  # pragma: no cover - raw_decode at "{" always yields a dict
-        raise NoObject("the JSON value is not an object", start)
-    tail = text[end:].strip()
-    if tail and tail != "```":
-        notes.append("ignored text after the object")
+    _check_second_object(text, end, value, keys, notes)
     return Extracted(value, start, True, end, False, notes=notes)
+
+
+def _object_start(text: str, position: int, keys: frozenset[str]) -> int | None:
+    """The first brace that opens a JSON object (a quoted member name follows), else the first brace.
+
+    With `keys`, braces in prose or code ("{placeholders}", a Python dict) are passed over; the
+    fallback keeps an object cut right after its brace readable as a truncation.
+    """
+    first = text.find("{", position)
+    if not keys:
+        return first if first >= 0 else None
+    start = first
+    while start >= 0:
+        if _OPENING_KEY.match(text, start):
+            return start
+        start = text.find("{", start + 1)
+    return first if first >= 0 else None
+
+
+def _decoder(notes: list[str]) -> json.JSONDecoder:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, item in items:
+            if key in out and out[key] != item:
+                if key in _VERDICT_KEYS:
+                    raise NoObject(f"the key {key!r} appears twice with different values", 0)
+                notes.append(f"key {key!r} appears twice; the last value is kept")
+            out[key] = item
+        return out
+
+    return json.JSONDecoder(strict=False, object_pairs_hook=pairs)
+
+
+def _check_second_object(
+    text: str, end: int, value: dict[str, Any], keys: frozenset[str], notes: list[str]
+) -> None:
+    tail = text[end:].strip()
+    if not tail or tail == "```":
+        return
+    second = _object_start(text, end, keys) if keys else None
+    if second is not None and (keys and _OPENING_KEY.match(text, second)):
+        try:
+            other, _ = json.JSONDecoder(strict=False).raw_decode(text, second)
+        except (json.JSONDecodeError, ValueError):
+            other = None
+        if isinstance(other, dict) and any(k in other and other[k] != value.get(k) for k in _VERDICT_KEYS):
+            raise NoObject("two judgments in the text name different winners", second)
+    notes.append("ignored text after the object")
 
 
 class _Stop(Exception):
@@ -86,9 +142,15 @@ class _Stop(Exception):
 
 
 def _read_partial(text: str, start: int, fence_end: int | None, notes: list[str]) -> Extracted:
-    # A closing fence right where the JSON stops means the JSON itself was cut short.
-    limit = fence_end if fence_end is not None else len(text)
-    reader = _Reader(text[:limit])
+    # A closing fence right where the JSON stops means the JSON itself was cut short; but a fence inside
+    # a string cuts it falsely, so an object that ends at the fence is read again without that limit.
+    if fence_end is not None:
+        fenced = _read_partial(text[:fence_end], start, None, list(notes))
+        if not fenced.hit_end:
+            return fenced
+        unfenced = _read_partial(text, start, None, list(notes))
+        return unfenced if unfenced.complete else fenced
+    reader = _Reader(text)
     value: dict[str, Any] = {}
     i = start + 1
     try:
@@ -164,6 +226,8 @@ class _Reader:
             end = number.end()
             if end >= self.n:  # "7" at the very end may be the start of "70"
                 raise _Stop(end, "number cut off", True)
+            if self.text[end].isdigit():
+                raise _Stop(i, "number too long", False)
             text = number.group()
             return (float(text) if any(c in text for c in ".eE") else int(text)), end
         for word, literal in _LITERALS.items():

@@ -82,8 +82,17 @@ def _record(fields: dict[str, CoreSchema], **aliases: str) -> CoreSchema:
 # The fast path: FlexOutput's exact shape, read by pydantic-core straight into the dictionaries that
 # become Criterion and Dimension objects (flex names mapped to ours by alias). Clean text pays for one
 # JSON pass and a few object shells; anything else falls back to FlexOutput and the lenient reader.
+def _refuse_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a score")
+    return value
+
+
 def _validator(strict: bool) -> SchemaValidator:
-    text, score = cs.str_schema(strict=strict), cs.int_schema(ge=0, le=10, strict=strict)
+    text = cs.str_schema(strict=strict)
+    score = cs.int_schema(ge=0, le=10, strict=strict)  # strict ints refuse booleans by themselves
+    if not strict:
+        score = cs.no_info_before_validator_function(_refuse_bool, score)
     criterion = _record(
         {"name": text, "evidence_1": text, "evidence_2": text, "score_1": score, "score_2": score},
         evidence_1="reason_1",
@@ -101,6 +110,7 @@ def _validator(strict: bool) -> SchemaValidator:
 
 
 _FAST = _validator(strict=True)
+_KEYS = frozenset(FlexOutput.model_fields)
 _LAX = _validator(strict=False)  # the lenient reader's second try: "7" and 7.0 read as 7, and noted
 _CRITERION_FIELDS = set(Criterion.model_fields)
 _DIMENSION_FIELDS = set(Dimension.model_fields)
@@ -124,6 +134,10 @@ def _parse_fast(text: str, modality: Modality | None) -> Judgment | None:
     try:
         raw = _FAST.validate_json(text)
     except ValidationError:
+        return None
+    # pydantic-core keeps the last of duplicated keys; a repeated winner goes to the lenient reader,
+    # which refuses conflicting ones. Counting is cheap: a quoted key cannot occur inside a JSON string.
+    if text.count('"winner"') != 1 or text.count('"cat_winner"') != len(raw["categories"]):
         return None
     return _assemble(raw, text, modality, notes=None)
 
@@ -191,6 +205,8 @@ def _strict_failure(text: str, modality: Modality | None) -> ParseError:
         return ParseError(f"not a single JSON object: {exc.msg}", offset=exc.pos, format=FORMAT)
     except RecursionError:
         return ParseError("JSON nested too deeply", offset=0, format=FORMAT)
+    except ValueError as exc:  # a number Python will not convert
+        return ParseError(f"unreadable number: {exc}", offset=0, format=FORMAT)
     base = len(text) - len(text.lstrip())
     try:
         FlexOutput.model_validate(value, strict=True)
@@ -224,7 +240,7 @@ def _winner_locs(value: dict[str, Any]) -> list[tuple[_common.Loc, Any]]:
 
 def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
     try:
-        found = extract_object(text)
+        found = extract_object(text, _KEYS)
     except NoObject as exc:
         raise ParseError(exc.reason, offset=exc.offset, format=FORMAT) from None
     notes = list(found.notes)
@@ -238,7 +254,7 @@ def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
         try:
             number = read_winner(winner)
         except WinnerError as exc:
-            offset = _common.locate(text, value, loc, found.start)
+            offset = _common.locate(text, found.value, loc, found.start)
             raise ParseError(str(exc), offset=offset, path=_common.format_path(loc), format=FORMAT) from None
         exact = winner_text(number, resolved)
         if winner != exact:
@@ -253,7 +269,7 @@ def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
         except ValidationError as exc:
             if not found.complete:
                 raise _common.incomplete_error(text, found, FORMAT) from None
-            raise _common.schema_error(exc, text, value, found.start, FORMAT) from None
+            raise _common.schema_error(exc, text, found.value, found.start, FORMAT) from None
         notes.append("coerced values to their expected types")
     judgment = _assemble(raw, text, resolved, notes)
     assert judgment is not None  # every winner was rewritten to the exact spelling of `resolved`

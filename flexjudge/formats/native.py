@@ -19,6 +19,7 @@ from flexjudge.formats.winners import WinnerError, read_winner
 from flexjudge.schema import Judgment, JudgmentMeta
 
 FORMAT: Final = "native"
+_KEYS = frozenset(Judgment.model_fields)
 
 
 def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgment:
@@ -26,7 +27,11 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
         judgment = Judgment.model_validate_json(text, strict=True)
     except ValidationError:
         judgment = None
-    exact = judgment is not None and "meta" not in judgment.model_fields_set
+    exact = (
+        judgment is not None
+        and "meta" not in judgment.model_fields_set
+        and text.count('"winner"') == len(judgment.dimensions) + 1  # no duplicated winner keys
+    )
     if judgment is not None and exact and modality in (None, judgment.modality):
         judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text)
         return judgment
@@ -42,6 +47,8 @@ def _strict_failure(text: str, modality: Modality | None) -> ParseError:
         return ParseError(f"not a single JSON object: {exc.msg}", offset=exc.pos, format=FORMAT)
     except RecursionError:
         return ParseError("JSON nested too deeply", offset=0, format=FORMAT)
+    except ValueError as exc:  # a number Python will not convert
+        return ParseError(f"unreadable number: {exc}", offset=0, format=FORMAT)
     base = len(text) - len(text.lstrip())
     if isinstance(value, dict) and "meta" in value:
         return ParseError("'meta' is not part of the native format", offset=base, path="meta", format=FORMAT)
@@ -59,7 +66,7 @@ def _strict_failure(text: str, modality: Modality | None) -> ParseError:
 
 def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
     try:
-        found = extract_object(text)
+        found = extract_object(text, _KEYS)
     except NoObject as exc:
         raise ParseError(exc.reason, offset=exc.offset, format=FORMAT) from None
     except RecursionError:
@@ -75,7 +82,7 @@ def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
     try:
         _read_winners(value, notes)
     except _WinnerAt as exc:
-        offset = _common.locate(text, value, exc.loc, found.start)
+        offset = _common.locate(text, found.value, exc.loc, found.start)
         raise ParseError(
             exc.reason, offset=offset, path=_common.format_path(exc.loc), format=FORMAT
         ) from None
@@ -84,7 +91,7 @@ def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
     except ValidationError as exc:
         if not found.complete:
             raise _common.incomplete_error(text, found, FORMAT) from None
-        raise _common.schema_error(exc, text, value, found.start, FORMAT) from None
+        raise _common.schema_error(exc, text, found.value, found.start, FORMAT) from None
     judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text, recovered=True, recovery_notes=notes)
     return judgment
 

@@ -15,7 +15,7 @@ from flexjudge.schema import JudgmentMeta, PointwiseJudgment
 FORMAT: Final = "native"
 
 
-def parse_pointwise(text: str, strict: bool = False) -> PointwiseJudgment:
+def parse_pointwise(text: str, *, strict: bool = False) -> PointwiseJudgment:
     """Read a pointwise judgment; raises `ParseError` (or `TruncatedOutput`) and nothing else."""
     with _common.only_parse_errors(FORMAT):
         return _parse(text, strict)
@@ -29,16 +29,20 @@ def _parse(text: str, strict: bool) -> PointwiseJudgment:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ParseError(f"not a single JSON object: {exc.msg}", offset=exc.pos, format=FORMAT) from None
+        except ValueError as exc:  # a number Python will not convert
+            raise ParseError(f"unreadable number: {exc}", offset=0, format=FORMAT) from None
         base, notes, complete = len(text) - len(text.lstrip()), [], True
         found = None
+        raw_value = value
     else:
         try:
-            found = extract_object(text)
+            found = extract_object(text, frozenset(PointwiseJudgment.model_fields))
         except NoObject as exc:
             raise ParseError(exc.reason, offset=exc.offset, format=FORMAT) from None
         notes = list(found.notes)
         value = _common.prune(found.value, PointwiseJudgment, notes)
         base, complete = found.start, found.complete
+        raw_value = found.value
     if isinstance(value, dict) and "meta" in value:
         if strict:
             raise ParseError(
@@ -51,7 +55,7 @@ def _parse(text: str, strict: bool) -> PointwiseJudgment:
     except ValidationError as exc:
         if found is not None and not complete:
             raise _common.incomplete_error(text, found, FORMAT) from None
-        raise _common.schema_error(exc, text, value, base, FORMAT) from None
+        raise _common.schema_error(exc, text, raw_value, base, FORMAT) from None
     judgment.meta = JudgmentMeta(
         source_format=FORMAT, candidate_order=[1], raw_text=text, recovered=bool(notes), recovery_notes=notes
     )

@@ -19,6 +19,7 @@ takes it from the caller.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,7 +33,7 @@ FORMAT: Final = "think"
 # "    Image 1 (9/10) - rationale;" with optional bullet, bold and dash variants.
 _SCORE_LINE = (
     r"[ \t]*(?:[-*•][ \t]*)?\**(?P<label{n}>image|video)[ \t]*{n}\**[ \t]*"
-    r"\([ \t]*(?P<s{n}>\d+)[ \t]*/[ \t]*10[ \t]*\)\**[ \t]*(?:[-–—:][ \t]?)?(?P<r{n}>[^\n]*)"
+    r"\([ \t]*(?P<s{n}>\d{{1,3}})[ \t]*/[ \t]*10[ \t]*\)\**[ \t]*(?:[-–—:][ \t]?)?(?P<r{n}>[^\n]*)"
 )
 _BLOCK = re.compile(
     r"^[ \t]*(?:(?P<number>\d+)[ \t]*[.)][ \t]*)?(?P<name>[^\n]*?)[ \t]*:[*_ \t]*\r?\n"
@@ -42,11 +43,13 @@ _BLOCK = re.compile(
     + r"$",
     re.M | re.I,
 )
-_TOTAL_HEADER = re.compile(r"^[ \t*]*total[ \t]+score[ \t*]*:[ \t*]*$", re.M | re.I)
+_TOTAL_HEADER = re.compile(r"^[ \t*]*total[ \t]+score[ \t*]*:[ \t*\r]*$", re.M | re.I)
 _TOTAL_LINE = re.compile(
-    r"^[ \t*-]*(image|video)[ \t]*([12])[ \t*]*:[ \t]*([\d \t+]*?)[ \t]*=[ \t]*(\d+)[ \t*]*$", re.M | re.I
+    r"^[ \t*-]*(image|video)[ \t]*([12])[ \t*]*:[ \t]*([\d \t+]*?)[ \t]*=[ \t]*(\d{1,4})[ \t*\r]*$",
+    re.M | re.I,
 )
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S | re.I)
+_SCORE_MARK = re.compile(r"(?:image|video)[ \t]*[12]\**[ \t]*\(", re.I)  # where a rating line starts
 
 
 @dataclass
@@ -56,6 +59,7 @@ class _Block:
     reasons: tuple[str, str]
     labels: tuple[str, str]
     offset: int
+    end: int
 
 
 def parse_think(text: str, *, modality: Modality | None, strict: bool, prompt: str) -> Judgment:
@@ -68,7 +72,9 @@ def parse_think(text: str, *, modality: Modality | None, strict: bool, prompt: s
         notes.append("no <think> tag")
     body_end = think_close if think_close >= 0 else len(text)
     blocks = _blocks(text, max(think_open, 0), body_end)
-    answer = _ANSWER.search(text, think_close if think_close >= 0 else 0)
+    _refuse_unread_blocks(text, blocks, max(think_open, 0), body_end)
+    answers = list(_ANSWER.finditer(text, think_close if think_close >= 0 else 0))
+    answer = answers[0] if answers else None
     if answer is None:
         where = "inside <think>" if think_close < 0 else "after </think>"
         raise TruncatedOutput(
@@ -82,6 +88,10 @@ def parse_think(text: str, *, modality: Modality | None, strict: bool, prompt: s
         )
     resolved = _modality(blocks, answer.group(1), modality, strict, notes)
     winner = _answer(text, answer, resolved, strict, notes)
+    for extra in answers[1:]:
+        if _answer(text, extra, resolved, strict, notes) != winner:
+            raise ParseError("two <answer> tags name different winners", offset=extra.start(), format=FORMAT)
+        notes.append("a second <answer> repeats the first")
     _check_totals(text, blocks, body_end, resolved, strict, notes)
     if not strict and not answer.group(0).lower().endswith("</answer>"):
         notes.append("the <answer> tag is not closed")
@@ -112,6 +122,19 @@ def _check_envelope(text: str, think_open: int, think_close: int) -> None:
         )
 
 
+def _refuse_unread_blocks(text: str, blocks: list[_Block], start: int, end: int) -> None:
+    """A rating line outside every block read means a dimension would be lost: refuse, never drop it."""
+    spans = [(b.offset, b.end) for b in blocks]
+    for mark in _SCORE_MARK.finditer(text, start, end):
+        if not any(lo <= mark.start() < hi for lo, hi in spans):
+            raise ParseError(
+                "a dimension block could not be read (expected 'Name:' then 'Image 1 (x/10) - ...;'"
+                " and 'Image 2 (y/10) - ...' on the next two lines)",
+                offset=mark.start(),
+                format=FORMAT,
+            )
+
+
 def _blocks(text: str, start: int, end: int) -> list[_Block]:
     return [
         _Block(
@@ -120,6 +143,7 @@ def _blocks(text: str, start: int, end: int) -> list[_Block]:
             reasons=(_first_reason(m["r1"]), m["r2"].rstrip()),
             labels=(m["label1"], m["label2"]),
             offset=m.start(),
+            end=m.end(),
         )
         for m in _BLOCK.finditer(text, start, end)
         if not _TOTAL_HEADER.fullmatch(m.group(0).split("\n", 1)[0])
@@ -135,8 +159,9 @@ def _first_reason(raw: str) -> str:
 def _modality(
     blocks: list[_Block], answer: str, modality: Modality | None, strict: bool, notes: list[str]
 ) -> Modality:
-    said = {lab.lower() for b in blocks for lab in b.labels}
-    said |= {m for m in ("image", "video") if m in answer.lower()}
+    counts = Counter(lab.lower() for b in blocks for lab in b.labels)
+    counts.update(m for m in ("image", "video") if m in answer.lower())
+    said = set(counts)
     if strict and (len(said) != 1 or (modality is not None and said != {modality})):
         raise ParseError(
             f"candidate labels {sorted(said)} do not name one modality",
@@ -149,8 +174,14 @@ def _modality(
         return modality
     if len(said) == 1:
         return "video" if "video" in said else "image"
-    notes.append(f"labels mix {sorted(said)}; read as image")
-    return "image"
+    # Mixed labels: the majority decides; an even split goes to what the anchor names say.
+    if counts["video"] != counts["image"]:
+        guess: Modality = "video" if counts["video"] > counts["image"] else "image"
+    else:
+        names = [b.name for b in blocks]
+        guess = "video" if any(anchor_position(n, "video", "rating") == 1 for n in names) else "image"
+    notes.append(f"labels mix {dict(counts)}; read as {guess}")
+    return guess
 
 
 def _answer(text: str, answer: re.Match[str], modality: Modality, strict: bool, notes: list[str]) -> int:
@@ -165,13 +196,18 @@ def _answer(text: str, answer: re.Match[str], modality: Modality, strict: bool, 
                 format=FORMAT,
             )
         return exact[raw]
+    if not answer.group(0).lower().endswith("</answer>"):
+        # Cut inside the answer: only the complete released phrase is a verdict; "Image 1 and" is not.
+        phrase = raw.lower().rstrip(". ")
+        complete = {f"{winner_text(n, modality)} is better".lower(): n for n in (1, 2)}
+        if phrase not in complete:
+            raise TruncatedOutput(
+                f"output ends inside <answer> ({raw!r})", offset=len(text), partial_text=text, format=FORMAT
+            )
+        return complete[phrase]
     try:
         winner = read_winner(raw)
     except WinnerError as exc:
-        if not answer.group(0).lower().endswith("</answer>"):
-            raise TruncatedOutput(
-                f"output ends inside <answer>: {exc}", offset=len(text), partial_text=text, format=FORMAT
-            ) from None
         raise ParseError(str(exc), offset=answer.start(1), path="answer", format=FORMAT) from None
     if raw != f"{winner_text(winner, modality)} is better":
         notes.append(f"read answer {raw!r} as candidate {winner}")
@@ -195,7 +231,7 @@ def _check_totals(
             problem = f"no total line for {winner_text(candidate, modality)}"
             offset = header.end()
         else:
-            terms = [int(t) for t in re.findall(r"\d+", line[3])]
+            terms = [int(t) if len(t) <= 4 else -1 for t in re.findall(r"\d+", line[3])]
             if terms == scores and int(line[4]) == sum(scores):
                 continue
             written = f"{line[3].strip()}={line[4]}"
