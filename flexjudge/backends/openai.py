@@ -1,0 +1,200 @@
+"""Any OpenAI-compatible server: vLLM, SGLang, OpenAI itself, or `flexjudge serve`.
+
+Images travel as data URLs. The output constraint travels as a `json_schema` response format (or, with
+`structured="structured_outputs"`, as vLLM's `extra_body={"structured_outputs": {"json": ...}}`; never the
+legacy `guided_json`, which vLLM silently ignores). Calls run on `AsyncOpenAI` under a semaphore, with
+our own retries: exponential backoff with jitter on 429, 5xx, timeouts, dropped connections and
+malformed bodies, honouring `Retry-After`. A server that refuses structured outputs (HTTP 400 naming
+them) is asked again prompt-only, and the generation says `constrained=False`.
+
+Scale-out is the server's business: one vLLM endpoint with tensor or data parallelism behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from typing import TYPE_CHECKING, Any, Literal
+
+from flexjudge.backends.base import Generation, ImagePart, Message, Request, Usage
+from flexjudge.errors import BackendError
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+Structured = Literal["response_format", "structured_outputs", "none"]
+_STRUCTURED_WORDS = ("response_format", "json_schema", "structured", "guided")
+
+__all__ = ["OpenAIBackend"]
+
+
+class OpenAIBackend:
+    """A model behind an OpenAI-compatible HTTP endpoint."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str,
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        max_attempts: int = 4,
+        timeout_s: float = 300.0,
+        backoff_s: float = 0.5,
+        structured: Structured = "response_format",
+        client: AsyncOpenAI | None = None,
+    ) -> None:
+        try:
+            from openai import AsyncOpenAI
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise BackendError(
+                "the openai backend needs the 'server' extra: pip install 'flexjudge[server]'",
+                retryable=False,
+            ) from exc
+        self.model = model
+        self.base_url = base_url
+        self.structured: Structured = structured
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._client = client or AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+            max_retries=0,  # retries are ours: one policy, visible in one place
+            timeout=timeout_s,
+        )
+
+    async def generate(self, requests: list[Request]) -> list[Generation]:
+        return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def _generate_one(self, request: Request) -> Generation:
+        messages = await asyncio.to_thread(_messages, request.messages)
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": request.max_new_tokens,
+            "temperature": request.temperature,
+        }
+        if request.seed is not None:
+            body["seed"] = request.seed
+        constrained = request.schema is not None and self.structured != "none"
+        if constrained:
+            assert request.schema is not None
+            body.update(_structured_body(self.structured, request.schema))
+        async with self._semaphore:
+            try:
+                response = await self._call(body)
+            except BackendError as exc:
+                if not (constrained and exc.status_code == 400 and _about_structured(exc)):
+                    raise
+                # The server has no structured outputs: prompt-only, lenient parsing, and say so.
+                for key in ("response_format", "extra_body"):
+                    body.pop(key, None)
+                constrained = False
+                response = await self._call(body)
+        return _generation(response, constrained, self.model)
+
+    async def _call(self, body: dict[str, Any]) -> Any:
+        import openai
+
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = await self._client.chat.completions.create(**body)
+                if not getattr(response, "choices", None):
+                    raise _Malformed("the response has no choices")
+                return response
+            except (openai.RateLimitError, openai.InternalServerError) as exc:
+                error = _translate(exc, retryable=True)
+                wait = _retry_after(exc)
+            except (
+                openai.APITimeoutError,
+                openai.APIConnectionError,
+                _Malformed,
+                openai.APIResponseValidationError,
+            ) as exc:
+                error = _translate(exc, retryable=True)
+                wait = None
+            except openai.APIStatusError as exc:
+                if exc.status_code >= 500:
+                    error, wait = _translate(exc, retryable=True), _retry_after(exc)
+                else:
+                    raise _translate(exc, retryable=False) from exc
+            except (ValueError, TypeError, KeyError) as exc:  # a body the client could not read
+                error, wait = _translate(exc, retryable=True), None
+            if attempt == self.max_attempts:
+                raise error
+            delay = wait if wait is not None else self.backoff_s * 2 ** (attempt - 1)
+            await asyncio.sleep(delay * (1 + 0.25 * random.random()))  # jitter spreads synchronized retries
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Malformed(Exception):
+    """A 2xx answer that is not a usable chat completion."""
+
+
+def _structured_body(mode: Structured, schema: dict[str, Any]) -> dict[str, Any]:
+    if mode == "structured_outputs":
+        return {"extra_body": {"structured_outputs": {"json": schema}}}
+    return {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "judgment", "schema": schema, "strict": True},
+        }
+    }
+
+
+def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    from flexjudge.media import to_data_url
+
+    out = []
+    for message in messages:
+        content: list[dict[str, Any]] = []
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                content.append({"type": "image_url", "image_url": {"url": to_data_url(part.image)}})
+            else:
+                content.append({"type": "text", "text": part.text})
+        out.append({"role": message.role, "content": content})
+    return out
+
+
+def _generation(response: Any, constrained: bool, model: str) -> Generation:
+    choice = response.choices[0]
+    text = choice.message.content
+    if not isinstance(text, str):
+        raise BackendError("the server returned a choice without text content", retryable=False)
+    usage = None
+    if getattr(response, "usage", None) is not None:
+        usage = Usage(
+            prompt_tokens=response.usage.prompt_tokens, completion_tokens=response.usage.completion_tokens
+        )
+    finish: Literal["stop", "length"] = "length" if choice.finish_reason == "length" else "stop"
+    return Generation(
+        text=text, finish_reason=finish, constrained=constrained, usage=usage, model=response.model or model
+    )
+
+
+def _translate(exc: BaseException, *, retryable: bool) -> BackendError:
+    status = getattr(exc, "status_code", None)
+    detail = str(exc).strip() or type(exc).__name__
+    where = f"HTTP {status}: " if status is not None else ""
+    return BackendError(f"{where}{detail}", retryable=retryable, status_code=status, original=exc)
+
+
+def _retry_after(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return min(float(value), 60.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _about_structured(exc: BackendError) -> bool:
+    return any(word in str(exc).lower() for word in _STRUCTURED_WORDS)
