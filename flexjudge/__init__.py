@@ -12,9 +12,11 @@ from flexjudge.errors import (
     RenderError,
     TraceFileError,
     TruncatedOutput,
+    MediaError,
     ValidationFailed,
 )
 from flexjudge.formats import detect_format, parse, parse_pointwise, render, render_pointwise
+from flexjudge.judge import DEFAULT_MODEL, Judge, RankedPair, Ranking, ajudge, judge
 from flexjudge.schema import (
     Criterion,
     Dimension,
@@ -27,12 +29,16 @@ from flexjudge.schema import (
     PointScale,
     PointVerdict,
     PointwiseJudgment,
+    Preferences,
+    SwapReport,
+    Usage,
     Verdict,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL",
     "FLEX_ANCHORS",
     "THINK_ANCHORS",
     "BackendError",
@@ -42,23 +48,32 @@ __all__ = [
     "Finding",
     "FlexjudgeError",
     "Intent",
+    "Judge",
     "Judgment",
     "JudgmentMeta",
+    "MediaError",
     "ParseError",
     "PointCriterion",
     "PointDimension",
     "PointScale",
     "PointVerdict",
     "PointwiseJudgment",
+    "Preferences",
+    "RankedPair",
+    "Ranking",
     "RenderError",
+    "SwapReport",
     "TraceFileError",
     "TruncatedOutput",
+    "Usage",
     "ValidationFailed",
     "Verdict",
     "__version__",
+    "ajudge",
     "anchors",
     "check",
     "detect_format",
+    "judge",
     "parse",
     "parse_pointwise",
     "render",

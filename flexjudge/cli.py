@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, cast
+from typing import Annotated, Literal, NoReturn, cast
 
 import typer
 from rich.console import Console
@@ -74,6 +74,108 @@ def validate(
     raise typer.Exit(0 if summary.invalid == 0 else 1)
 
 
+@app.command(name="judge")
+def judge_command(
+    files: Annotated[list[Path], typer.Argument(help="Candidates: 2 for pair, 1 for point, N for rank")],
+    prompt: Annotated[str, typer.Option("--prompt", help="The generation prompt")],
+    model: Annotated[
+        str | None, typer.Option(help="Model path or name; 'tiny-random' for a smoke test")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto, transformers or openai")] = "auto",
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server (or FLEXJUDGE_BASE_URL)")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="pair, point or rank")] = "pair",
+    swap: Annotated[bool, typer.Option("--swap", help="Judge both orders and merge them")] = False,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (reproducible runs)")] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="Wire format asked for: flex or native")
+    ] = "flex",
+    engine: Annotated[str | None, typer.Option(help="Constraint engine for local models")] = None,
+    preferences: Annotated[str | None, typer.Option(help="Your preferences, in words")] = None,
+    custom_dimension: Annotated[
+        list[str] | None, typer.Option("--custom-dimension", help="Required extra dimension")
+    ] = None,
+    weight: Annotated[list[str] | None, typer.Option("--weight", help="NAME=WEIGHT for a dimension")] = None,
+    weighted_verdict: Annotated[
+        bool, typer.Option(help="Decide the verdict by weighted dimension votes")
+    ] = False,
+    frames: Annotated[int, typer.Option(help="Frames sampled per video")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Token budget of the judgment")] = 4096,
+    max_string_length: Annotated[
+        int | None, typer.Option(help="Bound every string (random test models)")
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding")] = 0.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (native format plus metadata)")
+    ] = False,
+) -> None:
+    """Judge candidate images or videos for a prompt and print the hierarchy."""
+    import flexjudge
+    from flexjudge.render_tree import judgment_tree, pointwise_tree, ranking_tree
+
+    if mode not in ("pair", "point", "rank"):
+        _fail(f"--mode must be pair, point or rank, not {mode!r}")
+    if output_format not in ("flex", "native"):
+        _fail(f"--format must be flex or native, not {output_format!r}")
+    try:
+        weights = {name: float(value) for name, _, value in (w.partition("=") for w in weight or [])}
+        prefs = flexjudge.Preferences(
+            profile=preferences or "",
+            weights=weights,
+            custom_dimensions=tuple(custom_dimension or ()),
+            weighted_verdict=weighted_verdict,
+        )
+    except ValueError as exc:
+        _fail(f"bad preferences: {exc}")
+    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "frames_per_video": frames}
+    try:
+        with flexjudge.Judge(
+            model,
+            backend=backend,
+            base_url=base_url,
+            output_format=output_format,  # type: ignore[arg-type]
+            engine=engine,
+            max_string_length=max_string_length,
+            **options,  # type: ignore[arg-type]
+        ) as judge:
+            result = judge.judge(
+                prompt, [str(f) for f in files], mode=mode, preferences=prefs, swap=swap, seed=seed
+            )
+    except (flexjudge.FlexjudgeError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result.model_dump(mode="json")))
+        return
+    out = Console(highlight=False)
+    if isinstance(result, flexjudge.Ranking):
+        out.print(ranking_tree(result))
+    elif isinstance(result, flexjudge.PointwiseJudgment):
+        out.print(pointwise_tree(result, flexjudge.check(result, prompt=prompt)))
+    else:
+        out.print(judgment_tree(result, flexjudge.check(result, prompt=prompt)))
+
+
+@app.command(name="serve")
+def serve_command(
+    model: Annotated[str, typer.Option(help="Model path or name; 'tiny-random' for a smoke test")],
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    engine: Annotated[str | None, typer.Option(help="Constraint engine")] = None,
+) -> None:
+    """Serve a local model behind an OpenAI-compatible /v1/chat/completions endpoint."""
+    from flexjudge.errors import FlexjudgeError
+    from flexjudge.serve import serve
+
+    try:
+        from flexjudge.backends.transformers import TransformersBackend
+
+        backend = TransformersBackend(model, engine=engine)  # type: ignore[arg-type]
+    except FlexjudgeError as exc:
+        _fail(str(exc))
+    serve(backend, model_name=model, host=host, port=port)
+
+
 @app.command()
 def schemas(
     out: Annotated[Path, typer.Option("--out", help="Directory to write the JSON Schema files into")] = Path(
@@ -123,7 +225,7 @@ def _print_summary(out: Console, file: Path, summary: Summary) -> None:
     out.print(table)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(2)
 

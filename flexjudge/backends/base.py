@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from PIL.Image import Image as PILImage
+if TYPE_CHECKING:  # Pillow is imported by the media loader and the backends, never by `import flexjudge`
+    from PIL.Image import Image as PILImage
 
 
 @dataclass(frozen=True)
