@@ -88,9 +88,12 @@ class Judge:
         temperature: float = 0.0,
         max_concurrency: int = 8,
         max_string_length: int | None = None,
+        backend_options: dict[str, Any] | None = None,
     ) -> None:
         self.model = model or DEFAULT_MODEL
-        self.backend: Backend = _make_backend(backend, self.model, base_url, api_key, engine, max_concurrency)
+        options = {"max_concurrency": max_concurrency, **(backend_options or {})}
+        self.backend: Backend = _make_backend(backend, self.model, base_url, api_key, engine, options)
+        self._owns_backend = isinstance(backend, str)  # a Backend handed in is the caller's to close
         self.output_format: OutputFormat = output_format or "flex"
         self.frames_per_video = frames_per_video
         self.limits = limits
@@ -188,8 +191,9 @@ class Judge:
         return self._loop().run(self.abatch(items, **options))
 
     async def aclose(self) -> None:
-        """Release the backend (HTTP connections, model memory stay with the process)."""
-        await self.backend.aclose()
+        """Release the backend this Judge made (a backend handed in stays open: it is the caller's)."""
+        if self._owns_backend:
+            await self.backend.aclose()
 
     def close(self) -> None:
         """Synchronous `aclose`, and stop the background loop of the sync methods."""
@@ -421,7 +425,7 @@ def _make_backend(
     base_url: str | None,
     api_key: str | None,
     engine: str | None,
-    max_concurrency: int,
+    options: dict[str, Any],
 ) -> Backend:
     if not isinstance(backend, str):
         return backend
@@ -434,11 +438,12 @@ def _make_backend(
             )
         from flexjudge.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(url, model=model, api_key=api_key, max_concurrency=max_concurrency)
+        return OpenAIBackend(url, model=model, api_key=api_key, **options)
     if name == "transformers":
         from flexjudge.backends.transformers import TransformersBackend
 
-        return TransformersBackend(model, engine=engine)  # type: ignore[arg-type]
+        options.pop("max_concurrency", None)  # one process, one model: batching replaces concurrency
+        return TransformersBackend(model, engine=engine, **options)  # type: ignore[arg-type]
     raise FlexjudgeError(f"unknown backend {backend!r}; expected 'auto', 'transformers' or 'openai'")
 
 
@@ -510,5 +515,6 @@ _JUDGE_OPTIONS = frozenset(
         "temperature",
         "max_concurrency",
         "max_string_length",
+        "backend_options",
     }
 )

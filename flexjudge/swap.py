@@ -53,13 +53,12 @@ def unswap(judgment: Judgment) -> Judgment:
         ),
         key=lambda e: e.candidate,
     )
-    meta = judgment.meta.model_copy(update={"candidate_order": list(reversed(judgment.meta.candidate_order))})
+    # `meta.candidate_order` keeps saying in which order the judge saw the candidates.
     return judgment.model_copy(
         update={
             "dimensions": dimensions,
             "evidence": evidence,
             "verdict": Verdict(analysis=judgment.verdict.analysis, winner=_flip(judgment.verdict.winner)),
-            "meta": meta,
         }
     )
 
