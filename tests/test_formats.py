@@ -385,3 +385,10 @@ def test_fence_inside_a_reason_with_a_trailing_comma(flex_obj: dict) -> None:
     flex_obj["reason"] = "see ``` here"
     text = "```json\n" + json.dumps(flex_obj)[:-1] + ",}\n```"
     assert flexjudge.parse(text).verdict.winner == int(flex_obj["winner"][-1])
+
+
+def test_a_string_value_that_reads_winner_is_not_a_key(flex_obj: dict) -> None:
+    flex_obj["categories"][0]["dims"][0]["reason_1"] = "winner"
+    flex_obj["categories"][0]["dims"][0]["reason_2"] = "cat_winner"
+    judgment = flexjudge.parse(json.dumps(flex_obj), strict=True)
+    assert not judgment.meta.recovered and judgment.dimensions[0].criteria[0].evidence_1 == "winner"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 import types
 import typing
@@ -49,6 +50,34 @@ def only_parse_errors(fmt: str | None) -> Iterator[None]:
         raise ParseError(
             f"internal error while parsing: {type(exc).__name__}: {exc}", offset=0, format=fmt
         ) from exc
+
+
+_WINNER_KEY = re.compile(r'"winner"\s*:')
+_CAT_WINNER_KEY = re.compile(r'"cat_winner"\s*:')
+
+
+def winner_keys(text: str) -> tuple[int, int]:
+    """How many `"winner":` and `"cat_winner":` members the JSON text holds.
+
+    A quoted name followed by a colon is a member name, never a string value, so counting is exact;
+    the fast paths use it to leave duplicated winners (which pydantic-core would silently resolve to
+    the last) to the lenient reader, which refuses conflicting ones.
+    """
+    return len(_WINNER_KEY.findall(text)), len(_CAT_WINNER_KEY.findall(text))
+
+
+def duplicated_key(text: str) -> str | None:
+    """The first member name that occurs twice in one object of the JSON `text`, if any."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [k for k, _ in items]
+        if not found and len(set(names)) != len(names):
+            found.append(next(k for k in names if names.count(k) > 1))
+        return dict(items)
+
+    json.loads(text, object_pairs_hook=pairs)
+    return found[0] if found else None
 
 
 def format_path(loc: Loc) -> str:

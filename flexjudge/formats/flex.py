@@ -137,7 +137,7 @@ def _parse_fast(text: str, modality: Modality | None) -> Judgment | None:
         return None
     # pydantic-core keeps the last of duplicated keys; a repeated winner goes to the lenient reader,
     # which refuses conflicting ones. Counting is cheap: a quoted key cannot occur inside a JSON string.
-    if text.count('"winner"') != 1 or text.count('"cat_winner"') != len(raw["categories"]):
+    if _common.winner_keys(text) != (1, len(raw["categories"])):
         return None
     return _assemble(raw, text, modality, notes=None)
 
@@ -223,6 +223,9 @@ def _strict_failure(text: str, modality: Modality | None) -> ParseError:
                 path=_common.format_path(loc),
                 format=FORMAT,
             )
+    duplicate = _common.duplicated_key(text)
+    if duplicate is not None:
+        return ParseError(f"the member {duplicate!r} appears twice in one object", offset=base, format=FORMAT)
     return ParseError("winners mix 'Image' and 'Video'", offset=base, format=FORMAT)
 
 

@@ -30,7 +30,7 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
     exact = (
         judgment is not None
         and "meta" not in judgment.model_fields_set
-        and text.count('"winner"') == len(judgment.dimensions) + 1  # no duplicated winner keys
+        and _common.winner_keys(text)[0] == len(judgment.dimensions) + 1  # no duplicated winner keys
     )
     if judgment is not None and exact and modality in (None, judgment.modality):
         judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text)
@@ -56,6 +56,9 @@ def _strict_failure(text: str, modality: Modality | None) -> ParseError:
         Judgment.model_validate(value, strict=True)
     except ValidationError as exc:
         return _common.schema_error(exc, text, value, base, FORMAT)
+    duplicate = _common.duplicated_key(text)
+    if duplicate is not None:
+        return ParseError(f"the member {duplicate!r} appears twice in one object", offset=base, format=FORMAT)
     return ParseError(
         f"modality is {value.get('modality')!r} but the caller said {modality!r}",
         offset=_common.locate(text, value, ("modality",), base),
