@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import os
 import threading
@@ -291,9 +292,7 @@ class Judge:
     ) -> Judgment:
         text = render_prompt(self._spec("pair", modality), prompt, prefs)
         custom = prefs.custom_dimensions if prefs is not None else ()
-        schema = pair_constraint(
-            modality, self.output_format, custom_dimensions=custom, max_string_length=self.max_string_length
-        )
+        schema = _pair_constraint(modality, self.output_format, custom, self.max_string_length)
         (generation,) = await self.backend.generate([self._request(text, one + two, schema, seed)])
         judgment = _read(
             lambda: parse(generation.text, format=self.output_format, modality=modality, prompt=prompt),
@@ -379,6 +378,17 @@ class Judge:
                 for (i, j), jd in zip(pairs, judgments, strict=True)
             ],
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _pair_constraint(
+    modality: Modality, output_format: OutputFormat, custom: tuple[str, ...], max_string_length: int | None
+) -> dict[str, Any]:
+    # Built once per shape and shared (backends treat request schemas as read-only): building one
+    # deep-copies a few hundred nodes, which would otherwise be paid on every judgment.
+    return pair_constraint(
+        modality, output_format, custom_dimensions=custom, max_string_length=max_string_length
+    )
 
 
 def _point_with_scale(text: str, scale: PointScale) -> PointwiseJudgment:

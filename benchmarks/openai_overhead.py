@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""What the SDK adds on top of the bare `openai` client, against the same local server.
+
+The server (`flexjudge serve`'s app, in its own process) answers every request with one fixed, valid
+flex judgment at once: a stand-in model, so that only client-side cost shows. Both sides send the same
+two 256x256 images as PNG data URLs with the same strict `json_schema` response format.
+
+- bare: encode the images, `AsyncOpenAI.chat.completions.create`, `json.loads` the content;
+- sdk: `Judge(backend="openai").ajudge(prompt, [image_1, image_2])`: media checks, prompt rendering,
+  the constraint, retries, parsing into a typed Judgment with metadata.
+
+    python benchmarks/openai_overhead.py --requests 256 --concurrency 1 8 64 [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+import flexjudge
+from flexjudge.backends.base import Generation, Request, Usage
+from flexjudge.constraints import pair_constraint
+from flexjudge.media import to_data_url
+from flexjudge.prompting import PromptSpec, render_prompt
+
+CANNED = (Path(__file__).parent.parent / "examples" / "outputs" / "flex_image.json").read_text(
+    encoding="utf-8"
+)
+
+
+class CannedBackend:
+    """A stand-in model that answers every request with the same valid judgment, instantly."""
+
+    name = "canned"
+    model = "canned"
+
+    async def generate(self, requests: list[Request]) -> list[Generation]:
+        return [Generation(CANNED, "stop", True, Usage(100, 800), model="canned") for _ in requests]
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _serve(port: int) -> None:
+    import uvicorn
+
+    from flexjudge.serve import create_app
+
+    app = create_app(CannedBackend(), model_name="canned", window_s=0.0)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _bare(url: str, images: list[Image.Image], prompt: str, n: int, concurrency: int) -> float:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0)
+    text = render_prompt(PromptSpec(), prompt)
+    schema = pair_constraint("image", "flex")
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> Any:
+        async with gate:
+            content: list[dict[str, Any]] = [
+                {"type": "image_url", "image_url": {"url": to_data_url(im)}} for im in images
+            ]
+            content.append({"type": "text", "text": text})
+            response = await client.chat.completions.create(
+                model="canned",
+                messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "judgment", "schema": schema, "strict": True},
+                },
+                max_tokens=4096,
+                temperature=0.0,
+            )
+            return json.loads(response.choices[0].message.content or "")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return elapsed
+
+
+async def _sdk(url: str, images: list[Image.Image], prompt: str, n: int, concurrency: int) -> float:
+    judge = flexjudge.Judge("canned", backend="openai", base_url=url, max_concurrency=concurrency)
+    started = time.perf_counter()
+    await asyncio.gather(*(judge.ajudge(prompt, images) for _ in range(n)))
+    elapsed = time.perf_counter() - started
+    await judge.aclose()
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    port = _free_port()
+    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    images = [Image.new("RGB", (256, 256), (200, 40, 40)), Image.new("RGB", (256, 256), (40, 40, 200))]
+    prompt = "A child in a yellow raincoat feeding ducks at a pond, storybook illustration"
+    rows = []
+    try:
+        asyncio.run(_bare(url, images, prompt, 8, 8))  # warm both paths up
+        asyncio.run(_sdk(url, images, prompt, 8, 8))
+        for c in args.concurrency:
+            bare = min(asyncio.run(_bare(url, images, prompt, args.requests, c)) for _ in range(args.repeat))
+            sdk = min(asyncio.run(_sdk(url, images, prompt, args.requests, c)) for _ in range(args.repeat))
+            rows.append((c, args.requests / bare, args.requests / sdk, sdk / bare))
+    finally:
+        server.terminate()
+    table = [
+        "| concurrency | bare client req/s | SDK req/s | SDK time / bare time |",
+        "|---:|---:|---:|---:|",
+    ]
+    table += [f"| {c} | {b:,.0f} | {s:,.0f} | {r:.3f} |" for c, b, s, r in rows]
+    machine = f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"{stamp}; {machine}; {args.requests} requests, best of {args.repeat}\n")
+    print("\n".join(table))
+    if args.record:
+        setup = f"{machine}; {args.requests} requests per point, best of {args.repeat}"
+        section = f"\n## openai_overhead ({stamp})\n\n{setup}\n\n"
+        with (Path(__file__).parent / "RESULTS.md").open("a", encoding="utf-8") as fh:
+            fh.write(section + "\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
