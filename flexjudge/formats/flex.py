@@ -90,7 +90,7 @@ def _refuse_bool(value: Any) -> Any:
 
 def _validator(strict: bool) -> SchemaValidator:
     text = cs.str_schema(strict=strict)
-    score = cs.int_schema(ge=0, le=10, strict=strict)  # strict ints refuse booleans by themselves
+    score: CoreSchema = cs.int_schema(ge=0, le=10, strict=strict)  # strict ints refuse booleans themselves
     if not strict:
         score = cs.no_info_before_validator_function(_refuse_bool, score)
     criterion = _record(
