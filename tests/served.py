@@ -1,0 +1,122 @@
+"""A real OpenAI-compatible server on 127.0.0.1 for tests, with scripted faults in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+from flexjudge.backends.base import Backend
+from flexjudge.serve import create_app
+
+
+class FaultInjector:
+    """ASGI middleware: plays scripted faults on chat requests, and records every request body.
+
+    Faults: "429" and "500" (with Retry-After: 0), "hang" (answers after `hang_s`), "garbage" (a 200
+    whose body is not JSON), "empty" (a 200 without choices), "truncate" (forwards the request with
+    max_tokens cut to 24, so the real model runs out of budget), "refuse_structured" (a 400 naming
+    response_format, as a server without structured outputs says).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.faults: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.hang_s = 3.0
+        self.refuse_structured_always = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
+            await self.app(scope, receive, send)
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        body = json.loads(raw)
+        self.bodies.append(body)
+        fault = self.faults.pop(0) if self.faults else None
+        if self.refuse_structured_always and ("response_format" in body or "structured_outputs" in body):
+            fault = "refuse_structured"
+        if fault in ("429", "500"):
+            await _respond(
+                send, int(fault), {"error": {"message": f"injected {fault}"}}, {"retry-after": "0"}
+            )
+            return
+        if fault == "refuse_structured":
+            await _respond(send, 400, {"error": {"message": "response_format json_schema is not supported"}})
+            return
+        if fault == "garbage":
+            await _respond(send, 200, None, raw_body=b"<html>definitely not json")
+            return
+        if fault == "empty":
+            await _respond(
+                send, 200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}
+            )
+            return
+        if fault == "hang":
+            await asyncio.sleep(self.hang_s)
+        if fault == "truncate":
+            body["max_tokens"] = 24
+            raw = json.dumps(body).encode()
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _respond(
+    send: Any, status: int, payload: Any, headers: dict[str, str] | None = None, raw_body: bytes | None = None
+) -> None:
+    body = raw_body if raw_body is not None else json.dumps(payload).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    head += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(
+    backend: Backend, *, model_name: str = "tiny-random"
+) -> Iterator[tuple[str, FaultInjector]]:
+    """Serve `backend` on 127.0.0.1; yields (base_url, fault injector). Stops the server on exit."""
+    app = create_app(backend, model_name=model_name)
+    injector = FaultInjector(app)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(injector, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", injector
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

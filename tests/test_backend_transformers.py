@@ -1,0 +1,381 @@
+"""The transformers backend against a tiny random-weight Qwen-VL built here: real tokenizer, real processor,
+real constrained decoding under every installed engine. No network, no hub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+jsonschema = pytest.importorskip("jsonschema")
+
+from PIL import Image  # noqa: E402
+
+from flexjudge.backends.base import ImagePart, Message, Request, TextPart  # noqa: E402
+from flexjudge.backends.tiny import build_tiny_model, tiny_model_dir  # noqa: E402
+from flexjudge.backends.transformers import (  # noqa: E402
+    TransformersBackend,
+    available_engines,
+    compile_cache_stats,
+)
+from flexjudge.errors import BackendError  # noqa: E402
+
+ENGINES = [
+    pytest.param(e, marks=pytest.mark.skipif(e not in available_engines(), reason=f"{e} not installed"))
+    for e in ("llguidance", "outlines_core", "xgrammar")
+]
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "summary": {"type": "string", "maxLength": 24},
+        "winner": {"enum": ["Image 1", "Image 2"]},
+        "criteria": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "maxLength": 12},
+                    "score": {"enum": [0, 1, 2, 3, 4, 5]},
+                },
+                "required": ["name", "score"],
+                "additionalProperties": False,
+            },
+            "minItems": 1,
+            "maxItems": 3,
+        },
+    },
+    "required": ["summary", "winner", "criteria"],
+    "additionalProperties": False,
+}
+
+
+def _image(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> Image.Image:
+    return Image.new("RGB", size, color)
+
+
+def _request(
+    text: str = "Which image is better?",
+    *,
+    images: int = 1,
+    schema: dict[str, Any] | None = SCHEMA,
+    max_new_tokens: int = 400,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> Request:
+    parts: list[TextPart | ImagePart] = [TextPart("Candidates:")]
+    parts += [ImagePart(_image((40 * k, 90, 200 - 40 * k))) for k in range(images)]
+    parts.append(TextPart(text))
+    return Request(
+        messages=(
+            Message("system", (TextPart("You are a judge. Answer in JSON."),)),
+            Message("user", tuple(parts)),
+        ),
+        schema=schema,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+    )
+
+
+def _generate(backend: TransformersBackend, requests: list[Request]) -> list[Any]:
+    return asyncio.run(backend.generate(requests))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl", seed=0)
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_dir: Path) -> dict[str, TransformersBackend]:
+    return {e: TransformersBackend(tiny_dir, engine=e) for e in available_engines()}
+
+
+@pytest.fixture(scope="module")
+def backend(backends: dict[str, TransformersBackend]) -> TransformersBackend:
+    return next(iter(backends.values()))
+
+
+# ------------------------------------------------------------------ the tiny model
+
+
+def test_build_is_deterministic_and_vocab_matches(tmp_path: Path) -> None:
+    from transformers import AutoProcessor
+
+    a = build_tiny_model(tmp_path / "a", seed=3)
+    b = build_tiny_model(tmp_path / "b", seed=3)
+    c = build_tiny_model(tmp_path / "c", seed=4)
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "processor_config.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+    config = json.loads((a / "config.json").read_text())
+    processor = AutoProcessor.from_pretrained(a)
+    assert config["text_config"]["vocab_size"] == len(processor.tokenizer)
+
+
+def test_json_keys_are_single_tokens(tiny_dir: Path) -> None:
+    from transformers import AutoProcessor
+
+    tokenizer = AutoProcessor.from_pretrained(tiny_dir).tokenizer
+    for key in ("reason_1", "score_2", "cat_winner", "categories", "evidence"):
+        assert len(tokenizer.tokenize(f'"{key}"')) == 1, key
+    text = '{"winner":"Image 2","reason":"ünïcödé \t text"}'
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+def test_auto_classes_load_it_with_at_most_16_image_tokens(tiny_dir: Path) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir)
+    assert type(processor).__name__ == "Qwen2_5_VLImageOnlyProcessor"
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    inputs = processor(text=[text], images=[_image((1, 2, 3), (1024, 768))], return_tensors="pt")
+    assert 1 <= int((inputs["input_ids"] == processor.image_token_id).sum()) <= 16
+
+
+def test_tiny_model_dir_builds_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEXJUDGE_CACHE_DIR", str(tmp_path))
+    first = tiny_model_dir(5)
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert tiny_model_dir(5) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+    assert first.parent == tmp_path
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary build left behind
+
+
+def test_qwen3_vl_judges_under_a_schema(tmp_path: Path) -> None:
+    directory = build_tiny_model(tmp_path / "q3", arch="qwen3_vl", seed=1)
+    backend = TransformersBackend(directory, engine=available_engines()[0])
+    (generation,) = _generate(backend, [_request(images=2)])
+    jsonschema.validate(json.loads(generation.text), SCHEMA)
+
+
+def test_stock_processor_without_torchvision_falls_back_to_image_only(tiny_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    stock = tmp_path / "stock"
+    shutil.copytree(tiny_dir, stock)
+    config = stock / "processor_config.json"
+    config.write_text(config.read_text().replace("Qwen2_5_VLImageOnlyProcessor", "Qwen2_5_VLProcessor"))
+    backend = TransformersBackend(stock, engine=available_engines()[0])
+    assert type(backend._processor).__name__ == "Qwen2_5_VLImageOnlyProcessor"
+
+
+# ------------------------------------------------------------------ generation
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_schema_output_is_valid_for_five_seeds(backends: dict[str, TransformersBackend], engine: str) -> None:
+    backend = backends[engine]
+    requests = [_request(images=2, temperature=1.0, seed=seed) for seed in range(5)]
+    for generation in _generate(backend, requests):
+        assert generation.constrained
+        assert generation.finish_reason == "stop"
+        jsonschema.validate(json.loads(generation.text), SCHEMA)
+        assert generation.extra["engine"] == engine
+        assert generation.usage is not None and 0 < generation.usage.completion_tokens <= 400
+
+
+def test_seeded_sampling_is_reproducible(backend: TransformersBackend) -> None:
+    first = _generate(backend, [_request(temperature=1.0, seed=11)])[0].text
+    again = _generate(backend, [_request(temperature=1.0, seed=11)])[0].text
+    assert first == again
+
+
+def test_free_text(backend: TransformersBackend) -> None:
+    (generation,) = _generate(backend, [_request(schema=None, max_new_tokens=12)])
+    assert isinstance(generation.text, str)
+    assert not generation.constrained
+    assert generation.extra["engine"] is None
+    assert generation.usage is not None and 1 <= generation.usage.completion_tokens <= 12
+    assert generation.finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("schema", [SCHEMA, None], ids=["schema", "free"])
+def test_finish_reason_length_when_the_budget_runs_out(
+    backend: TransformersBackend, schema: dict[str, Any] | None
+) -> None:
+    (generation,) = _generate(backend, [_request(schema=schema, max_new_tokens=3)])
+    assert generation.finish_reason == "length"
+    assert generation.usage is not None and generation.usage.completion_tokens == 3
+    if schema is not None:
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(generation.text)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_batch_returns_generations_in_order(tiny_dir: Path, engine: str) -> None:
+    backend = TransformersBackend(tiny_dir, engine=engine, max_batch_size=2)  # type: ignore[arg-type]
+    same_group = [_request(f"prompt {i}", images=i) for i in range(3)]
+    generations = _generate(backend, same_group)
+    assert len(generations) == 3
+    prompt_tokens = [g.usage.prompt_tokens for g in generations]
+    alone = [_generate(backend, [r])[0].usage.prompt_tokens for r in same_group]
+    assert prompt_tokens == alone
+    for generation in generations:  # rows that finish early must not disturb the others
+        jsonschema.validate(json.loads(generation.text), SCHEMA)
+
+    mixed = [_request(), _request(schema=None, max_new_tokens=5), _request(max_new_tokens=3)]
+    first, free, short = _generate(backend, mixed)
+    jsonschema.validate(json.loads(first.text), SCHEMA)
+    assert not free.constrained and free.usage.completion_tokens <= 5
+    assert short.constrained and short.finish_reason == "length" and short.usage.completion_tokens == 3
+
+
+def test_images_reach_the_model(backend: TransformersBackend) -> None:
+    counts = [
+        _generate(backend, [_request(images=n, max_new_tokens=2)])[0].usage.prompt_tokens for n in range(3)
+    ]
+    assert counts[0] < counts[1] < counts[2]
+    # Each 64x48 image adds its image tokens plus the vision start / end markers, the same for each.
+    assert counts[2] - counts[1] == counts[1] - counts[0] > 2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_padded_vocabulary_never_yields_padding_ids(tmp_path: Path, engine: str) -> None:
+    """Real checkpoints pad the embedding matrix past the tokenizer (151665 -> 151936 for Qwen)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    directory = build_tiny_model(tmp_path / "padded", seed=0)
+    model = AutoModelForImageTextToText.from_pretrained(directory)
+    width = model.get_output_embeddings().weight.shape[0]
+    model.resize_token_embeddings(width + 54, mean_resizing=False)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[width:] = 50.0  # padding would win every step if allowed
+    model.save_pretrained(directory)
+    backend = TransformersBackend(directory, engine=engine)  # type: ignore[arg-type]
+    constrained, free = _generate(
+        backend, [_request(max_new_tokens=200), _request(schema=None, max_new_tokens=8)]
+    )
+    jsonschema.validate(json.loads(constrained.text), SCHEMA)
+    assert free.text  # greedy would pick a padding id (which decodes to nothing) at every step
+
+
+def test_compile_cache_is_shared_across_backends(tiny_dir: Path) -> None:
+    engine = available_engines()[0]
+    schema = dict(SCHEMA, description="compiled by this test only")
+    before = compile_cache_stats()
+    assert TransformersBackend(tiny_dir, engine=engine).compile(schema) > 0
+    middle = compile_cache_stats()
+    assert middle.compiles == before.compiles + 1
+
+    second = TransformersBackend(tiny_dir, engine=engine)
+    assert second.compile(schema) == 0.0
+    (generation,) = _generate(second, [_request(schema=schema, max_new_tokens=5)])
+    assert generation.extra["compile_cached"] is True
+    after = compile_cache_stats()
+    assert after.compiles == middle.compiles
+    assert after.hits >= middle.hits + 2
+
+
+def test_generate_runs_off_the_event_loop(backend: TransformersBackend) -> None:
+    async def main() -> int:
+        ticks = 0
+        task = asyncio.create_task(backend.generate([_request(schema=None, max_new_tokens=150)]))
+        while not task.done():
+            await asyncio.sleep(0.001)
+            ticks += 1
+        await task
+        return ticks
+
+    assert asyncio.run(main()) > 1
+
+
+def test_empty_batch(backend: TransformersBackend) -> None:
+    assert _generate(backend, []) == []
+
+
+def test_tiny_random_alias_builds_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEXJUDGE_CACHE_DIR", str(tmp_path))
+    backend = TransformersBackend("tiny-random", engine=available_engines()[0])
+    assert backend.model == "tiny-random"
+    assert any(p.name.startswith("tiny-qwen2_5_vl-0-") for p in tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_missing_model_path_is_a_clear_backend_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(BackendError) as caught:
+        TransformersBackend(missing)
+    assert not caught.value.retryable
+    assert str(missing) in str(caught.value)
+    assert "tiny-random" in str(caught.value)
+
+
+def test_unloadable_directory_is_a_clear_backend_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(BackendError) as caught:
+        TransformersBackend(tmp_path)
+    assert not caught.value.retryable
+    assert caught.value.original is not None
+    assert "Point `model=`" in str(caught.value)
+
+
+def test_hub_id_offline_is_a_clear_backend_error() -> None:
+    # conftest sets HF_HUB_OFFLINE=1: the hub is never asked.
+    with pytest.raises(BackendError) as caught:
+        TransformersBackend("flexjudge-tests/no-such-model")
+    assert "flexjudge-tests/no-such-model" in str(caught.value)
+    assert not caught.value.retryable
+
+
+def test_unknown_engine_is_refused(tiny_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unknown constraint engine"):
+        TransformersBackend(tiny_dir, engine="regex")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the judgment schemas
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_released_flex_schema_decodes_valid(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repository's flex wire schema (unbounded strings) under the tiny-random default closing bias."""
+    monkeypatch.setenv("FLEXJUDGE_CACHE_DIR", str(tmp_path))
+    schema_file = Path(__file__).parent.parent / "schemas" / "flex-image.schema.json"
+    schema = json.loads(schema_file.read_text())
+    backend = TransformersBackend("tiny-random", engine=engine)  # type: ignore[arg-type]
+    requests = [
+        _request(images=2, schema=schema, max_new_tokens=1500, temperature=1.0, seed=s) for s in range(4)
+    ]
+    for generation in _generate(backend, requests):
+        assert generation.finish_reason == "stop", generation.text[-200:]
+        jsonschema.validate(json.loads(generation.text), schema)
+
+
+def test_constrained_benchmark_runs(tmp_path: Path) -> None:
+    """A smoke run of benchmarks/constrained.py (no timing is asserted)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parent.parent
+    args = ["--vocab", "tiny", "--quick", "--batches", "1", "--engines", available_engines()[0]]
+    env = dict(os.environ, FLEXJUDGE_CACHE_DIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "constrained.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| engine |" in done.stdout and "error" not in done.stdout

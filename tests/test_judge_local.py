@@ -1,0 +1,159 @@
+"""`flexjudge.judge` end to end on a tiny random-weight Qwen2.5-VL built here, decoding under the constraint.
+
+The model's words are meaningless; what is tested is the machinery: media in, constraint enforced,
+judgment read, metadata recorded, order swap, preferences, video frames, pointwise and ranking modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import flexjudge
+from flexjudge.judge import Judge
+
+pytest.importorskip("transformers")
+av = pytest.importorskip("av")
+from flexjudge.backends.transformers import TransformersBackend  # noqa: E402
+
+GRAMMAR_RULES = {
+    "split_sum",
+    "anchor_missing",
+    "anchor_renamed",
+    "anchor_out_of_order",
+    "criteria_count",
+    "too_many_generated",
+    "origin_mismatch",
+    "score_range",
+}
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> TransformersBackend:
+    import os
+
+    os.environ["FLEXJUDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    return TransformersBackend("tiny-random")
+
+
+@pytest.fixture
+def judge(backend: TransformersBackend) -> Iterator[Judge]:
+    with Judge("tiny-random", backend=backend, max_string_length=6, max_new_tokens=900) as j:
+        yield j
+
+
+def _images(n: int = 2) -> list[Image.Image]:
+    colours = [(200, 30, 30), (30, 30, 200), (30, 200, 30), (200, 200, 30)]
+    return [Image.new("RGB", (32, 32), colours[i]) for i in range(n)]
+
+
+def _grammar_breaks(judgment: flexjudge.Judgment) -> list[flexjudge.Finding]:
+    return [f for f in flexjudge.check(judgment) if f.code in GRAMMAR_RULES]
+
+
+def test_pair_judgment_is_valid_and_reproducible(judge: Judge) -> None:
+    first = judge.judge("a red square", _images(), seed=7)
+    again = judge.judge("a red square", _images(), seed=7)
+    assert _grammar_breaks(first) == []
+    assert first.content() == again.content()
+    meta = first.meta
+    assert (meta.backend, meta.constrained, meta.candidate_order, meta.source_format) == (
+        "transformers",
+        True,
+        [1, 2],
+        "flex",
+    )
+    assert meta.template_version and meta.usage is not None and meta.usage.completion_tokens > 0
+    assert [d.origin for d in first.dimensions[:3]] == ["predefined"] * 3
+
+
+def test_native_format_carries_intent_and_evidence(backend: TransformersBackend) -> None:
+    with Judge(
+        "tiny-random", backend=backend, output_format="native", max_string_length=5, max_new_tokens=1400
+    ) as judge:
+        judgment = judge.judge("a red square", _images(), seed=1)
+    assert judgment.intent is not None and [e.candidate for e in judgment.evidence] == [1, 2]
+    assert judgment.meta.source_format == "native" and _grammar_breaks(judgment) == []
+
+
+def test_swap_judges_both_orders_and_records_them(judge: Judge) -> None:
+    judgment = judge.judge("a red square", _images(), swap=True, seed=3)
+    report = judgment.meta.swap
+    assert report is not None and judgment.meta.verdict_rule == "swap"
+    assert report.first.meta.candidate_order == [1, 2] and report.second.meta.candidate_order == [2, 1]
+    assert set(report.dimension_agreement) == {d.name for d in report.first.dimensions}
+    assert report.resolution in ("agreed", "dimension_majority", "tie")
+    serious = [f for f in flexjudge.check(judgment) if f.code in GRAMMAR_RULES]
+    assert serious == []
+
+
+def test_preferences_shape_the_constraint_and_the_verdict(judge: Judge) -> None:
+    prefs = flexjudge.Preferences(
+        profile="muted palettes",
+        custom_dimensions=("Text Legibility",),
+        weights={"Text Legibility": 10.0},
+        weighted_verdict=True,
+    )
+    judgment = judge.judge("a poster saying SALE", _images(), preferences=prefs, seed=2)
+    assert (
+        judgment.dimensions[3].name == "D. Text Legibility" and judgment.dimensions[3].origin == "generated"
+    )
+    assert judgment.meta.preferences == prefs and judgment.meta.verdict_rule == "weighted"
+    legibility = judgment.dimensions[3].winner
+    assert legibility is None or judgment.verdict.winner == legibility  # weight 10 outvotes the other three
+    assert not [f for f in flexjudge.check(judgment) if f.code == "verdict_contradicts_dimensions"]
+
+
+def _write_video(path: Path, colour_step: int) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(
+                np.full((32, 32, 3), (i * colour_step) % 255, dtype=np.uint8), format="rgb24"
+            )
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def test_video_pair_sends_eight_frames_each(judge: Judge, tmp_path: Path) -> None:
+    videos = [_write_video(tmp_path / "a.mp4", 10), _write_video(tmp_path / "b.mp4", 5)]
+    judgment = judge.judge("a fading square", videos, seed=4)
+    image_pair = judge.judge("a fading square", _images(), seed=4)
+    assert judgment.modality == "video"
+    assert judgment.dimensions[1].name == "B. Video Quality & Dynamic Realism"
+    assert judgment.meta.usage is not None and image_pair.meta.usage is not None
+    assert (
+        judgment.meta.usage.prompt_tokens > image_pair.meta.usage.prompt_tokens + 8 * 4
+    )  # 16 frames, not 2 images
+
+
+def test_point_and_rank_modes(judge: Judge) -> None:
+    point = judge.judge("a red square", _images(1), mode="point", seed=5)
+    assert isinstance(point, flexjudge.PointwiseJudgment)
+    assert all(point.scale.low <= d.score <= point.scale.high for d in point.dimensions)
+    ranking = judge.judge("a red square", _images(3), mode="rank", seed=6)
+    assert isinstance(ranking, flexjudge.Ranking)
+    assert sorted(ranking.order) == [1, 2, 3] and len(ranking.pairs) == 3
+    assert sum(ranking.win_rate) == pytest.approx(1.5)
+
+
+def test_wrong_candidate_counts_and_media_are_clear_errors(judge: Judge, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="takes 2"):
+        judge.judge("p", _images(3))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(flexjudge.MediaError):
+        judge.judge("p", [broken, _images(1)[0]])
+
+
+def test_missing_weights_say_how_to_point_at_a_model() -> None:
+    with pytest.raises(flexjudge.BackendError) as info:
+        Judge("CodeGoat24/UnifiedReward-Flex-qwen3vl-8b", backend="transformers")
+    assert not info.value.retryable
+    assert "base_url" in str(info.value) or "directory" in str(info.value)

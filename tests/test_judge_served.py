@@ -1,0 +1,197 @@
+"""The `openai` backend against a real OpenAI-compatible server on 127.0.0.1 serving the tiny model.
+
+Faults are injected in front of the real server (tests/served.py); the model behind it decodes under
+the real constraint. The tiny model has random weights: strings are bounded (max_string_length) so it
+terminates, as DESIGN.md explains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from PIL import Image
+from served import FaultInjector, running_server
+
+import flexjudge
+from flexjudge.backends.base import ImagePart, Message, Request, TextPart
+from flexjudge.backends.openai import OpenAIBackend
+from flexjudge.constraints import pair_constraint
+from flexjudge.judge import Judge
+
+pytest.importorskip("transformers")
+from flexjudge.backends.transformers import TransformersBackend
+
+BOUND = 6
+# What the decoding constraint makes impossible. Unique criterion names and winners that follow the
+# scores are beyond JSON Schema: a random-weight model breaks them, and `check` reports it.
+GRAMMAR_RULES = {
+    "split_sum",
+    "anchor_missing",
+    "anchor_renamed",
+    "anchor_out_of_order",
+    "criteria_count",
+    "too_many_generated",
+    "origin_mismatch",
+    "score_range",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, FaultInjector]]:
+    import os
+
+    os.environ["FLEXJUDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    backend = TransformersBackend("tiny-random", engine="llguidance")
+    with running_server(backend) as served:
+        yield served
+
+
+@pytest.fixture
+def injector(server: tuple[str, FaultInjector]) -> FaultInjector:
+    _, inj = server
+    inj.faults.clear()
+    inj.bodies.clear()
+    inj.refuse_structured_always = False
+    return inj
+
+
+def _images() -> list[Image.Image]:
+    return [Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
+
+
+def _judge(url: str, **backend_options: Any) -> Judge:
+    options = {"backoff_s": 0.01, "timeout_s": 60, **backend_options}
+    return Judge(
+        "tiny-random",
+        backend="openai",
+        base_url=url,
+        max_string_length=BOUND,
+        max_new_tokens=700,
+        backend_options=options,
+    )
+
+
+async def _generate_and_close(backend: OpenAIBackend, request: Request) -> list[Any]:
+    try:
+        return await backend.generate([request])
+    finally:
+        await backend.aclose()
+
+
+def test_served_judgment_is_valid_and_the_request_carries_schema_and_images(server, injector) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    with _judge(url) as judge:
+        judgment = judge.judge("a red square", _images(), seed=1)
+    assert isinstance(judgment, flexjudge.Judgment)
+    broken = [f for f in flexjudge.check(judgment) if f.code in GRAMMAR_RULES]
+    assert broken == [], broken
+    assert judgment.meta.backend == "openai" and judgment.meta.constrained is True
+    assert judgment.meta.usage is not None and judgment.meta.usage.prompt_tokens > 0
+    (body,) = injector.bodies
+    sent = body["response_format"]["json_schema"]
+    assert sent["strict"] is True
+    assert sent["schema"] == pair_constraint("image", "flex", max_string_length=BOUND)
+    images = [p for p in body["messages"][0]["content"] if p["type"] == "image_url"]
+    assert len(images) == 2 and all(
+        p["image_url"]["url"].startswith("data:image/png;base64,") for p in images
+    )
+    assert "guided_json" not in body
+
+
+def test_transient_faults_are_retried(server, injector) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    injector.faults = ["429", "500", "garbage", "empty"]
+    with _judge(url, max_attempts=5) as judge:
+        judgment = judge.judge("a red square", _images(), seed=2)
+    assert judgment.verdict.winner in (1, 2)
+    assert len(injector.bodies) == 5
+
+
+def test_timeouts_are_retried(server, injector) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    injector.faults = ["hang"]
+    injector.hang_s = 3.0
+    backend = OpenAIBackend(url, model="tiny-random", backoff_s=0.01, timeout_s=1.0, max_attempts=3)
+    request = Request(messages=(Message("user", (TextPart("hi"),)),), schema=None, max_new_tokens=4)
+    (generation,) = asyncio.run(_generate_and_close(backend, request))
+    assert len(injector.bodies) >= 2 and isinstance(generation.text, str)
+
+
+def test_persistent_failure_is_a_typed_error(server, injector) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    injector.faults = ["500", "500", "500"]
+    with pytest.raises(flexjudge.BackendError) as info, _judge(url, max_attempts=3) as judge:
+        judge.judge("a red square", _images())
+    assert info.value.retryable and info.value.status_code == 500
+    assert len(injector.bodies) == 3
+
+
+def test_truncated_output_raises_with_the_partial_text(server, injector) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    injector.faults = ["truncate"]
+    with pytest.raises(flexjudge.TruncatedOutput) as info, _judge(url) as judge:
+        judge.judge("a red square", _images(), seed=3)
+    assert info.value.partial_text.startswith("{")
+
+
+def test_server_without_structured_outputs_falls_back_and_says_so(server, injector) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    injector.refuse_structured_always = True
+    backend = OpenAIBackend(url, model="tiny-random", backoff_s=0.01)
+    request = Request(
+        messages=(Message("user", (TextPart("judge"), ImagePart(_images()[0]))),),
+        schema=pair_constraint("image", "flex", max_string_length=BOUND),
+        max_new_tokens=16,
+    )
+    (generation,) = asyncio.run(_generate_and_close(backend, request))
+    assert generation.constrained is False
+    assert "response_format" in injector.bodies[0] and "response_format" not in injector.bodies[1]
+
+
+def test_vllm_structured_outputs_field(server, injector) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    with _judge(url, structured="structured_outputs") as judge:
+        judgment = judge.judge("a red square", _images(), seed=4)
+    assert judgment.meta.constrained is True
+    (body,) = injector.bodies
+    assert "response_format" not in body and body["structured_outputs"]["json"]["type"] == "object"
+
+
+def test_server_refuses_paths_legacy_fields_and_bad_requests(server, injector) -> None:  # type: ignore[no-untyped-def]
+    import urllib.error
+    import urllib.request
+
+    url, _ = server
+
+    def post(body: dict[str, Any]) -> tuple[int, str]:
+        request = urllib.request.Request(
+            f"{url}/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    path_image = {"type": "image_url", "image_url": {"url": "/etc/passwd"}}
+    status, text = post({"model": "m", "messages": [{"role": "user", "content": [path_image]}]})
+    assert status == 400 and "data URLs" in text
+    status, text = post({"model": "m", "messages": [{"role": "user", "content": "hi"}], "guided_json": {}})
+    assert status == 400 and "guided_json" in text
+    status, _ = post({"model": "m", "messages": []})
+    assert status == 400
+
+
+def test_concurrent_judgments_are_batched(server, injector) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    items = [("a red square", _images())] * 4
+    with _judge(url) as judge:
+        results = judge.batch(items, seed=5)
+    assert len(results) == 4 and all(isinstance(r, flexjudge.Judgment) for r in results)
+    assert len(injector.bodies) == 4
