@@ -8,11 +8,11 @@ from flexjudge.checks import Finding, check, require_consistent
 from flexjudge.errors import (
     BackendError,
     FlexjudgeError,
+    MediaError,
     ParseError,
     RenderError,
     TraceFileError,
     TruncatedOutput,
-    MediaError,
     ValidationFailed,
 )
 from flexjudge.formats import detect_format, parse, parse_pointwise, render, render_pointwise
