@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Constrained decoding cost in the transformers backend, per constraint engine.
+
+Measures, for each engine (each in a fresh process, so "cold" really is cold):
+- compile: the first schema in the process (engine tokenizer table + grammar), a second schema on the same
+  tokenizer, and the same schema again (cache hit), for the pairwise judgment schema in `schemas/`
+  (`--max-length N` bounds every string, as random-weight tests need; bounds are what make masks costly);
+- decode: milliseconds per decode step (prefill subtracted; median of `--repeat`) with and without the
+  constraint on the same model, batch 1 and 8, sampled (temperature 1, closing bias off, so rows stay inside
+  long strings, where masks cost most), and the time the constraint processor took per step.
+
+Two vocabularies: the tiny model's trained ~900-token tokenizer, and a synthetic ~150k-token byte-level BPE
+(Qwen-sized) on the same tiny weights, where compile and mask costs are realistic and the forward pass is not.
+
+    python benchmarks/constrained.py                     # both vocabularies, every installed engine
+    python benchmarks/constrained.py --vocab tiny --quick
+    python benchmarks/constrained.py --record            # append the table to benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = ROOT / "schemas"
+
+
+def _synthetic_tokenizer(n_merges: int = 150_000, seed: int = 0) -> Any:
+    """A byte-level BPE with random merges: Qwen-sized, so engine tables and masks cost what they would."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from flexjudge.backends import tiny
+
+    rng = random.Random(seed)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {t: i for i, t in enumerate(tiny.SPECIAL_TOKENS)}
+    for ch in alphabet:
+        vocab[ch] = len(vocab)
+    tokens = list(alphabet)
+    letters = [c for c in alphabet if c.isalnum()] + ["Ġ"] * 10  # Ġ: the byte-level space
+    merges: list[tuple[str, str]] = []
+    while len(merges) < n_merges:
+        a = rng.choice(tokens) if rng.random() < 0.5 else rng.choice(letters)
+        b = rng.choice(tokens[-5000:]) if rng.random() < 0.5 else rng.choice(letters)
+        if len(a + b) > 12 or a + b in vocab:
+            continue
+        vocab[a + b] = len(vocab)
+        tokens.append(a + b)
+        merges.append((a, b))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(tiny.SPECIAL_TOKENS[1:]),
+        chat_template=tiny.CHAT_TEMPLATE,
+        padding_side="left",
+    )
+
+
+def _requests(schema: dict[str, Any] | None, batch: int, tokens: int) -> list[Any]:
+    from PIL import Image
+
+    from flexjudge.backends.base import ImagePart, Message, Request, TextPart
+
+    images = (
+        ImagePart(Image.new("RGB", (64, 48), (200, 40, 40))),
+        ImagePart(Image.new("RGB", (48, 64), "teal")),
+    )
+    message = Message(
+        "user", (TextPart("Prompt: a red fox. Image 1:"), images[0], TextPart("Image 2:"), images[1])
+    )
+    return [
+        Request(messages=(message,), schema=schema, max_new_tokens=tokens, temperature=1.0, seed=0)
+        for _ in range(batch)
+    ]
+
+
+def _bound_strings(node: Any, max_length: int) -> Any:
+    """The schema with `maxLength` on every string: what random-weight tests need, and what costs most."""
+    if isinstance(node, dict):
+        out = {k: _bound_strings(v, max_length) for k, v in node.items()}
+        if out.get("type") == "string" and "enum" not in out and "const" not in out:
+            out.setdefault("maxLength", max_length)
+        return out
+    if isinstance(node, list):
+        return [_bound_strings(v, max_length) for v in node]
+    return node
+
+
+def child(
+    engine: str, model: str, tokens: int, repeat: int, batches: list[int], max_length: int
+) -> dict[str, Any]:
+    """One engine in this (fresh) process; returns the measurements."""
+    from flexjudge.backends.transformers import TransformersBackend
+
+    pair = json.loads((SCHEMAS / "pair-image.schema.json").read_text())
+    point = json.loads((SCHEMAS / "point-image.schema.json").read_text())
+    if max_length:
+        pair, point = _bound_strings(pair, max_length), _bound_strings(point, max_length)
+    start = time.perf_counter()
+    backend = TransformersBackend(model, engine=engine, closing_bias=0.0)  # type: ignore[arg-type]
+    row: dict[str, Any] = {
+        "engine": engine,
+        "vocab": backend._tok.width,
+        "init_s": time.perf_counter() - start,
+    }
+    row["cold_compile_s"] = backend.compile(pair)
+    row["second_schema_s"] = backend.compile(point)
+    start = time.perf_counter()
+    backend.compile(pair)
+    row["cached_compile_ms"] = 1000 * (time.perf_counter() - start)
+    start = time.perf_counter()
+    asyncio.run(backend.generate(_requests(pair, 1, 1)))
+    row["first_token_s"] = time.perf_counter() - start
+    for batch in batches:
+        for label, schema in (("free", None), ("constrained", pair)):
+            per_step, masks = [], []
+            for _ in range(repeat):
+                # A one-token run times the prefill (images included), which is subtracted out.
+                start = time.perf_counter()
+                asyncio.run(backend.generate(_requests(schema, batch, 1)))
+                prefill = time.perf_counter() - start
+                start = time.perf_counter()
+                generations = asyncio.run(backend.generate(_requests(schema, batch, tokens)))
+                wall = time.perf_counter() - start
+                steps = max(g.usage.completion_tokens for g in generations if g.usage)
+                per_step.append(1000 * (wall - prefill) / max(steps - 1, 1))
+                masks.append(generations[0].extra.get("mask_ms_per_step", 0.0))
+            row[f"b{batch}_{label}_ms"] = statistics.median(per_step)
+            if schema is not None:
+                row[f"b{batch}_mask_ms"] = statistics.median(masks)
+    return row
+
+
+def _run_child(engine: str, model: Path | str, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", engine, "--model", str(model)]
+    command += ["--tokens", str(args.tokens), "--repeat", str(args.repeat), "--batches", args.batches]
+    command += ["--max-length", str(args.max_length)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode < 0:  # outlines-core on bounded strings at 150k tokens: OOM-killed past 23 GB here
+        return {"engine": engine, "error": f"killed by signal {-done.returncode} (out of memory?)"}
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip() and "it/s]" not in line]
+        return {"engine": engine, "error": lines[-1] if lines else f"exit status {done.returncode}"}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _table(rows: list[dict[str, Any]], batches: list[int]) -> str:
+    head = ["engine", "vocab", "cold compile s", "2nd schema s", "cached ms", "1st token s"]
+    for b in batches:
+        head += [f"b{b} free ms/step", f"b{b} constrained ms/step", f"b{b} ×", f"b{b} mask ms/step"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['engine']} | error: {r['error']} |")
+            continue
+        cells = [r["engine"], f"{r['vocab']:,}", f"{r['cold_compile_s']:.3f}", f"{r['second_schema_s']:.3f}"]
+        cells += [f"{r['cached_compile_ms']:.3f}", f"{r['first_token_s']:.3f}"]
+        for b in batches:
+            free, constrained = r[f"b{b}_free_ms"], r[f"b{b}_constrained_ms"]
+            cells += [
+                f"{free:.2f}",
+                f"{constrained:.2f}",
+                f"{constrained / free:.2f}",
+                f"{r[f'b{b}_mask_ms']:.3f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--engines", default="", help="comma-separated; default: every installed engine")
+    parser.add_argument("--vocab", default="tiny,150k", help="tiny, 150k or both")
+    parser.add_argument("--tokens", type=int, default=128, help="max new tokens per decode run")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--max-length", type=int, default=0, help="add maxLength N to every string")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 8 tokens, one repeat")
+    parser.add_argument("--record", nargs="?", const=str(ROOT / "benchmarks" / "RESULTS.md"), default=None)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.tokens, args.repeat = 8, 1
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.child:
+        row = child(args.child, args.model, args.tokens, args.repeat, batches, args.max_length)
+        print(json.dumps(row))
+        return
+
+    from flexjudge.backends.tiny import build_tiny_model, tiny_model_dir
+    from flexjudge.backends.transformers import available_engines
+
+    engines = args.engines.split(",") if args.engines else available_engines()
+    sections = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for vocab in args.vocab.split(","):
+            start = time.perf_counter()
+            if vocab == "tiny":
+                model: Path | str = tiny_model_dir(0)
+            else:
+                model = build_tiny_model(Path(scratch) / "big", tokenizer=_synthetic_tokenizer())
+            print(f"{vocab}: model ready in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+            rows = []
+            for engine in engines:
+                rows.append(_run_child(engine, model, args))
+                print(f"  {engine}: {json.dumps(rows[-1])}", file=sys.stderr)
+            sections.append(f"### vocabulary: {vocab}\n\n{_table(rows, batches)}")
+    import torch
+    import transformers
+
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = f"{platform.platform()}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    versions = f"Python {platform.python_version()}; torch {torch.__version__}"
+    versions += f"; transformers {transformers.__version__}"
+    settings = f"`--tokens {args.tokens} --repeat {args.repeat} --batches {args.batches}"
+    settings += f" --max-length {args.max_length}`" if args.max_length else "`"
+    settings += " (schema: schemas/pair-image.schema.json, then point-image as the second schema)"
+    report = (
+        f"## constrained ({stamp[:10]})\n\n{stamp}; {machine}; {versions}\n\n{settings}\n\n"
+        + "\n\n".join(sections)
+    )
+    print(report)
+    if args.record:
+        with open(args.record, "a", encoding="utf-8") as out:
+            out.write("\n" + report + "\n")
+
+
+if __name__ == "__main__":
+    main()
