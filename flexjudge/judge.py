@@ -270,30 +270,45 @@ class Judge:
         swap: bool,
         seed: int | None,
     ) -> Judgment:
-        if not swap:
-            return await self._pair(prompt, one, two, modality, prefs, seed, order=[1, 2])
-        first, second = await asyncio.gather(
-            self._pair(prompt, one, two, modality, prefs, seed, order=[1, 2]),
-            self._pair(prompt, two, one, modality, prefs, seed, order=[2, 1]),
-        )
-        weights = prefs.weights if prefs is not None and prefs.weighted_verdict else None
-        return merge_swapped(first, unswap(second), weights)
+        (judgment,) = await self._judge_pairs(prompt, [(one, two)], modality, prefs, swap, seed)
+        return judgment
 
-    async def _pair(
+    async def _judge_pairs(
         self,
         prompt: str,
-        one: list[PILImage],
-        two: list[PILImage],
+        pairs: list[tuple[list[PILImage], list[PILImage]]],
         modality: Modality,
         prefs: Preferences | None,
+        swap: bool,
         seed: int | None,
-        *,
-        order: list[int],
-    ) -> Judgment:
+    ) -> list[Judgment]:
+        """Judge every pair (both orders when `swap`) in one backend call, so a local model batches them."""
+        shown = [(one, two, [1, 2]) for one, two in pairs]
+        if swap:
+            shown += [(two, one, [2, 1]) for one, two in pairs]
         text = render_prompt(self._spec("pair", modality), prompt, prefs)
         custom = prefs.custom_dimensions if prefs is not None else ()
         schema = _pair_constraint(modality, self.output_format, custom, self.max_string_length)
-        (generation,) = await self.backend.generate([self._request(text, one + two, schema, seed)])
+        requests = [self._request(text, first + second, schema, seed) for first, second, _ in shown]
+        generations = await self.backend.generate(requests)
+        judgments = [
+            self._read_pair(generation, prompt, modality, prefs, order)
+            for generation, (_, _, order) in zip(generations, shown, strict=True)
+        ]
+        if not swap:
+            return judgments
+        weights = prefs.weights if prefs is not None and prefs.weighted_verdict else None
+        half = len(pairs)
+        return [merge_swapped(judgments[k], unswap(judgments[half + k]), weights) for k in range(half)]
+
+    def _read_pair(
+        self,
+        generation: Generation,
+        prompt: str,
+        modality: Modality,
+        prefs: Preferences | None,
+        order: list[int],
+    ) -> Judgment:
         judgment = _read(
             lambda: parse(generation.text, format=self.output_format, modality=modality, prompt=prompt),
             generation,
@@ -354,11 +369,8 @@ class Judge:
         seed: int | None,
     ) -> Ranking:
         pairs = list(itertools.combinations(range(len(media)), 2))
-        judgments = await asyncio.gather(
-            *(
-                self._pair_maybe_swapped(prompt, media[i], media[j], modality, prefs, swap, seed)
-                for i, j in pairs
-            )
+        judgments = await self._judge_pairs(
+            prompt, [(media[i], media[j]) for i, j in pairs], modality, prefs, swap, seed
         )
         wins = [0.0] * len(media)
         for (i, j), judgment in zip(pairs, judgments, strict=True):

@@ -56,10 +56,11 @@ __all__ = [
 
 Engine = Literal["llguidance", "outlines_core", "xgrammar"]
 DEFAULT_ENGINE: Engine = "llguidance"
-"""Chosen by measurement (`benchmarks/constrained.py`): at a ~150k vocabulary it is ready in ~1.5 s cold and
-~2 ms per further schema, masks in about a millisecond per row even inside length-bounded strings, and
-installs as one small wheel. xgrammar compiles unbounded schemas faster but is optional (it pulls triton)
-and slows 10x on `maxLength`; outlines-core takes seconds to minutes per schema at that vocabulary."""
+"""Chosen by measurement (`benchmarks/constrained.py`, 2-core CPU, ~150k-token vocabulary): ready in ~1.5 s
+cold and ~2 ms per further schema, under a millisecond of mask per row per step with or without `maxLength`,
+and one small wheel. xgrammar masks unbounded schemas faster but is optional (it pulls triton) and its masks
+cost ~8x more once strings carry `maxLength`; outlines-core needs seconds per schema, and ran out of memory
+(over 23 GB) compiling the pairwise schema with every string bounded."""
 
 _ENGINE_MODULES = {"llguidance": "llguidance", "outlines_core": "outlines_core", "xgrammar": "xgrammar"}
 _TINY_ALIASES: dict[str, Literal["qwen2_5_vl", "qwen3_vl"]] = {
