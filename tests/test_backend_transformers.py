@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -379,3 +381,22 @@ def test_constrained_benchmark_runs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "| engine |" in done.stdout and "error" not in done.stdout
+
+
+def test_outlines_core_index_is_reused_by_a_new_process(tmp_path: Path) -> None:
+    pytest.importorskip("outlines_core")
+    code = (
+        "import json; from flexjudge.backends.transformers import TransformersBackend, compile_cache_stats;"
+        "from flexjudge.constraints import pair_constraint;"
+        "b = TransformersBackend('tiny-random', engine='outlines_core');"
+        "b.compile(pair_constraint('image', 'flex', max_string_length=6));"
+        "s = compile_cache_stats(); print(json.dumps([s.compiles, s.disk_hits]))"
+    )
+    env = {**os.environ, "FLEXJUDGE_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", code]
+    runs = [
+        subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=True)
+        for _ in range(2)
+    ]
+    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+    assert first == [1, 0] and second == [0, 1]

@@ -100,13 +100,15 @@ class CompileCacheStats:
     """Requests for a compiled schema answered from the cache."""
     tokenizer_builds: int
     """Engine-side tokenizer tables built (one per engine and tokenizer)."""
+    disk_hits: int
+    """Compiles skipped because an earlier process left the result on disk (outlines-core)."""
     entries: int
 
 
 _cache_lock = threading.Lock()
 _engine_tokenizers: dict[tuple[Any, ...], Any] = {}
 _compiled: dict[tuple[Any, ...], tuple[Any, float]] = {}
-_stats = {"compiles": 0, "hits": 0, "tokenizer_builds": 0}
+_stats = {"compiles": 0, "hits": 0, "tokenizer_builds": 0, "disk_hits": 0}
 
 
 def compile_cache_stats() -> CompileCacheStats:
@@ -191,6 +193,14 @@ def _compile(engine: Engine, tok: _TokenizerView, schema: dict[str, Any]) -> tup
             artefact, seconds = _compiled[key]
             return artefact, seconds, True
         start = time.perf_counter()
+        on_disk = _disk_path(key) if engine == "outlines_core" else None
+        if on_disk is not None and on_disk.is_file():
+            artefact = _load_index(on_disk)
+            if artefact is not None:
+                _stats["disk_hits"] += 1
+                seconds = time.perf_counter() - start
+                _compiled[key] = (artefact, seconds)
+                return artefact, seconds, True
         table = _engine_tokenizer(engine, tok)
         text = json.dumps(schema)
         try:
@@ -204,7 +214,41 @@ def _compile(engine: Engine, tok: _TokenizerView, schema: dict[str, Any]) -> tup
         seconds = time.perf_counter() - start
         _stats["compiles"] += 1
         _compiled[key] = (artefact, seconds)
+        if on_disk is not None:
+            _save_index(on_disk, artefact)
         return artefact, seconds, False
+
+
+# outlines-core indexes take seconds to minutes to build at a real vocabulary and pickle cleanly, so they
+# are kept on disk for the next process. (llguidance and xgrammar compile a schema in milliseconds; their
+# one-off cost is the tokenizer table, ~1.5 s at 150k tokens, which their APIs cannot serialise.)
+def _disk_path(key: tuple[Any, ...]) -> Path:
+    from flexjudge.backends.tiny import cache_root
+
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+    return cache_root() / "constraints" / f"outlines_core-{digest}.pickle"
+
+
+def _load_index(path: Path) -> Any:
+    import pickle
+
+    try:
+        with path.open("rb") as fh:
+            return pickle.load(fh)  # our own cache directory, written by `_save_index`
+    except Exception:  # a damaged or foreign file: compile again and overwrite it
+        return None
+
+
+def _save_index(path: Path, artefact: Any) -> None:
+    import pickle
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(artefact))
+        tmp.replace(path)  # atomic: a concurrent reader never sees half an index
+    except OSError:
+        pass  # a read-only cache only costs the next process a compile
 
 
 def _compile_with(engine: Engine, table: Any, schema_json: str) -> Any:
