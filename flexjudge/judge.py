@@ -29,7 +29,7 @@ from flexjudge.prompting import PromptSpec, render_prompt
 from flexjudge.prompts import TEMPLATE_VERSION
 from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Preferences, Usage, Verdict
 from flexjudge.swap import merge_swapped, unswap
-from flexjudge.wire_schemas import native_point_schema
+from flexjudge.wire_schemas import flex_schema, native_pair_schema, native_point_schema
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -248,13 +248,19 @@ class Judge:
         )
 
     def _request(
-        self, text: str, images: list[PILImage], schema: dict[str, Any], seed: int | None
+        self,
+        text: str,
+        images: list[PILImage],
+        schema: dict[str, Any],
+        seed: int | None,
+        portable: dict[str, Any] | None = None,
     ) -> Request:
         parts: list[TextPart | ImagePart] = [ImagePart(image) for image in images]
         parts.append(TextPart(text))
         return Request(
             messages=(Message(role="user", parts=tuple(parts)),),
             schema=schema,
+            portable_schema=portable,
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
             seed=seed,
@@ -289,7 +295,8 @@ class Judge:
         text = render_prompt(self._spec("pair", modality), prompt, prefs)
         custom = prefs.custom_dimensions if prefs is not None else ()
         schema = _pair_constraint(modality, self.output_format, custom, self.max_string_length)
-        requests = [self._request(text, first + second, schema, seed) for first, second, _ in shown]
+        portable = _portable_schema(modality, self.output_format)
+        requests = [self._request(text, first + second, schema, seed, portable) for first, second, _ in shown]
         generations = await self.backend.generate(requests)
         judgments = [
             self._read_pair(generation, prompt, modality, prefs, order)
@@ -401,6 +408,11 @@ def _pair_constraint(
     return pair_constraint(
         modality, output_format, custom_dimensions=custom, max_string_length=max_string_length
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _portable_schema(modality: Modality, output_format: OutputFormat) -> dict[str, Any]:
+    return flex_schema(modality) if output_format == "flex" else native_pair_schema(modality)
 
 
 def _point_with_scale(text: str, scale: PointScale) -> PointwiseJudgment:

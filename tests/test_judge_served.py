@@ -195,3 +195,14 @@ def test_concurrent_judgments_are_batched(server, injector) -> None:  # type: ig
         results = judge.batch(items, seed=5)
     assert len(results) == 4 and all(isinstance(r, flexjudge.Judgment) for r in results)
     assert len(injector.bodies) == 4
+
+
+def test_openai_itself_gets_the_strict_subset(server, injector) -> None:  # type: ignore[no-untyped-def]
+    from flexjudge.wire_schemas import flex_schema, strict_problems
+
+    url, _ = server
+    with _judge(url, portable_schema=True) as judge:
+        judge.judge("a red square", _images(), seed=8)
+    sent = injector.bodies[0]["response_format"]["json_schema"]["schema"]
+    assert sent == flex_schema("image") and strict_problems(sent) == []
+    assert OpenAIBackend("https://api.openai.com/v1", model="gpt", api_key="k").portable_schema

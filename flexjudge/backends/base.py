@@ -38,6 +38,9 @@ class Request:
     messages: tuple[Message, ...]
     schema: dict[str, Any] | None
     """JSON Schema the output must follow; None for free text."""
+    portable_schema: dict[str, Any] | None = None
+    """The same output in OpenAI's strict subset (no `const`, `prefixItems`): for servers that take only
+    that subset. It enforces less (anchor order and the split are then left to `check`)."""
     max_new_tokens: int = 4096
     temperature: float = 0.0
     seed: int | None = None

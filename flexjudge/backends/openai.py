@@ -1,11 +1,13 @@
 """Any OpenAI-compatible server: vLLM, SGLang, OpenAI itself, or `flexjudge serve`.
 
-Images travel as data URLs. The output constraint travels as a `json_schema` response format (or, with
-`structured="structured_outputs"`, as vLLM's `extra_body={"structured_outputs": {"json": ...}}`; never the
-legacy `guided_json`, which vLLM silently ignores). Calls run on `AsyncOpenAI` under a semaphore, with
-our own retries: exponential backoff with jitter on 429, 5xx, timeouts, dropped connections and
-malformed bodies, honouring `Retry-After`. A server that refuses structured outputs (HTTP 400 naming
-them) is asked again prompt-only, and the generation says `constrained=False`.
+Images travel as data URLs. The output constraint travels as a strict `json_schema` response format:
+the full constraint for vLLM and SGLang, OpenAI's strict subset for api.openai.com (or with
+`portable_schema=True`). With `structured="structured_outputs"` it goes as vLLM's
+`extra_body={"structured_outputs": {"json": ...}}`; never as the legacy `guided_json`, which vLLM
+silently ignores. Calls run on `AsyncOpenAI` under a semaphore, with our own retries: exponential
+backoff with jitter on 429, 5xx, timeouts, dropped connections and malformed bodies, honouring
+`Retry-After`. A server that refuses structured outputs (HTTP 400 naming them) is asked again
+prompt-only, and the generation says `constrained=False`.
 
 Scale-out is the server's business: one vLLM endpoint with tensor or data parallelism behind it.
 """
@@ -45,6 +47,7 @@ class OpenAIBackend:
         timeout_s: float = 300.0,
         backoff_s: float = 0.5,
         structured: Structured = "response_format",
+        portable_schema: bool | None = None,
         client: AsyncOpenAI | None = None,
     ) -> None:
         try:
@@ -57,6 +60,8 @@ class OpenAIBackend:
         self.model = model
         self.base_url = base_url
         self.structured: Structured = structured
+        # OpenAI itself accepts only the strict subset of JSON Schema; vLLM and SGLang take it all.
+        self.portable_schema = "api.openai.com" in base_url if portable_schema is None else portable_schema
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self._semaphore = asyncio.Semaphore(max_concurrency)
@@ -85,8 +90,13 @@ class OpenAIBackend:
             body["seed"] = request.seed
         constrained = request.schema is not None and self.structured != "none"
         if constrained:
-            assert request.schema is not None
-            body.update(_structured_body(self.structured, request.schema))
+            schema = (
+                request.portable_schema
+                if self.portable_schema and request.portable_schema
+                else request.schema
+            )
+            assert schema is not None
+            body.update(_structured_body(self.structured, schema))
         async with self._semaphore:
             try:
                 response = await self._call(body)
