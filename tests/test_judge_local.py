@@ -157,3 +157,17 @@ def test_missing_weights_say_how_to_point_at_a_model() -> None:
         Judge("CodeGoat24/UnifiedReward-Flex-qwen3vl-8b", backend="transformers")
     assert not info.value.retryable
     assert "base_url" in str(info.value) or "directory" in str(info.value)
+
+
+@pytest.mark.parametrize("engine", ["llguidance", "outlines_core", "xgrammar"])
+def test_judge_end_to_end_under_each_installed_engine(engine: str) -> None:
+    from flexjudge.backends.transformers import available_engines
+
+    if engine not in available_engines():
+        pytest.skip(f"{engine} is not installed here")
+    with Judge(
+        "tiny-random", backend="transformers", engine=engine, max_string_length=6, max_new_tokens=900
+    ) as judge:
+        judgment = judge.judge("a red square", _images(), seed=9)
+    assert _grammar_breaks(judgment) == [] and judgment.meta.constrained is True
+    assert flexjudge.parse(judgment.meta.raw_text or "", strict=True).content() == judgment.content()
