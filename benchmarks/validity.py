@@ -26,17 +26,7 @@ from PIL import Image
 
 import flexjudge
 from flexjudge.backends.transformers import TransformersBackend
-
-GRAMMAR_RULES = {
-    "split_sum",
-    "anchor_missing",
-    "anchor_renamed",
-    "anchor_out_of_order",
-    "criteria_count",
-    "too_many_generated",
-    "origin_mismatch",
-    "score_range",
-}
+from flexjudge.constraints import ENFORCED_FINDINGS
 
 
 def main() -> None:
@@ -74,9 +64,9 @@ def main() -> None:
             flexjudge.parse(judgment.meta.raw_text or "", format=args.format, strict=True)  # must not raise
             counts["read_strict"] += 1
             codes = {f.code for f in flexjudge.check(judgment) if f.severity == "error"}
-            counts["grammar_rules_hold"] += not (codes & GRAMMAR_RULES)
+            counts["grammar_rules_hold"] += not (codes & ENFORCED_FINDINGS)
             counts["no_error_findings"] += not codes
-            counts.update(f"error:{c}" for c in codes - GRAMMAR_RULES)
+            counts.update(f"error:{c}" for c in codes - ENFORCED_FINDINGS)
     seconds = time.perf_counter() - started
     lines = [
         f"{args.runs} runs, format {args.format}, engine {args.engine}, temperature 1.0, "

@@ -26,6 +26,22 @@ from flexjudge.wire_schemas import MAX_CRITERIA, MIN_CRITERIA, flex_schema, nati
 Schema = dict[str, Any]
 OutputFormat = Literal["flex", "native"]
 
+ENFORCED_FINDINGS = frozenset(
+    {
+        "split_sum",
+        "score_range",
+        "anchor_missing",
+        "anchor_renamed",
+        "anchor_out_of_order",
+        "criteria_count",
+        "too_many_generated",
+        "origin_mismatch",
+    }
+)
+"""`check` finding codes that output decoded under `pair_constraint` cannot produce. The rest (unique
+criterion names, winners that follow the scores, evidence that is not blank) is beyond JSON Schema and is
+left to `check`."""
+
 
 def pair_constraint(
     modality: Modality,

@@ -14,22 +14,12 @@ import pytest
 from PIL import Image
 
 import flexjudge
+from flexjudge.constraints import ENFORCED_FINDINGS
 from flexjudge.judge import Judge
 
 pytest.importorskip("transformers")
 av = pytest.importorskip("av")
 from flexjudge.backends.transformers import TransformersBackend  # noqa: E402
-
-GRAMMAR_RULES = {
-    "split_sum",
-    "anchor_missing",
-    "anchor_renamed",
-    "anchor_out_of_order",
-    "criteria_count",
-    "too_many_generated",
-    "origin_mismatch",
-    "score_range",
-}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +42,7 @@ def _images(n: int = 2) -> list[Image.Image]:
 
 
 def _grammar_breaks(judgment: flexjudge.Judgment) -> list[flexjudge.Finding]:
-    return [f for f in flexjudge.check(judgment) if f.code in GRAMMAR_RULES]
+    return [f for f in flexjudge.check(judgment) if f.code in ENFORCED_FINDINGS]
 
 
 def test_pair_judgment_is_valid_and_reproducible(judge: Judge) -> None:
@@ -87,7 +77,7 @@ def test_swap_judges_both_orders_and_records_them(judge: Judge) -> None:
     assert report.first.meta.candidate_order == [1, 2] and report.second.meta.candidate_order == [2, 1]
     assert set(report.dimension_agreement) == {d.name for d in report.first.dimensions}
     assert report.resolution in ("agreed", "dimension_majority", "tie")
-    serious = [f for f in flexjudge.check(judgment) if f.code in GRAMMAR_RULES]
+    serious = [f for f in flexjudge.check(judgment) if f.code in ENFORCED_FINDINGS]
     assert serious == []
 
 
