@@ -45,9 +45,23 @@ _ENUMERATOR = re.compile(
 _NOT_WORD = re.compile(r"[^\w]+")
 
 
-@lru_cache(maxsize=4096)
+_CANONICAL: dict[str, str] = {}
+_CANONICAL_MAX = 65536  # names seen; past it the memo starts over (bounded memory for endless streams)
+
+
 def canonical_name(name: str) -> str:
     """Lower-case words of `name` without enumerator, markdown or punctuation ("A. X & Y:" -> "x and y")."""
+    # A plain dict memo: checking a judgment looks up every criterion name, and a dict hit costs less
+    # than an lru_cache hit.
+    found = _CANONICAL.get(name)
+    if found is None:
+        if len(_CANONICAL) >= _CANONICAL_MAX:
+            _CANONICAL.clear()
+        found = _CANONICAL[name] = _canonical(name)
+    return found
+
+
+def _canonical(name: str) -> str:
     text = name.strip().strip("*_#`").strip().casefold()
     text = _ENUMERATOR.sub("", text, count=1)
     text = text.replace("&", " and ")

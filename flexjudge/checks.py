@@ -170,6 +170,9 @@ def _similar(name: str, anchor: str) -> bool:
 
 
 def _check_unique(names: list[str], path: str, what: str, add: _Add) -> None:
+    keys = [canonical_name(name) for name in names]
+    if all(keys) and len(set(keys)) == len(keys):  # the usual case, settled without a Python loop
+        return
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         key = canonical_name(name)
@@ -262,8 +265,8 @@ def _check_verdict(judgment: Judgment, add: _Add) -> None:
         two = sum(preferences.weight(d.name) for d in judgment.dimensions if d.winner == 2)
         rule = "weighted dimension wins"
     else:
-        one = sum(1 for d in judgment.dimensions if d.winner == 1)
-        two = sum(1 for d in judgment.dimensions if d.winner == 2)
+        winners = [d.winner for d in judgment.dimensions]
+        one, two = winners.count(1), winners.count(2)
         rule = "dimension wins"
     leader = 1 if one > two else 2 if two > one else None
     if winner is not None and leader is not None and winner != leader:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from flexjudge.anchors import Modality
 from flexjudge.errors import ParseError, RenderError, TruncatedOutput
-from flexjudge.formats._common import only_parse_errors
+from flexjudge.formats._common import as_parse_error
 from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.formats.flex import parse_flex, render_flex
 from flexjudge.formats.native import parse_native, render_native
@@ -77,7 +77,7 @@ def parse(
         raise ParseError(f"expected text, got {type(text).__name__}", offset=0)
     if modality not in (None, "image", "video"):
         raise ParseError(f"unknown modality {modality!r}; expected 'image', 'video' or None", offset=0)
-    with only_parse_errors(None if format == "auto" else format):
+    try:
         chosen = detect_format(text) if format == "auto" else format
         if chosen == "flex":
             return parse_flex(text, modality=modality, strict=strict)
@@ -88,6 +88,8 @@ def parse(
         raise ParseError(
             f"unknown format {format!r}; expected one of {', '.join(FORMATS)} or 'auto'", offset=0
         )
+    except Exception as exc:  # the contract: nothing but ParseError escapes
+        raise as_parse_error(exc, None if format == "auto" else format) from exc
 
 
 def render(judgment: Judgment, format: Format) -> str:

@@ -137,7 +137,7 @@ def _parse_fast(text: str, modality: Modality | None) -> Judgment | None:
         return None
     # pydantic-core keeps the last of duplicated keys; a repeated winner goes to the lenient reader,
     # which refuses conflicting ones. Counting is cheap: a quoted key cannot occur inside a JSON string.
-    if _common.winner_keys(text) != (1, len(raw["categories"])):
+    if not _common.winners_once(text, 1, len(raw["categories"])):
         return None
     return _assemble(raw, text, modality, notes=None)
 
@@ -156,9 +156,7 @@ def _assemble(
             category_modality, category["winner"] = _EXACT_WINNERS[category["winner"]]
             if category_modality != said:
                 return None
-            category["criteria"] = [
-                _common.trusted(Criterion, c, _CRITERION_FIELDS) for c in category["criteria"]
-            ]
+            category["criteria"] = _common.trusted_many(Criterion, category["criteria"], _CRITERION_FIELDS)
             category["origin"] = (
                 "generated" if anchor_position(category["name"], said) is None else "predefined"
             )

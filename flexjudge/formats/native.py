@@ -30,7 +30,7 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
     exact = (
         judgment is not None
         and "meta" not in judgment.model_fields_set
-        and _common.winner_keys(text)[0] == len(judgment.dimensions) + 1  # no duplicated winner keys
+        and _common.winners_once(text, len(judgment.dimensions) + 1, 0)  # no duplicated winner keys
     )
     if judgment is not None and exact and modality in (None, judgment.modality):
         judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text)

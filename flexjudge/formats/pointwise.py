@@ -17,8 +17,10 @@ FORMAT: Final = "native"
 
 def parse_pointwise(text: str, *, strict: bool = False) -> PointwiseJudgment:
     """Read a pointwise judgment; raises `ParseError` (or `TruncatedOutput`) and nothing else."""
-    with _common.only_parse_errors(FORMAT):
+    try:
         return _parse(text, strict)
+    except Exception as exc:  # the contract: nothing but ParseError escapes
+        raise _common.as_parse_error(exc, FORMAT) from exc
 
 
 def _parse(text: str, strict: bool) -> PointwiseJudgment:
