@@ -13,7 +13,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_import_does_not_pull_heavy_dependencies() -> None:
-    heavy = "{'torch', 'transformers', 'outlines', 'openai', 'typer', 'rich'}"
+    heavy = "{'torch', 'transformers', 'outlines', 'openai', 'typer', 'rich', 'PIL', 'numpy', 'av'}"
     code = f"import sys, flexjudge; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
