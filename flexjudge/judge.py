@@ -320,17 +320,8 @@ class Judge:
             lambda: parse(generation.text, format=self.output_format, modality=modality, prompt=prompt),
             generation,
         )
-        usage = Usage(**vars(generation.usage)) if generation.usage is not None else None
         judgment.meta = judgment.meta.model_copy(
-            update={
-                "candidate_order": order,
-                "model": generation.model or self.model,
-                "backend": self.backend.name,
-                "template_version": TEMPLATE_VERSION,
-                "constrained": generation.constrained,
-                "usage": usage,
-                "preferences": prefs,
-            }
+            update={"candidate_order": order, **self._provenance(generation, prefs)}
         )
         if prefs is not None and prefs.weighted_verdict:
             judgment = _weighted_verdict(judgment, prefs)
@@ -353,18 +344,20 @@ class Judge:
             _bound_strings(schema, self.max_string_length)
         (generation,) = await self.backend.generate([self._request(text, images, schema, seed)])
         judgment = _read(lambda: _point_with_scale(generation.text, scale), generation)
-        usage = Usage(**vars(generation.usage)) if generation.usage is not None else None
-        judgment.meta = judgment.meta.model_copy(
-            update={
-                "model": generation.model or self.model,
-                "backend": self.backend.name,
-                "template_version": TEMPLATE_VERSION,
-                "constrained": generation.constrained,
-                "usage": usage,
-                "preferences": prefs,
-            }
-        )
+        judgment.meta = judgment.meta.model_copy(update=self._provenance(generation, prefs))
         return judgment
+
+    def _provenance(self, generation: Generation, prefs: Preferences | None) -> dict[str, Any]:
+        """What `meta` records about how a judgment was made."""
+        usage = Usage(**vars(generation.usage)) if generation.usage is not None else None
+        return {
+            "model": generation.model or self.model,
+            "backend": self.backend.name,
+            "template_version": TEMPLATE_VERSION,
+            "constrained": generation.constrained,
+            "usage": usage,
+            "preferences": prefs,
+        }
 
     async def _rank(
         self,
