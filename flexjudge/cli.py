@@ -105,7 +105,7 @@ def judge_command(
     max_string_length: Annotated[
         int | None, typer.Option(help="Bound every string (random test models)")
     ] = None,
-    temperature: Annotated[float, typer.Option(help="0 for greedy decoding")] = 0.0,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 for greedy decoding")] = 0.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (native format plus metadata)")
     ] = False,

@@ -167,6 +167,8 @@ class Judge:
             raise ValueError(f"mode={mode!r} takes {expected} candidate(s), got {len(candidates)}")
         if mode == "rank" and len(candidates) < 2:
             raise ValueError(f"mode='rank' takes at least 2 candidates, got {len(candidates)}")
+        if mode == "point" and swap:
+            raise ValueError("swap=True compares two orders of a pair; mode='point' judges one candidate")
         media, resolved = await self._load(candidates, modality)
         if mode == "point":
             return await self._point(prompt, media[0], resolved, prefs, seed, scale or PointScale())

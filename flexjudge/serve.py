@@ -68,14 +68,25 @@ class _Batcher:
             self.batches.append(len(batch))
             try:
                 results = await self.backend.generate([p.request for p in batch])
-            except Exception as exc:  # every waiter learns of the failure, the loop goes on
+            except Exception:
+                # One bad request must not fail the others that happened to share its batch:
+                # run each alone, and each waiter learns only of its own failure.
                 for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                    await self._run_alone(pending)
                 continue
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
+
+    async def _run_alone(self, pending: _Pending) -> None:
+        try:
+            (result,) = await self.backend.generate([pending.request])
+        except Exception as exc:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+            return
+        if not pending.future.done():
+            pending.future.set_result(result)
 
 
 def parse_chat_request(body: dict[str, Any], *, max_image_pixels: int) -> Request:
@@ -92,6 +103,8 @@ def parse_chat_request(body: dict[str, Any], *, max_image_pixels: int) -> Reques
     if not isinstance(raw_messages, list) or not raw_messages:
         raise RequestError("'messages' must be a non-empty list")
     for raw in raw_messages:
+        if not isinstance(raw, dict):
+            raise RequestError("each message must be an object with 'role' and 'content'")
         role, content = raw.get("role"), raw.get("content")
         if role not in ("system", "user", "assistant"):
             raise RequestError(f"unsupported role {role!r}")
@@ -103,7 +116,8 @@ def parse_chat_request(body: dict[str, Any], *, max_image_pixels: int) -> Reques
             if item.get("type") == "text":
                 parts.append(TextPart(str(item.get("text", ""))))
             elif item.get("type") == "image_url":
-                url = (item.get("image_url") or {}).get("url", "")
+                image_url = item.get("image_url")
+                url = image_url.get("url", "") if isinstance(image_url, dict) else image_url
                 if not isinstance(url, str) or not url.startswith("data:"):
                     raise RequestError("images must be sent as data URLs; this server opens no paths or URLs")
                 try:
@@ -113,12 +127,20 @@ def parse_chat_request(body: dict[str, Any], *, max_image_pixels: int) -> Reques
             else:
                 raise RequestError(f"unsupported content part {item.get('type')!r}")
         messages.append(Message(role=role, parts=tuple(parts)))
+    try:
+        max_new_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
+        temperature = float(1.0 if body.get("temperature") is None else body["temperature"])
+        seed = None if body.get("seed") is None else int(body["seed"])
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"bad sampling parameter: {exc}") from None
+    if max_new_tokens < 1 or temperature < 0:
+        raise RequestError("max_tokens must be at least 1 and temperature at least 0")
     return Request(
         messages=tuple(messages),
         schema=_schema(body),
-        max_new_tokens=int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024),
-        temperature=float(body.get("temperature", 1.0)),
-        seed=body.get("seed"),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
     )
 
 
@@ -171,8 +193,10 @@ def create_app(
             return error(400, str(exc), "invalid_request_error")
         try:
             generation = await batcher.submit(request)
-        except FlexjudgeError as exc:
-            return error(500, str(exc), "server_error")
+        except ValueError as exc:  # the backend refused the request's settings
+            return error(400, str(exc), "invalid_request_error")
+        except Exception as exc:  # a JSON error body, never a bare 500 page
+            return error(500, f"{type(exc).__name__}: {exc}", "server_error")
         usage = generation.usage
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",

@@ -150,22 +150,10 @@ def test_vllm_structured_outputs_field(server, injector) -> None:  # type: ignor
 
 
 def test_server_refuses_paths_legacy_fields_and_bad_requests(server, injector) -> None:  # type: ignore[no-untyped-def]
-    import urllib.error
-    import urllib.request
-
     url, _ = server
 
     def post(body: dict[str, Any]) -> tuple[int, str]:
-        request = urllib.request.Request(
-            f"{url}/chat/completions",
-            data=json.dumps(body).encode(),
-            headers={"content-type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        return _post(url, body)
 
     path_image = {"type": "image_url", "image_url": {"url": "/etc/passwd"}}
     status, text = post({"model": "m", "messages": [{"role": "user", "content": [path_image]}]})
@@ -194,3 +182,55 @@ def test_openai_itself_gets_the_strict_subset(server, injector) -> None:  # type
     sent = injector.bodies[0]["response_format"]["json_schema"]["schema"]
     assert sent == flex_schema("image") and strict_problems(sent) == []
     assert OpenAIBackend("https://api.openai.com/v1", model="gpt", api_key="k").portable_schema
+
+
+def _post(url: str, body: dict[str, Any]) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": ["hi"]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "/etc/passwd"}]}]},
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "abc"},
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -3},
+        {"messages": [{"role": "user", "content": "hi"}], "temperature": -1},
+    ],
+)
+def test_malformed_requests_are_400_with_a_json_error(server, injector, body) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    status, text = _post(url, {"model": "m", **body})
+    assert status == 400 and json.loads(text)["error"]["type"] == "invalid_request_error"
+
+
+def test_one_bad_request_does_not_fail_its_batch_mates(server, injector) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = server
+    good = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    bad_schema = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}, "required": ["a"]}
+    bad = {
+        **good,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": bad_schema}},
+    }
+    with ThreadPoolExecutor(2) as pool:
+        good_result, bad_result = pool.map(lambda b: _post(url, b), [good, bad])
+    assert good_result[0] == 200 and bad_result[0] >= 400
+
+
+def test_concurrency_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        OpenAIBackend("http://127.0.0.1:9/v1", model="m", max_concurrency=0)

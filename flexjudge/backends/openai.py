@@ -57,6 +57,8 @@ class OpenAIBackend:
                 "the openai backend needs the 'server' extra: pip install 'flexjudge[server]'",
                 retryable=False,
             ) from exc
+        if max_concurrency < 1 or max_attempts < 1:
+            raise ValueError("max_concurrency and max_attempts must be at least 1")
         self.model = model
         self.base_url = base_url
         self.structured: Structured = structured
@@ -180,10 +182,11 @@ def _generation(response: Any, constrained: bool, model: str) -> Generation:
     if not isinstance(text, str):
         raise BackendError("the server returned a choice without text content", retryable=False)
     usage = None
-    if getattr(response, "usage", None) is not None:
-        usage = Usage(
-            prompt_tokens=response.usage.prompt_tokens, completion_tokens=response.usage.completion_tokens
-        )
+    reported = getattr(response, "usage", None)
+    prompt_tokens = getattr(reported, "prompt_tokens", None)
+    completion_tokens = getattr(reported, "completion_tokens", None)
+    if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):  # null counts: no usage
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     finish: Literal["stop", "length"] = "length" if choice.finish_reason == "length" else "stop"
     return Generation(
         text=text, finish_reason=finish, constrained=constrained, usage=usage, model=response.model or model
