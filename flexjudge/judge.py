@@ -256,6 +256,7 @@ class Judge:
         schema: dict[str, Any],
         seed: int | None,
         portable: dict[str, Any] | None = None,
+        response_model: Any = None,
     ) -> Request:
         parts: list[TextPart | ImagePart] = [ImagePart(image) for image in images]
         parts.append(TextPart(text))
@@ -263,6 +264,7 @@ class Judge:
             messages=(Message(role="user", parts=tuple(parts)),),
             schema=schema,
             portable_schema=portable,
+            response_model=response_model,
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
             seed=seed,
@@ -298,7 +300,10 @@ class Judge:
         custom = prefs.custom_dimensions if prefs is not None else ()
         schema = _pair_constraint(modality, self.output_format, custom, self.max_string_length)
         portable = _portable_schema(modality, self.output_format)
-        requests = [self._request(text, first + second, schema, seed, portable) for first, second, _ in shown]
+        checked = _checked_model(self.output_format, modality)
+        requests = [
+            self._request(text, first + second, schema, seed, portable, checked) for first, second, _ in shown
+        ]
         generations = await self.backend.generate(requests)
         judgments = [
             self._read_pair(generation, prompt, modality, prefs, order)
@@ -403,6 +408,39 @@ def _pair_constraint(
     return pair_constraint(
         modality, output_format, custom_dimensions=custom, max_string_length=max_string_length
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _checked_model(output_format: OutputFormat, modality: Modality) -> type[BaseModel]:
+    """The wire model plus the method's rules as a validator: what instructor re-asks against."""
+    from pydantic import model_validator
+
+    from flexjudge.checks import check
+    from flexjudge.formats.flex import FlexOutput
+
+    base: type[BaseModel] = FlexOutput if output_format == "flex" else Judgment
+
+    class Checked(base):  # type: ignore[valid-type, misc]
+        @classmethod
+        def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            # instructor sends this as the response format: the strict wire schema (exact winners,
+            # enumerated scores), not the lenient reading model's.
+            return _portable_schema(modality, output_format)
+
+        @model_validator(mode="after")
+        def _method_rules(self) -> Any:
+            try:
+                text = self.model_dump_json(exclude={"meta"})
+                judgment = parse(text, format=output_format, modality=modality)
+            except ParseError as exc:  # a ValueError is what instructor feeds back to the model
+                raise ValueError(f"unreadable judgment: {exc}") from None
+            errors = [f"{f.path}: {f.message}" for f in check(judgment) if f.severity == "error"]
+            if errors:
+                raise ValueError("the judgment breaks the method's rules: " + "; ".join(errors))
+            return self
+
+    Checked.__name__ = f"Checked{base.__name__}"
+    return Checked
 
 
 @functools.lru_cache(maxsize=8)

@@ -234,3 +234,18 @@ def test_one_bad_request_does_not_fail_its_batch_mates(server, injector) -> None
 def test_concurrency_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         OpenAIBackend("http://127.0.0.1:9/v1", model="m", max_concurrency=0)
+
+
+def test_instructor_re_asks_with_the_rule_violations(server, injector) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    with _judge(url, instructor_retries=2) as judge:
+        judgment = judge.judge("a red square", _images(), seed=10)
+    errors = [f for f in flexjudge.check(judgment) if f.severity == "error"]
+    if not errors:  # the first answer already passed: nothing to re-ask
+        assert len(injector.bodies) == 1
+        return
+    # The random model keeps breaking rules: 1 + 2 re-asks, each telling it what was wrong.
+    assert len(injector.bodies) == 3
+    feedback = injector.bodies[1]["messages"][-1]["content"]
+    assert "breaks the method's rules" in json.dumps(feedback)
+    assert injector.bodies[1]["messages"][-2]["role"] == "assistant"

@@ -41,6 +41,9 @@ class Request:
     portable_schema: dict[str, Any] | None = None
     """The same output in OpenAI's strict subset (no `const`, `prefixItems`): for servers that take only
     that subset. It enforces less (anchor order and the split are then left to `check`)."""
+    response_model: Any = None
+    """A pydantic model whose validators check the output; a backend that can re-ask with the
+    validation errors (`openai` with `instructor_retries`) uses it, the others ignore it."""
     max_new_tokens: int = 4096
     temperature: float = 0.0
     seed: int | None = None

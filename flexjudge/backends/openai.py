@@ -48,6 +48,7 @@ class OpenAIBackend:
         backoff_s: float = 0.5,
         structured: Structured = "response_format",
         portable_schema: bool | None = None,
+        instructor_retries: int = 0,
         client: AsyncOpenAI | None = None,
     ) -> None:
         try:
@@ -65,6 +66,7 @@ class OpenAIBackend:
         # OpenAI itself accepts only the strict subset of JSON Schema; vLLM and SGLang take it all.
         self.portable_schema = "api.openai.com" in base_url if portable_schema is None else portable_schema
         self.max_attempts = max_attempts
+        self.instructor_retries = instructor_retries
         self.backoff_s = backoff_s
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._client = client or AsyncOpenAI(
@@ -99,6 +101,9 @@ class OpenAIBackend:
             )
             assert schema is not None
             body.update(_structured_body(self.structured, schema))
+        if self.instructor_retries > 0 and request.response_model is not None:
+            async with self._semaphore:
+                return await self._with_instructor(body, request.response_model)
         async with self._semaphore:
             try:
                 response = await self._call(body)
@@ -111,6 +116,30 @@ class OpenAIBackend:
                 constrained = False
                 response = await self._call(body)
         return _generation(response, constrained, self.model)
+
+    async def _with_instructor(self, body: dict[str, Any], response_model: Any) -> Generation:
+        """Re-ask with the validation errors (instructor, Mode.JSON_SCHEMA) until the output passes.
+
+        instructor sends the response model's own JSON Schema as the response format. When every
+        attempt fails, the last output is returned as it is: the caller's checks report what is wrong.
+        """
+        import instructor
+        from instructor.core.exceptions import InstructorRetryException
+
+        client = instructor.from_openai(self._client, mode=instructor.Mode.JSON_SCHEMA)
+        kwargs = {k: v for k, v in body.items() if k not in ("response_format", "extra_body")}
+        try:
+            _, completion = await client.chat.completions.create_with_completion(
+                response_model=response_model, max_retries=self.instructor_retries, **kwargs
+            )
+            attempts, passed = None, True
+        except InstructorRetryException as exc:
+            completion, attempts, passed = exc.last_completion, exc.n_attempts, False
+        if completion is None:
+            raise BackendError("instructor returned no completion", retryable=True)
+        generation = _generation(completion, True, self.model)
+        generation.extra.update({"validated": passed, "attempts": attempts})
+        return generation
 
     async def _call(self, body: dict[str, Any]) -> Any:
         import openai
