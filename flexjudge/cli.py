@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, NoReturn, cast
@@ -129,6 +130,10 @@ def judge_command(
     except ValueError as exc:
         _fail(f"bad preferences: {exc}")
     options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "frames_per_video": frames}
+    if backend == "transformers" or (
+        backend == "auto" and not (base_url or os.environ.get("FLEXJUDGE_BASE_URL"))
+    ):
+        _quiet_loading()
     try:
         with flexjudge.Judge(
             model,
@@ -203,6 +208,16 @@ def _print_line(out: Console, report: LineReport, fail_on: str) -> None:
         where = f"  {escape(p.path)}" if p.path else ""
         severity = f"[{colour}]{p.severity}[/{colour}]"
         out.print(f"line {report.line}{ident}{where}  {severity} {p.code}: {escape(_printable(p.message))}")
+
+
+def _quiet_loading() -> None:
+    """The command prints a judgment; transformers' weight-loading progress bar is noise around it."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # the served path needs no transformers
+        return
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _printable(text: str) -> str:
