@@ -1,0 +1,238 @@
+"""Video candidates: uniform frame sampling and single-pass decoding with PyAV.
+
+Split from `flexjudge.media`, which re-exports `load_video` and `sample_frame_indices`; the limits,
+the byte sources and the error type are shared with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from flexjudge.errors import MediaError
+from flexjudge.media import (
+    DEFAULT_LIMITS,
+    ImageSource,
+    Limits,
+    VideoSource,
+    _check_pixels,
+    _describe,
+    _is_array,
+    _open_bytes,
+    load_image,
+)
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.stream import VideoStream
+    from numpy.typing import NDArray
+    from PIL.Image import Image as PILImage
+
+
+def sample_frame_indices(n_frames: int, k: int = 8) -> list[int]:
+    """The `k` frame indices the judge sees: ``numpy.round(numpy.linspace(0, n_frames - 1, k))``.
+
+    Uniform spacing, first and last frame included, as in UnifiedReward-Flex. Computed in plain
+    Python with the same float operations and half-to-even rounding as NumPy, so the indices are
+    identical to the expression above for every `n_frames` and `k`. When ``n_frames < k`` frames
+    repeat: each index is still the frame nearest its evenly spaced position, so every frame appears
+    and its copies sit next to it (5 frames, k=8: ``[0, 1, 1, 2, 2, 3, 3, 4]``; 1 frame: k zeros).
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if n_frames < 0:
+        raise ValueError(f"n_frames must not be negative, got {n_frames}")
+    if n_frames == 0:
+        raise MediaError("a video with no frames cannot be sampled", source="<video>")
+    if k == 1:
+        return [0]
+    step = (n_frames - 1) / (k - 1)
+    return [round(i * step) for i in range(k - 1)] + [n_frames - 1]
+
+
+def load_video(source: VideoSource, *, frames: int = 8, limits: Limits = DEFAULT_LIMITS) -> list[PILImage]:
+    """Return `frames` RGB frames sampled with `sample_frame_indices`, in time order.
+
+    An encoded video (path, URL, ``data:`` URL or bytes) is decoded with PyAV in one forward pass
+    without seeking (seeks land on keyframes and miss exact frames); only the sampled frames are
+    converted to RGB. The frame count comes from the container or, when it does not say, from a
+    demux-only pass; if decoding then yields a different count, the video is sampled again with the
+    true count. The display rotation of phone videos is applied. A list/tuple of frames (anything
+    `load_image` accepts) or a TxHxW(xC) array is sampled the same way and only the chosen frames
+    are loaded.
+    """
+    from PIL import Image
+
+    if frames < 1:
+        raise ValueError(f"frames must be at least 1, got {frames}")
+    what = _describe(source)
+    if isinstance(source, (list, tuple)):
+        return _sample_frames(source, len(source), frames, limits, what)
+    if _is_array(source):
+        if source.ndim not in (3, 4):
+            raise MediaError(f"a video array is TxHxW or TxHxWxC, got shape {source.shape}", source=what)
+        return _sample_frames(source, int(source.shape[0]), frames, limits, what)
+    if isinstance(source, Image.Image):
+        raise MediaError("a single PIL image is not a video: pass the file path or a frame list", source=what)
+    with _open_bytes(source, limits, what) as fp:
+        return _decode_video(fp, frames, limits, what)
+
+
+def _sample_frames(
+    items: Sequence[ImageSource] | NDArray[Any], n: int, k: int, limits: Limits, what: str
+) -> list[PILImage]:
+    if n > limits.max_video_frames:
+        raise MediaError(
+            f"{n} frames is over Limits.max_video_frames ({limits.max_video_frames})", source=what
+        )
+    try:
+        indices = sample_frame_indices(n, k)
+    except MediaError as exc:
+        raise MediaError(exc.reason, source=what) from None
+    loaded: dict[int, PILImage] = {}
+    for i in indices:
+        if i not in loaded:
+            loaded[i] = load_image(items[i], limits=limits)
+    return [loaded[i] for i in indices]
+
+
+def _decode_video(fp: BinaryIO, k: int, limits: Limits, what: str) -> list[PILImage]:
+    import av
+
+    try:
+        with _open_container(fp, limits, what) as container:
+            stream = _video_stream(container, limits, what)
+            declared = stream.frames
+            nominal = declared or _count_packets(container, stream, limits, what)
+        fp.seek(0)
+        picked, decoded, packets = _decode_pass(fp, sample_frame_indices(max(nominal, 1), k), limits, what)
+        if declared and packets < declared:
+            raise MediaError(
+                f"truncated: the container lists {declared} frames but holds data for {packets}", source=what
+            )
+        if decoded == 0:
+            raise MediaError("the video stream holds no decodable frames", source=what)
+        if decoded != nominal:
+            # Edit lists and invisible frames make the decoder show another count: sample what it shows.
+            fp.seek(0)
+            picked, _, _ = _decode_pass(fp, sample_frame_indices(decoded, k), limits, what)
+    except av.FFmpegError as exc:
+        raise MediaError(f"corrupt or undecodable video: {_ffmpeg_reason(exc)}", source=what) from exc
+    return picked
+
+
+def _ffmpeg_reason(exc: Exception) -> str:
+    reason = getattr(exc, "strerror", None)
+    return reason if isinstance(reason, str) and reason else str(exc)
+
+
+def _open_container(fp: BinaryIO, limits: Limits, what: str) -> InputContainer:
+    import av
+
+    try:
+        return av.open(
+            fp,
+            mode="r",
+            container_options={"format_whitelist": ",".join(limits.video_containers)},
+            io_open=_refuse_nested_open,
+            metadata_errors="ignore",
+        )
+    except (av.FFmpegError, OSError) as exc:
+        allowed = ", ".join(limits.video_containers)
+        raise MediaError(
+            f"not a readable video in an allowed container (Limits.video_containers: {allowed}): "
+            f"{_ffmpeg_reason(exc)}",
+            source=what,
+        ) from exc
+
+
+def _refuse_nested_open(url: str, flags: int, options: dict[str, str]) -> BinaryIO:
+    raise PermissionError(f"the video tried to open another resource ({url!r}); refused")
+
+
+def _video_stream(container: InputContainer, limits: Limits, what: str) -> VideoStream:
+    import av
+
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not streams:
+        raise MediaError("no video stream in the file", source=what)
+    stream = streams[0]
+    ctx = stream.codec_context
+    if ctx is None:
+        raise MediaError("no decoder for this video codec in the installed FFmpeg", source=what)
+    _check_pixels((ctx.width, ctx.height), limits, what)
+    seconds: float | None = None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / av.time_base
+    if seconds is not None and seconds > limits.max_video_seconds:
+        raise MediaError(
+            f"{seconds:.1f} s is over Limits.max_video_seconds ({limits.max_video_seconds:g})",
+            source=what,
+        )
+    if stream.frames > limits.max_video_frames:
+        raise MediaError(
+            f"{stream.frames} frames is over Limits.max_video_frames ({limits.max_video_frames})",
+            source=what,
+        )
+    return stream
+
+
+def _count_packets(container: InputContainer, stream: VideoStream, limits: Limits, what: str) -> int:
+    count = 0
+    for packet in container.demux(stream):
+        if packet.size:
+            count += 1
+            if count > limits.max_video_frames:
+                raise MediaError(
+                    f"more than Limits.max_video_frames ({limits.max_video_frames}) frames", source=what
+                )
+    return count
+
+
+def _decode_pass(
+    fp: BinaryIO, indices: list[int], limits: Limits, what: str
+) -> tuple[list[PILImage], int, int]:
+    """Decode every frame once, converting those in `indices`: (picks, frames decoded, packets read)."""
+    import av
+
+    wanted = set(indices)
+    picked: dict[int, PILImage] = {}
+    count = packets = 0
+    start: float | None = None
+    with _open_container(fp, limits, what) as container:
+        stream = _video_stream(container, limits, what)
+        stream.thread_type = av.codec.context.ThreadType.AUTO
+        for packet in container.demux(stream):
+            if packet.size:
+                packets += 1
+            for frame in packet.decode():
+                if count >= limits.max_video_frames:
+                    raise MediaError(
+                        f"more than Limits.max_video_frames ({limits.max_video_frames}) frames", source=what
+                    )
+                if frame.time is not None:
+                    start = frame.time if start is None else start
+                if frame.time is not None and frame.time - start > limits.max_video_seconds:
+                    raise MediaError(
+                        f"runs past Limits.max_video_seconds ({limits.max_video_seconds:g})", source=what
+                    )
+                if count in wanted:
+                    _check_pixels((frame.width, frame.height), limits, what)
+                    picked[count] = _rotate(frame.to_image(), frame.rotation)  # type: ignore[no-untyped-call]
+                count += 1
+    if not wanted <= picked.keys():
+        return [], count, packets
+    return [picked[i] for i in indices], count, packets
+
+
+def _rotate(image: PILImage, degrees: int) -> PILImage:
+    from PIL import Image
+
+    # `degrees` is the counter-clockwise turn the display matrix asks for; non-right angles are left alone.
+    turn = {90: Image.Transpose.ROTATE_90, -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270}
+    turn |= {180: Image.Transpose.ROTATE_180, -180: Image.Transpose.ROTATE_180}
+    out = image.transpose(turn[degrees]) if degrees in turn else image
+    out.format = "PNG"
+    return out
