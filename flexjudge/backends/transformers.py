@@ -6,7 +6,7 @@ renders each request with the model's chat template (images where their parts si
 A request with a JSON Schema is decoded under a token mask from one of three constraint engines:
 llguidance (the default), outlines-core or xgrammar.
 
-Choices, and why:
+Choices, and why (the engine side lives in `_engines.py`):
 - Compiled constraints are cached per process, keyed by (engine, tokenizer fingerprint, schema hash): a second
   backend on the same tokenizer never compiles the same schema again. `compile_cache_stats` counts.
 - The engines are driven directly, one mask per batch row, filled for the whole batch per step and applied
@@ -25,19 +25,28 @@ Choices, and why:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib
-import importlib.util
-import json
-import os
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from flexjudge.backends._engines import (
+    _ENGINE_MODULES,
+    DEFAULT_ENGINE,
+    CompileCacheStats,
+    Engine,
+    _AddBias,
+    _cache_lock,
+    _compile,
+    _ConstraintProcessor,
+    _fingerprint,
+    _schema_hash,
+    _TokenizerView,
+    available_engines,
+    clear_compile_cache,
+    compile_cache_stats,
+)
 from flexjudge.backends.base import Generation, ImagePart, Request, TextPart, Usage
 from flexjudge.errors import BackendError
 
@@ -54,15 +63,6 @@ __all__ = [
     "compile_cache_stats",
 ]
 
-Engine = Literal["llguidance", "outlines_core", "xgrammar"]
-DEFAULT_ENGINE: Engine = "llguidance"
-"""Chosen by measurement (`benchmarks/constrained.py`, 2-core CPU, ~150k-token vocabulary): ready in ~1.5 s
-cold and ~2 ms per further schema, under a millisecond of mask per row per step with or without `maxLength`,
-and one small wheel. xgrammar masks unbounded schemas faster but is optional (it pulls triton) and its masks
-cost ~8x more once strings carry `maxLength`; outlines-core needs seconds per schema, and ran out of memory
-(over 23 GB) compiling the pairwise schema with every string bounded."""
-
-_ENGINE_MODULES = {"llguidance": "llguidance", "outlines_core": "outlines_core", "xgrammar": "xgrammar"}
 _TINY_ALIASES: dict[str, Literal["qwen2_5_vl", "qwen3_vl"]] = {
     "tiny-random": "qwen2_5_vl",
     "tiny-random-qwen2.5-vl": "qwen2_5_vl",
@@ -75,330 +75,6 @@ _LOAD_HINT = (
     "machinery."
 )
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def _untyped(module: str) -> Any:
-    # outlines-core ships no type information and xgrammar is optional: typed as Any in every setup.
-    return importlib.import_module(module)
-
-
-def available_engines() -> list[Engine]:
-    """The constraint engines importable here, in order of preference."""
-    return [e for e in get_args(Engine) if importlib.util.find_spec(_ENGINE_MODULES[e]) is not None]
-
-
-# --------------------------------------------------------------------------- compile cache
-
-
-@dataclass(frozen=True)
-class CompileCacheStats:
-    """Counters of the process-wide constraint cache (never reset except by `clear_compile_cache`)."""
-
-    compiles: int
-    """Schemas compiled (cache misses)."""
-    hits: int
-    """Requests for a compiled schema answered from the cache."""
-    tokenizer_builds: int
-    """Engine-side tokenizer tables built (one per engine and tokenizer)."""
-    disk_hits: int
-    """Compiles skipped because an earlier process left the result on disk (outlines-core)."""
-    entries: int
-
-
-_cache_lock = threading.Lock()
-_engine_tokenizers: dict[tuple[Any, ...], Any] = {}
-_compiled: dict[tuple[Any, ...], tuple[Any, float]] = {}
-_stats = {"compiles": 0, "hits": 0, "tokenizer_builds": 0, "disk_hits": 0}
-
-
-def compile_cache_stats() -> CompileCacheStats:
-    with _cache_lock:
-        return CompileCacheStats(entries=len(_compiled), **_stats)
-
-
-def clear_compile_cache() -> None:
-    """Forget every compiled constraint and engine tokenizer (the counters are kept)."""
-    with _cache_lock:
-        _engine_tokenizers.clear()
-        _compiled.clear()
-
-
-@dataclass(frozen=True)
-class _TokenizerView:
-    """What the engines need to know about a tokenizer; `key` identifies it by content, not object."""
-
-    hf: Any
-    key: str
-    width: int
-    """Logits width: the model's vocabulary, often padded beyond the tokenizer's."""
-    eos: int
-    stops: tuple[int, ...]
-    special: frozenset[int]
-
-
-def _fingerprint(tokenizer: Any) -> str:
-    digest = hashlib.sha256(type(tokenizer).__name__.encode())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        digest.update(backend.to_str().encode())
-    else:
-        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    return digest.hexdigest()[:24]
-
-
-def _schema_hash(schema: dict[str, Any]) -> str:
-    text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _engine_tokenizer(engine: Engine, tok: _TokenizerView) -> Any:
-    """The engine's tokenizer table, built once per (engine, tokenizer, width, stops); hold the lock."""
-    key = (engine, tok.key, tok.width, tok.stops)
-    if key in _engine_tokenizers:
-        return _engine_tokenizers[key]
-    if engine == "llguidance":
-        import llguidance.hf
-
-        table: Any = llguidance.hf.from_tokenizer(tok.hf, n_vocab=tok.width, eos_token=list(tok.stops))
-    elif engine == "xgrammar":
-        xgrammar = _untyped("xgrammar")
-        info = xgrammar.TokenizerInfo.from_huggingface(
-            tok.hf, vocab_size=tok.width, stop_token_ids=list(tok.stops)
-        )
-        table = xgrammar.GrammarCompiler(info)
-    else:
-        from outlines.models.transformers import TransformerTokenizer
-
-        vocabulary_cls = _untyped("outlines_core").Vocabulary
-
-        # Outlines' token -> text conversion, minus special tokens: they must never match text inside a
-        # JSON string (a second stop token there would end the output mid-string).
-        to_text = TransformerTokenizer(tok.hf).convert_token_to_string
-        table_map: dict[str, list[int]] = {}
-        for token, token_id in tok.hf.get_vocab().items():
-            if token_id not in tok.special and token_id < tok.width:
-                table_map.setdefault(to_text(token), []).append(token_id)
-        table = vocabulary_cls(tok.eos, table_map)
-    _stats["tokenizer_builds"] += 1
-    _engine_tokenizers[key] = table
-    return table
-
-
-def _compile(engine: Engine, tok: _TokenizerView, schema: dict[str, Any]) -> tuple[Any, float, bool]:
-    """The compiled constraint for `schema`: (artefact, seconds the compile took, whether it was cached)."""
-    key = (engine, tok.key, tok.width, tok.stops, _schema_hash(schema))
-    with _cache_lock:
-        if key in _compiled:
-            _stats["hits"] += 1
-            artefact, seconds = _compiled[key]
-            return artefact, seconds, True
-        start = time.perf_counter()
-        on_disk = _disk_path(key) if engine == "outlines_core" else None
-        if on_disk is not None and on_disk.is_file():
-            artefact = _load_index(on_disk)
-            if artefact is not None:
-                _stats["disk_hits"] += 1
-                seconds = time.perf_counter() - start
-                _compiled[key] = (artefact, seconds)
-                return artefact, seconds, True
-        table = _engine_tokenizer(engine, tok)
-        text = json.dumps(schema)
-        try:
-            artefact = _compile_with(engine, table, text)
-        except BackendError:
-            raise
-        except Exception as exc:  # engines raise assorted types for unsupported schemas
-            raise BackendError(
-                f"the {engine} engine cannot compile this JSON Schema: {exc}", retryable=False, original=exc
-            ) from None
-        seconds = time.perf_counter() - start
-        _stats["compiles"] += 1
-        _compiled[key] = (artefact, seconds)
-        if on_disk is not None:
-            _save_index(on_disk, artefact)
-        return artefact, seconds, False
-
-
-# outlines-core indexes take seconds to minutes to build at a real vocabulary and pickle cleanly, so they
-# are kept on disk for the next process. (llguidance and xgrammar compile a schema in milliseconds; their
-# one-off cost is the tokenizer table, ~1.5 s at 150k tokens, which their APIs cannot serialise.)
-def _disk_path(key: tuple[Any, ...]) -> Path:
-    from flexjudge.backends.tiny import cache_root
-
-    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-    return cache_root() / "constraints" / f"outlines_core-{digest}.pickle"
-
-
-def _load_index(path: Path) -> Any:
-    import pickle
-
-    try:
-        with path.open("rb") as fh:
-            return pickle.load(fh)  # our own cache directory, written by `_save_index`
-    except Exception:  # a damaged or foreign file: compile again and overwrite it
-        return None
-
-
-def _save_index(path: Path, artefact: Any) -> None:
-    import pickle
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(pickle.dumps(artefact))
-        tmp.replace(path)  # atomic: a concurrent reader never sees half an index
-    except OSError:
-        pass  # a read-only cache only costs the next process a compile
-
-
-def _compile_with(engine: Engine, table: Any, schema_json: str) -> Any:
-    if engine == "llguidance":
-        from llguidance import LLMatcher
-
-        grammar = LLMatcher.grammar_from_json_schema(schema_json, defaults={"whitespace_flexible": False})
-        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, table)
-        if is_error:
-            raise BackendError(
-                f"the llguidance engine rejects this JSON Schema: {messages[0]}", retryable=False
-            )
-        # Rows start from copies of this matcher: a copy costs microseconds, a new matcher milliseconds.
-        return LLMatcher(table, grammar, log_level=0)
-    if engine == "xgrammar":
-        return table.compile_json_schema(schema_json, any_whitespace=False)
-    regex = _untyped("outlines_core.json_schema").build_regex_from_schema(schema_json, None)
-    return _untyped("outlines_core").Index(regex, table)
-
-
-# --------------------------------------------------------------------------- masking
-
-
-class _Rows:
-    """Grammar state for each row of a batch, for one engine."""
-
-    def __init__(self, engine: Engine, artefact: Any, batch: int) -> None:
-        self.engine = engine
-        if engine == "llguidance":
-            self.m: list[Any] = [artefact.deep_copy() for _ in range(batch)]
-        elif engine == "xgrammar":
-            xgrammar = _untyped("xgrammar")
-            self.m = [xgrammar.GrammarMatcher(artefact) for _ in range(batch)]
-            self._batch_fill = xgrammar.BatchGrammarMatcher()
-        else:
-            guide = _untyped("outlines_core").Guide
-            self.m = [guide(artefact) for _ in range(batch)]
-
-    def advance(self, row: int, token: int) -> str | None:
-        """Feed the sampled token; returns an error message when the engine refuses it."""
-        m = self.m[row]
-        if self.engine == "llguidance":
-            return None if m.consume_token(token) else (m.get_error() or f"token {token} refused")
-        if self.engine == "xgrammar":
-            return None if m.accept_token(token) else f"token {token} refused"
-        try:
-            m.advance(token_id=token, return_tokens=False)
-        except ValueError as exc:
-            return str(exc)
-        return None
-
-    def fill(self, bitmask: torch.Tensor, rows: list[int]) -> None:
-        width = bitmask.shape[1]
-        if self.engine == "llguidance":
-            if len(rows) > 1 and _PARALLEL_MASKS:
-                _executor().unsafe_compute_mask_ptr(
-                    [(self.m[i], i) for i in rows], bitmask.data_ptr(), width * 4, bitmask.shape[0]
-                )
-            else:
-                for i in rows:
-                    self.m[i].unsafe_compute_mask_ptr(bitmask[i].data_ptr(), width * 4)
-        elif self.engine == "xgrammar":
-            self._batch_fill.batch_fill_next_token_bitmask([self.m[i] for i in rows], bitmask, indices=rows)
-        else:
-            for i in rows:
-                self.m[i].write_mask_into(bitmask[i].data_ptr(), width, 4)
-
-
-_executor_instance: Any = None
-# llguidance's thread pool only pays off with cores to spare beside torch's own threads (measured: on 2
-# cores it is slower than filling the rows one after the other).
-_PARALLEL_MASKS = (os.cpu_count() or 1) >= 8
-
-
-def _executor() -> Any:
-    global _executor_instance
-    if _executor_instance is None:
-        from llguidance import LLExecutor
-
-        _executor_instance = LLExecutor()
-    return _executor_instance
-
-
-def _apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor) -> None:
-    """Set to -inf every logit whose bit is 0 (bit j of int32 word k is token 32k + j)."""
-    import torch
-
-    vocab = scores.shape[1]
-    if scores.device.type == "cpu":
-        import numpy as np
-
-        bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, count=vocab, bitorder="little")
-        np.logical_not(bits, out=bits)
-        forbidden = torch.from_numpy(bits).view(torch.bool)
-    else:
-        mask = bitmask.to(scores.device, non_blocking=True)
-        shifts = torch.arange(32, device=scores.device, dtype=torch.int32)
-        forbidden = (((mask.unsqueeze(-1) >> shifts) & 1) == 0).view(mask.shape[0], -1)[:, :vocab]
-    scores.masked_fill_(forbidden, float("-inf"))
-
-
-class _ConstraintProcessor:
-    """A HF logits processor that keeps every row of the batch inside the grammar."""
-
-    def __init__(self, engine: Engine, artefact: Any, width: int, stops: frozenset[int]) -> None:
-        self.engine, self.artefact, self.width, self.stops = engine, artefact, width, stops
-        self.rows: _Rows | None = None
-        self.done: list[bool] = []
-        self.errors: dict[int, str] = {}
-        self.mask_seconds = 0.0
-        self.steps = 0
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        start = time.perf_counter()
-        batch = input_ids.shape[0]
-        if self.rows is None:
-            self.rows = _Rows(self.engine, self.artefact, batch)
-            self.done = [False] * batch
-            self.bitmask = torch.full((batch, (self.width + 31) // 32), -1, dtype=torch.int32)
-        else:
-            for i, token in enumerate(input_ids[:, -1].tolist()):
-                if self.done[i]:
-                    continue
-                error = None if token in self.stops else self.rows.advance(i, token)
-                if token in self.stops or error is not None:
-                    # Finished (or broken) rows get padding from `generate`; an all-ones mask keeps their
-                    # logits finite so sampling never sees a row of -inf.
-                    self.done[i] = True
-                    self.bitmask[i].fill_(-1)
-                    if error is not None:
-                        self.errors[i] = error
-        live = [i for i in range(batch) if not self.done[i]]
-        if live:
-            self.rows.fill(self.bitmask, live)
-        _apply_bitmask(scores, self.bitmask)
-        self.mask_seconds += time.perf_counter() - start
-        self.steps += 1
-        return scores
-
-
-class _AddBias:
-    """A HF logits processor adding a fixed vector (-inf bans a token)."""
-
-    def __init__(self, bias: torch.Tensor) -> None:
-        self.bias = bias
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return scores + self.bias.to(scores.device)
 
 
 # --------------------------------------------------------------------------- the backend
