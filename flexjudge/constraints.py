@@ -21,7 +21,14 @@ from typing import Any, Literal
 
 from flexjudge.anchors import MAX_GENERATED, Modality, anchors
 from flexjudge.formats.winners import winner_text
-from flexjudge.wire_schemas import MAX_CRITERIA, MIN_CRITERIA, flex_schema, native_pair_schema
+from flexjudge.schema import PointScale
+from flexjudge.wire_schemas import (
+    MAX_CRITERIA,
+    MIN_CRITERIA,
+    flex_schema,
+    native_pair_schema,
+    native_point_schema,
+)
 
 Schema = dict[str, Any]
 OutputFormat = Literal["flex", "native"]
@@ -58,6 +65,16 @@ def pair_constraint(
         schema = _flex(modality, custom_dimensions, max_generated)
     else:
         schema = _native(modality, custom_dimensions, max_generated)
+    if max_string_length is not None:
+        _bound_strings(schema, max_string_length)
+    return schema
+
+
+def point_constraint(
+    modality: Modality, scale: PointScale, *, max_string_length: int | None = None
+) -> Schema:
+    """The decoding constraint for a pointwise judgment: scores enumerated on `scale`."""
+    schema = native_point_schema(modality, scale)
     if max_string_length is not None:
         _bound_strings(schema, max_string_length)
     return schema

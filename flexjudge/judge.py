@@ -22,14 +22,14 @@ from pydantic import BaseModel, ConfigDict
 
 from flexjudge.anchors import Modality
 from flexjudge.backends.base import Backend, Generation, ImagePart, Message, Request, TextPart
-from flexjudge.constraints import OutputFormat, pair_constraint
+from flexjudge.constraints import OutputFormat, pair_constraint, point_constraint
 from flexjudge.errors import FlexjudgeError, ParseError, TruncatedOutput
 from flexjudge.formats import parse, parse_pointwise
 from flexjudge.prompting import PromptSpec, render_prompt
 from flexjudge.prompts import TEMPLATE_VERSION
 from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Preferences, Usage, Verdict
 from flexjudge.swap import merge_swapped, unswap
-from flexjudge.wire_schemas import flex_schema, native_pair_schema, native_point_schema
+from flexjudge.wire_schemas import flex_schema, native_pair_schema
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -344,11 +344,7 @@ class Judge:
         scale: PointScale,
     ) -> PointwiseJudgment:
         text = render_prompt(self._spec("point", modality), prompt, prefs, low=scale.low, high=scale.high)
-        schema = native_point_schema(modality, scale)
-        if self.max_string_length is not None:
-            from flexjudge.constraints import _bound_strings
-
-            _bound_strings(schema, self.max_string_length)
+        schema = _point_constraint(modality, scale.low, scale.high, self.max_string_length)
         (generation,) = await self.backend.generate([self._request(text, images, schema, seed)])
         judgment = _read(lambda: _point_with_scale(generation.text, scale), generation)
         judgment.meta = judgment.meta.model_copy(update=self._provenance(generation, prefs))
@@ -408,6 +404,15 @@ def _pair_constraint(
     return pair_constraint(
         modality, output_format, custom_dimensions=custom, max_string_length=max_string_length
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _point_constraint(
+    modality: Modality, low: int, high: int, max_string_length: int | None
+) -> dict[str, Any]:
+    # Keyed by the scale's bounds (a PointScale is not hashable); shared and read-only, like the pair one.
+    scale = PointScale(low=low, high=high)
+    return point_constraint(modality, scale, max_string_length=max_string_length)
 
 
 @functools.lru_cache(maxsize=4)

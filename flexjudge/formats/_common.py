@@ -103,6 +103,19 @@ def trusted_many(cls: type[M], rows: list[dict[str, Any]], fields: set[str]) -> 
     return out
 
 
+def load_strict(text: str, fmt: str) -> tuple[Any, int]:
+    """`text` as one JSON value and the offset where it starts; a located `ParseError` otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"not a single JSON object: {exc.msg}", offset=exc.pos, format=fmt) from None
+    except RecursionError:
+        raise ParseError("JSON nested too deeply", offset=0, format=fmt) from None
+    except ValueError as exc:  # a number Python will not convert
+        raise ParseError(f"unreadable number: {exc}", offset=0, format=fmt) from None
+    return value, len(text) - len(text.lstrip())
+
+
 def format_path(loc: Loc) -> str:
     """('categories', 1, 'dims', 0, 'score_2') -> 'categories[1].dims[0].score_2'."""
     out = ""

@@ -21,7 +21,7 @@ _NUMBER = re.compile(r"-?(?:0|[1-9]\d{0,99})(?:\.\d{1,100})?(?:[eE][-+]?\d{1,3})
 _VERDICT_KEYS = ("winner", "cat_winner", "verdict")
 _WS = " \t\n\r"
 _LITERALS = {"true": True, "false": False, "null": None}
-_DECODER = json.JSONDecoder(strict=False)
+_DECODER = json.JSONDecoder(strict=False)  # raw control characters in strings are read, not refused
 
 
 @dataclass
@@ -126,7 +126,7 @@ def _check_second_object(
     second = _object_start(text, end, keys) if keys else None
     if second is not None and (keys and _OPENING_KEY.match(text, second)):
         try:
-            other, _ = json.JSONDecoder(strict=False).raw_decode(text, second)
+            other, _ = _DECODER.raw_decode(text, second)
         except (json.JSONDecodeError, ValueError):
             other = None
         if isinstance(other, dict) and any(k in other and other[k] != value.get(k) for k in _VERDICT_KEYS):

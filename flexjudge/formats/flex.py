@@ -198,14 +198,9 @@ def parse_flex(text: str, *, modality: Modality | None, strict: bool) -> Judgmen
 def _strict_failure(text: str, modality: Modality | None) -> ParseError:
     """Why `text` is not exactly the released format (the fast path said no; say where and why)."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return ParseError(f"not a single JSON object: {exc.msg}", offset=exc.pos, format=FORMAT)
-    except RecursionError:
-        return ParseError("JSON nested too deeply", offset=0, format=FORMAT)
-    except ValueError as exc:  # a number Python will not convert
-        return ParseError(f"unreadable number: {exc}", offset=0, format=FORMAT)
-    base = len(text) - len(text.lstrip())
+        value, base = _common.load_strict(text, FORMAT)
+    except ParseError as exc:
+        return exc
     try:
         FlexOutput.model_validate(value, strict=True)
     except ValidationError as exc:

@@ -42,14 +42,9 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
 
 def _strict_failure(text: str, modality: Modality | None) -> ParseError:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return ParseError(f"not a single JSON object: {exc.msg}", offset=exc.pos, format=FORMAT)
-    except RecursionError:
-        return ParseError("JSON nested too deeply", offset=0, format=FORMAT)
-    except ValueError as exc:  # a number Python will not convert
-        return ParseError(f"unreadable number: {exc}", offset=0, format=FORMAT)
-    base = len(text) - len(text.lstrip())
+        value, base = _common.load_strict(text, FORMAT)
+    except ParseError as exc:
+        return exc
     if isinstance(value, dict) and "meta" in value:
         return ParseError("'meta' is not part of the native format", offset=base, path="meta", format=FORMAT)
     try:

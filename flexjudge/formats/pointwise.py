@@ -27,13 +27,8 @@ def _parse(text: str, strict: bool) -> PointwiseJudgment:
     if not isinstance(text, str):
         raise ParseError(f"expected text, got {type(text).__name__}", offset=0)
     if strict:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ParseError(f"not a single JSON object: {exc.msg}", offset=exc.pos, format=FORMAT) from None
-        except ValueError as exc:  # a number Python will not convert
-            raise ParseError(f"unreadable number: {exc}", offset=0, format=FORMAT) from None
-        base, notes, complete = len(text) - len(text.lstrip()), [], True
+        value, base = _common.load_strict(text, FORMAT)
+        notes, complete = [], True
         found = None
         raw_value = value
     else:
