@@ -9,11 +9,15 @@ Measures, for each engine (each in a fresh process, so "cold" really is cold):
   constraint on the same model, batch 1 and 8, sampled (temperature 1, closing bias off, so rows stay inside
   long strings, where masks cost most), and the time the constraint processor took per step.
 
-Two vocabularies: the tiny model's trained ~900-token tokenizer, and a synthetic ~150k-token byte-level BPE
-(Qwen-sized) on the same tiny weights, where compile and mask costs are realistic and the forward pass is not.
+Models (`--models`): the tiny model with its trained ~900-token tokenizer; the same weights with a synthetic
+~150k-token byte-level BPE (Qwen-sized), where compile and mask costs are realistic and the forward pass is
+not; `150k-wide`, a compute-bound forward pass on CPU; `7b`, Qwen2.5-VL-7B's language-model shape with
+random weights (`--device cuda`). "constrained" computes each mask after the forward pass, "overlapped"
+during it on a worker thread (`TransformersBackend(overlap_masks=...)`); the runs are interleaved.
 
-    python benchmarks/constrained.py                     # both vocabularies, every installed engine
-    python benchmarks/constrained.py --vocab tiny --quick
+    python benchmarks/constrained.py                     # tiny and 150k, every installed engine
+    python benchmarks/constrained.py --models tiny --quick
+    python benchmarks/constrained.py --models 7b --device cuda --engines llguidance --batches 1,16
     python benchmarks/constrained.py --record            # append the table to benchmarks/RESULTS.md
 """
 
@@ -76,6 +80,41 @@ def _synthetic_tokenizer(n_merges: int = 150_000, seed: int = 0) -> Any:
     )
 
 
+_ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}  # head_dim 128
+MODELS: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "tiny": ("tiny", None),
+    "150k": ("150k", None),
+    "150k-wide": (
+        "150k",
+        {
+            "hidden_size": 1024,
+            "intermediate_size": 2816,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "rope_parameters": _ROPE,
+        },
+    ),
+    "7b": (
+        "150k",
+        {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "rope_parameters": _ROPE,
+        },
+    ),
+}
+MODEL_NOTES = {
+    "tiny": "tiny weights, the trained ~900-token vocabulary: the forward pass is mostly Python overhead",
+    "150k": "tiny weights, a synthetic 150k-token vocabulary: realistic masks on a near-free forward pass",
+    "150k-wide": "150k tokens, 1024 wide x 4 layers: a compute-bound forward pass of about 30 ms on 2 cores",
+    "7b": "Qwen2.5-VL-7B's language model shape (3584 x 28 layers), random weights: for a GPU",
+}
+
+
 def _requests(schema: dict[str, Any] | None, batch: int, tokens: int) -> list[Any]:
     from PIL import Image
 
@@ -107,7 +146,7 @@ def _bound_strings(node: Any, max_length: int) -> Any:
 
 
 def child(
-    engine: str, model: str, tokens: int, repeat: int, batches: list[int], max_length: int
+    engine: str, model: str, tokens: int, repeat: int, batches: list[int], max_length: int, device: str
 ) -> dict[str, Any]:
     """One engine in this (fresh) process; returns the measurements."""
     from flexjudge.backends.transformers import TransformersBackend
@@ -117,7 +156,7 @@ def child(
     if max_length:
         pair, point = _bound_strings(pair, max_length), _bound_strings(point, max_length)
     start = time.perf_counter()
-    backend = TransformersBackend(model, engine=engine, closing_bias=0.0)  # type: ignore[arg-type]
+    backend = TransformersBackend(model, engine=engine, closing_bias=0.0, device=device)  # type: ignore[arg-type]
     row: dict[str, Any] = {
         "engine": engine,
         "vocab": backend._tok.width,
@@ -131,10 +170,13 @@ def child(
     start = time.perf_counter()
     asyncio.run(backend.generate(_requests(pair, 1, 1)))
     row["first_token_s"] = time.perf_counter() - start
+    variants = (("free", None, False), ("constrained", pair, False), ("overlapped", pair, True))
     for batch in batches:
-        for label, schema in (("free", None), ("constrained", pair)):
-            per_step, masks = [], []
-            for _ in range(repeat):
+        per_step: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+        masks: dict[str, list[float]] = {"mask": [], "wait": [], "overlapped_wait": []}
+        for _ in range(repeat):
+            for label, schema, overlap in variants:  # interleaved, so drift hits every variant alike
+                backend.overlap_masks = overlap
                 # A one-token run times the prefill (images included), which is subtracted out.
                 start = time.perf_counter()
                 asyncio.run(backend.generate(_requests(schema, batch, 1)))
@@ -143,18 +185,24 @@ def child(
                 generations = asyncio.run(backend.generate(_requests(schema, batch, tokens)))
                 wall = time.perf_counter() - start
                 steps = max(g.usage.completion_tokens for g in generations if g.usage)
-                per_step.append(1000 * (wall - prefill) / max(steps - 1, 1))
-                masks.append(generations[0].extra.get("mask_ms_per_step", 0.0))
-            row[f"b{batch}_{label}_ms"] = statistics.median(per_step)
-            if schema is not None:
-                row[f"b{batch}_mask_ms"] = statistics.median(masks)
+                per_step[label].append(1000 * (wall - prefill) / max(steps - 1, 1))
+                extra = generations[0].extra
+                if label == "constrained":
+                    masks["mask"].append(extra["mask_ms_per_step"])
+                    masks["wait"].append(extra["mask_wait_ms_per_step"])
+                elif label == "overlapped":
+                    masks["overlapped_wait"].append(extra["mask_wait_ms_per_step"])
+        for label, values in per_step.items():
+            row[f"b{batch}_{label}_ms"] = statistics.median(values)
+        for label, values in masks.items():
+            row[f"b{batch}_{label}_ms"] = statistics.median(values)
     return row
 
 
 def _run_child(engine: str, model: Path | str, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", engine, "--model", str(model)]
     command += ["--tokens", str(args.tokens), "--repeat", str(args.repeat), "--batches", args.batches]
-    command += ["--max-length", str(args.max_length)]
+    command += ["--max-length", str(args.max_length), "--device", args.device]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode < 0:  # outlines-core on bounded strings at 150k tokens: OOM-killed past 23 GB here
         return {"engine": engine, "error": f"killed by signal {-done.returncode} (out of memory?)"}
@@ -168,7 +216,7 @@ def _run_child(engine: str, model: Path | str, args: argparse.Namespace) -> dict
 def _table(rows: list[dict[str, Any]], batches: list[int]) -> str:
     head = ["engine", "vocab", "cold compile s", "2nd schema s", "cached ms", "1st token s"]
     for b in batches:
-        head += [f"b{b} free ms/step", f"b{b} constrained ms/step", f"b{b} ×", f"b{b} mask ms/step"]
+        head += [f"b{b} free ms/step", f"b{b} constrained", "×", "overlapped", "×", "mask ms", "wait ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -177,13 +225,12 @@ def _table(rows: list[dict[str, Any]], batches: list[int]) -> str:
         cells = [r["engine"], f"{r['vocab']:,}", f"{r['cold_compile_s']:.3f}", f"{r['second_schema_s']:.3f}"]
         cells += [f"{r['cached_compile_ms']:.3f}", f"{r['first_token_s']:.3f}"]
         for b in batches:
-            free, constrained = r[f"b{b}_free_ms"], r[f"b{b}_constrained_ms"]
-            cells += [
-                f"{free:.2f}",
-                f"{constrained:.2f}",
-                f"{constrained / free:.2f}",
-                f"{r[f'b{b}_mask_ms']:.3f}",
-            ]
+            free = r[f"b{b}_free_ms"]
+            cells.append(f"{free:.2f}")
+            for label in ("constrained", "overlapped"):
+                cells += [f"{r[f'b{b}_{label}_ms']:.2f}", f"{r[f'b{b}_{label}_ms'] / free:.3f}"]
+            waits = f"{r[f'b{b}_wait_ms']:.3f} / {r[f'b{b}_overlapped_wait_ms']:.3f}"
+            cells += [f"{r[f'b{b}_mask_ms']:.3f}", waits]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -193,7 +240,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--engines", default="", help="comma-separated; default: every installed engine")
-    parser.add_argument("--vocab", default="tiny,150k", help="tiny, 150k or both")
+    parser.add_argument(
+        "--models", default="tiny,150k", help=f"comma-separated, from: {', '.join(MODELS)} (see above)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--tokens", type=int, default=128, help="max new tokens per decode run")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batches", default="1,8")
@@ -207,7 +257,7 @@ def main() -> None:
         args.tokens, args.repeat = 8, 1
     batches = [int(b) for b in args.batches.split(",")]
     if args.child:
-        row = child(args.child, args.model, args.tokens, args.repeat, batches, args.max_length)
+        row = child(args.child, args.model, args.tokens, args.repeat, batches, args.max_length, args.device)
         print(json.dumps(row))
         return
 
@@ -217,25 +267,29 @@ def main() -> None:
     engines = args.engines.split(",") if args.engines else available_engines()
     sections = []
     with tempfile.TemporaryDirectory() as scratch:
-        for vocab in args.vocab.split(","):
+        for name in args.models.split(","):
             start = time.perf_counter()
-            if vocab == "tiny":
+            vocab, shape = MODELS[name]
+            if vocab == "tiny" and not shape:
                 model: Path | str = tiny_model_dir(0)
             else:
-                model = build_tiny_model(Path(scratch) / "big", tokenizer=_synthetic_tokenizer())
-            print(f"{vocab}: model ready in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+                tokenizer = _synthetic_tokenizer() if vocab == "150k" else None
+                model = build_tiny_model(Path(scratch) / name, tokenizer=tokenizer, text_overrides=shape)
+            print(f"{name}: model ready in {time.perf_counter() - start:.1f}s", file=sys.stderr)
             rows = []
             for engine in engines:
                 rows.append(_run_child(engine, model, args))
                 print(f"  {engine}: {json.dumps(rows[-1])}", file=sys.stderr)
-            sections.append(f"### vocabulary: {vocab}\n\n{_table(rows, batches)}")
+            sections.append(f"### model: {name} ({MODEL_NOTES[name]})\n\n{_table(rows, batches)}")
     import torch
     import transformers
 
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.platform()}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     versions = f"Python {platform.python_version()}; torch {torch.__version__}"
-    versions += f"; transformers {transformers.__version__}"
+    versions += f"; transformers {transformers.__version__}; device {args.device}"
+    if args.device == "cuda":
+        versions += f" ({torch.cuda.get_device_name()})"
     settings = f"`--tokens {args.tokens} --repeat {args.repeat} --batches {args.batches}"
     settings += f" --max-length {args.max_length}`" if args.max_length else "`"
     settings += " (schema: schemas/pair-image.schema.json, then point-image as the second schema)"

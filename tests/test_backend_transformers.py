@@ -368,7 +368,7 @@ def test_constrained_benchmark_runs(tmp_path: Path) -> None:
     import sys
 
     root = Path(__file__).parent.parent
-    args = ["--vocab", "tiny", "--quick", "--batches", "1", "--engines", available_engines()[0]]
+    args = ["--models", "tiny", "--quick", "--batches", "1", "--engines", available_engines()[0]]
     env = dict(os.environ, FLEXJUDGE_CACHE_DIR=str(tmp_path))
     done = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "constrained.py"), *args],
@@ -400,3 +400,43 @@ def test_outlines_core_index_is_reused_by_a_new_process(tmp_path: Path) -> None:
     ]
     first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
     assert first == [1, 0] and second == [0, 1]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_overlapped_masks_give_the_same_tokens(tiny_dir: Path, engine: str) -> None:
+    """Masks computed on the worker during the forward pass decode exactly what masks computed after it do,
+    with rows finishing at different steps."""
+    outputs = {}
+    for overlap in (False, True):
+        backend = TransformersBackend(tiny_dir, engine=engine, overlap_masks=overlap)  # type: ignore[arg-type]
+        requests = [_request(f"prompt {i}", images=2, temperature=1.0, seed=5) for i in range(3)]
+        generations = _generate(backend, requests)
+        steps = max(g.usage.completion_tokens for g in generations)
+        overlapped = generations[0].extra["mask_overlapped_steps"]
+        assert overlapped == (steps if overlap else 0)
+        outputs[overlap] = [g.text for g in generations]
+        for generation in generations:
+            assert generation.constrained
+            jsonschema.validate(json.loads(generation.text), SCHEMA)
+    assert outputs[True] == outputs[False]
+    assert len(set(len(t) for t in outputs[True])) > 1  # the rows did finish at different steps
+
+
+def test_overlap_defaults_off_on_cpu(tiny_dir: Path) -> None:
+    assert TransformersBackend(tiny_dir).overlap_masks is False
+
+
+def test_text_overrides_widen_the_language_model(tmp_path: Path) -> None:
+    directory = build_tiny_model(
+        tmp_path / "wide",
+        text_overrides={
+            "hidden_size": 128,
+            "num_attention_heads": 4,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+        },
+    )
+    config = json.loads((directory / "config.json").read_text())
+    assert config["text_config"]["hidden_size"] == 128
+    assert config["vision_config"]["out_hidden_size"] == 128  # the vision merger feeds the wider text stack
+    (generation,) = _generate(TransformersBackend(directory), [_request(images=2)])
+    jsonschema.validate(json.loads(generation.text), SCHEMA)

@@ -264,7 +264,12 @@ def _build_processor(tokenizer: PreTrainedTokenizerFast, arch: TinyArch) -> Proc
     )
 
 
-def _build_model(tokenizer: PreTrainedTokenizerFast, arch: TinyArch, seed: int) -> Any:
+def _build_model(
+    tokenizer: PreTrainedTokenizerFast,
+    arch: TinyArch,
+    seed: int,
+    text_overrides: dict[str, Any] | None = None,
+) -> Any:
     import torch
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -284,6 +289,7 @@ def _build_model(tokenizer: PreTrainedTokenizerFast, arch: TinyArch, seed: int) 
         "pad_token_id": ids["<|endoftext|>"],
         "tie_word_embeddings": False,
     }
+    text.update(text_overrides or {})
     common: dict[str, Any] = {
         "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"],
@@ -304,7 +310,7 @@ def _build_model(tokenizer: PreTrainedTokenizerFast, arch: TinyArch, seed: int) 
             "temporal_patch_size": 2,
             "window_size": 56,
             "fullatt_block_indexes": [1],
-            "out_hidden_size": 64,
+            "out_hidden_size": text["hidden_size"],
         }
         config: PretrainedConfig = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
         model_cls = Qwen2_5_VLForConditionalGeneration
@@ -321,7 +327,7 @@ def _build_model(tokenizer: PreTrainedTokenizerFast, arch: TinyArch, seed: int) 
             "patch_size": 16,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
-            "out_hidden_size": 64,
+            "out_hidden_size": text["hidden_size"],
             "num_position_embeddings": 64,
             "deepstack_visual_indexes": [1],
         }
@@ -347,13 +353,16 @@ def build_tiny_model(
     arch: TinyArch = "qwen2_5_vl",
     seed: int = 0,
     tokenizer: PreTrainedTokenizerFast | None = None,
+    text_overrides: dict[str, Any] | None = None,
 ) -> Path:
     """Build a tiny random-weight Qwen-VL model with its tokenizer and processor into `directory`.
 
     The same `arch` and `seed` give byte-identical weights and tokenizer. Load it with
     `AutoProcessor.from_pretrained(directory)` and `AutoModelForImageTextToText.from_pretrained(directory)`
     after importing this module. `tokenizer` replaces the one trained here (benchmarks use a realistic
-    ~150k-token vocabulary); it must hold the Qwen special tokens. Returns the directory.
+    ~150k-token vocabulary); it must hold the Qwen special tokens. `text_overrides` changes the language
+    model's config (benchmarks give it a real model's width and depth: `hidden_size`, `num_hidden_layers`,
+    `intermediate_size`, heads, `mrope_section`). Returns the directory.
     """
     from transformers.utils import logging
 
@@ -363,7 +372,7 @@ def build_tiny_model(
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer or _build_tokenizer()
     processor = _build_processor(tokenizer, arch)
-    model = _build_model(tokenizer, arch, seed)
+    model = _build_model(tokenizer, arch, seed, text_overrides)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a progress bar for a 1 MB file is noise
     try:

@@ -90,9 +90,15 @@ class TransformersBackend:
     so random-weight models close strings and containers early; None means on (15) for tiny-random, off
     otherwise. Loading happens here, synchronously; `generate` runs off the event loop.
 
+    `overlap_masks` computes each step's mask on a worker thread while the forward pass runs (see
+    `_ConstraintProcessor`); off, after the forward pass, as Outlines does. None (the default): on for
+    accelerators, off on CPU, as measured (`benchmarks/constrained.py`).
+
     Each `Generation.extra` holds `engine` (None for free text) and, under a schema, `compile_s`,
-    `compile_cached`, `mask_ms_per_step` (the constraint's own cost per decode step) and, if the engine
-    refused a token, `constraint_error` (then `constrained` is False: the text is not valid by construction).
+    `compile_cached`, `mask_ms_per_step` (the grammar's own work per decode step),
+    `mask_wait_ms_per_step` (what the decode loop paid for it per step), `mask_overlapped_steps` and, if
+    the engine refused a token, `constraint_error` (then `constrained` is False: the text is not valid by
+    construction).
     Seeded sampling is reproducible for the same batch composition: requests sharing schema, budget,
     temperature and seed run as one batch seeded once.
     """
@@ -108,6 +114,7 @@ class TransformersBackend:
         dtype: str | torch.dtype | None = None,
         max_batch_size: int = 8,
         closing_bias: float | None = None,
+        overlap_masks: bool | None = None,
     ) -> None:
         if engine is not None and engine not in get_args(Engine):
             raise ValueError(
@@ -125,6 +132,10 @@ class TransformersBackend:
         self.model = str(model)
         self.device = device
         self.max_batch_size = max_batch_size
+        # Measured on 2 CPU cores: no gain on a compute-bound CPU model (1.02x either way at 150k tokens)
+        # and a loss on the tiny one (the worker fights the forward pass for the GIL); on an accelerator
+        # the host is free while the forward pass runs, which is what overlapping uses.
+        self.overlap_masks = overlap_masks if overlap_masks is not None else device != "cpu"
         self._lock = threading.Lock()
         path = self._resolve(self.model)
         self._processor, self._model = _load(self.model, path, device, dtype)
@@ -237,7 +248,7 @@ class TransformersBackend:
         if first.schema is not None:
             artefact, seconds, cached = _compile(self.engine, self._tok, first.schema)
             constraint = _ConstraintProcessor(
-                self.engine, artefact, self._tok.width, frozenset(self._tok.stops)
+                self.engine, artefact, self._tok.width, frozenset(self._tok.stops), overlap=self.overlap_masks
             )
             processors = [_AddBias(self._json_bias), constraint]
             extra = {"engine": self.engine, "compile_s": 0.0 if cached else seconds, "compile_cached": cached}
@@ -260,10 +271,17 @@ class TransformersBackend:
             kwargs.update(do_sample=False)
         device = self._model.device
         rng_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices), torch.inference_mode():
-            if first.temperature > 0 and first.seed is not None:
-                torch.manual_seed(first.seed)
-            output = self._model.generate(**inputs, **kwargs)
+        hook = None
+        if constraint is not None:
+            hook = self._model.register_forward_pre_hook(constraint.before_forward, with_kwargs=True)
+        try:
+            with torch.random.fork_rng(devices=rng_devices), torch.inference_mode():
+                if first.temperature > 0 and first.seed is not None:
+                    torch.manual_seed(first.seed)
+                output = self._model.generate(**inputs, **kwargs)
+        finally:
+            if hook is not None:
+                hook.remove()
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
 
         generations = []
@@ -276,6 +294,8 @@ class TransformersBackend:
                 row_extra["constraint_error"] = error
             if constraint is not None and constraint.steps:
                 row_extra["mask_ms_per_step"] = 1000 * constraint.mask_seconds / constraint.steps
+                row_extra["mask_wait_ms_per_step"] = 1000 * constraint.wait_seconds / constraint.steps
+                row_extra["mask_overlapped_steps"] = constraint.overlapped_steps
             generations.append(
                 Generation(
                     text=self._tok.hf.decode(kept, skip_special_tokens=True),
