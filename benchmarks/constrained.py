@@ -3,8 +3,9 @@
 
 Measures, for each engine (each in a fresh process, so "cold" really is cold):
 - compile: the first schema in the process (engine tokenizer table + grammar), a second schema on the same
-  tokenizer, and the same schema again (cache hit), for the pairwise judgment schema in `schemas/`
-  (`--max-length N` bounds every string, as random-weight tests need; bounds are what make masks costly);
+  tokenizer, and the same schema again (cache hit), for the judge's own constraint (`pair_constraint`, flex
+  wire format: a grammar with winners that follow the scores on llguidance, JSON Schema elsewhere), then
+  the pointwise one (`--max-length N` bounds every string, as random-weight tests need);
 - decode: milliseconds per decode step (prefill subtracted; median of `--repeat`) with and without the
   constraint on the same model, batch 1 and 8, sampled (temperature 1, closing bias off, so rows stay inside
   long strings, where masks cost most), and the time the constraint processor took per step.
@@ -41,7 +42,6 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = ROOT / "schemas"
 
 
 def _synthetic_tokenizer(n_merges: int = 150_000, seed: int = 0) -> Any:
@@ -133,28 +133,17 @@ def _requests(schema: dict[str, Any] | None, batch: int, tokens: int) -> list[An
     ]
 
 
-def _bound_strings(node: Any, max_length: int) -> Any:
-    """The schema with `maxLength` on every string: what random-weight tests need, and what costs most."""
-    if isinstance(node, dict):
-        out = {k: _bound_strings(v, max_length) for k, v in node.items()}
-        if out.get("type") == "string" and "enum" not in out and "const" not in out:
-            out.setdefault("maxLength", max_length)
-        return out
-    if isinstance(node, list):
-        return [_bound_strings(v, max_length) for v in node]
-    return node
-
-
 def child(
     engine: str, model: str, tokens: int, repeat: int, batches: list[int], max_length: int, device: str
 ) -> dict[str, Any]:
     """One engine in this (fresh) process; returns the measurements."""
     from flexjudge.backends.transformers import TransformersBackend
+    from flexjudge.constraints import pair_constraint, point_constraint
+    from flexjudge.schema import PointScale
 
-    pair = json.loads((SCHEMAS / "pair-image.schema.json").read_text())
-    point = json.loads((SCHEMAS / "point-image.schema.json").read_text())
-    if max_length:
-        pair, point = _bound_strings(pair, max_length), _bound_strings(point, max_length)
+    bound = max_length or None
+    pair = pair_constraint("image", "flex", max_string_length=bound)
+    point = point_constraint("image", PointScale(), max_string_length=bound)
     start = time.perf_counter()
     backend = TransformersBackend(model, engine=engine, closing_bias=0.0, device=device)  # type: ignore[arg-type]
     row: dict[str, Any] = {
@@ -292,7 +281,7 @@ def main() -> None:
         versions += f" ({torch.cuda.get_device_name()})"
     settings = f"`--tokens {args.tokens} --repeat {args.repeat} --batches {args.batches}"
     settings += f" --max-length {args.max_length}`" if args.max_length else "`"
-    settings += " (schema: schemas/pair-image.schema.json, then point-image as the second schema)"
+    settings += " (the judge's constraint: pair_constraint('image', 'flex'), then the pointwise one)"
     report = (
         f"## constrained ({stamp[:10]})\n\n{stamp}; {machine}; {versions}\n\n{settings}\n\n"
         + "\n\n".join(sections)

@@ -7,7 +7,10 @@ JSON Schema (llguidance, outlines-core, xgrammar, vLLM's structured outputs) get
   dimensions, and the user's required custom dimensions right after the anchors;
 - the 10-point split: each criterion is one of 11 alternatives (`anyOf`) whose scores are constants
   (0/10, 1/9, ..., 10/0), so `score_1 + score_2 == 10` cannot be broken;
-- 3 to 5 criteria per dimension.
+- 3 to 5 criteria per dimension, each with a non-empty name.
+
+The llguidance engine decodes this schema as a grammar (`flexjudge.grammar`) that also makes every
+dimension winner follow its criteria's scores, which JSON Schema cannot express.
 
 One definition feeds every engine. `flexjudge.check` re-checks the same rules after decoding.
 `max_string_length` bounds every string: only for random-weight test models (a real judge closes its
@@ -48,6 +51,15 @@ ENFORCED_FINDINGS = frozenset(
 """`check` finding codes that output decoded under `pair_constraint` cannot produce. The rest (unique
 criterion names, winners that follow the scores, evidence that is not blank) is beyond JSON Schema and is
 left to `check`."""
+
+GRAMMAR_ENFORCED_FINDINGS = ENFORCED_FINDINGS | {"dimension_winner_contradicts_scores"}
+"""What the llguidance engine enforces on top: it decodes `pair_constraint` as a grammar
+(`flexjudge.grammar`) in which each dimension winner follows its scores."""
+
+
+def enforced_findings(engine: str | None) -> frozenset[str]:
+    """The `check` codes a judgment decoded under `pair_constraint` by `engine` cannot produce."""
+    return frozenset(GRAMMAR_ENFORCED_FINDINGS) if engine == "llguidance" else ENFORCED_FINDINGS
 
 
 def pair_constraint(
@@ -95,6 +107,8 @@ def custom_names(custom_dimensions: tuple[str, ...], output_format: OutputFormat
 
 def _split_alternatives(criterion: Schema, first: str, second: str) -> Schema:
     alternatives = []
+    criterion = copy.deepcopy(criterion)
+    criterion["properties"]["name"]["minLength"] = 1  # an empty name says nothing and repeats the next one
     for share in range(11):
         option = copy.deepcopy(criterion)
         option["properties"][first] = {"type": "integer", "const": share}

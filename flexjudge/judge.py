@@ -9,27 +9,31 @@ orders concurrently and merges them (`flexjudge.swap`); `mode="rank"` judges eve
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import itertools
-import os
-import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict
-
+from flexjudge._sync import LoopThread, run_sync
 from flexjudge.anchors import Modality
+from flexjudge.backends.auto import BASE_URL_ENV, make_backend
 from flexjudge.backends.base import Backend, Generation, ImagePart, Message, Request, TextPart
-from flexjudge.constraints import OutputFormat, pair_constraint, point_constraint
-from flexjudge.errors import FlexjudgeError, ParseError, TruncatedOutput
-from flexjudge.formats import parse, parse_pointwise
+from flexjudge.constraints import OutputFormat
+from flexjudge.formats import parse
 from flexjudge.prompting import PromptSpec, render_prompt
 from flexjudge.prompts import TEMPLATE_VERSION
-from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Preferences, Usage, Verdict
+from flexjudge.ranking import RankedPair, Ranking, rank_by_win_rate
+from flexjudge.reading import (
+    checked_model,
+    point_with_scale,
+    portable_schema,
+    read_generation,
+    shared_pair_constraint,
+    shared_point_constraint,
+    weighted_verdict,
+)
+from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Preferences, Usage
 from flexjudge.swap import merge_swapped, unswap
-from flexjudge.wire_schemas import flex_schema, native_pair_schema
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -37,37 +41,9 @@ if TYPE_CHECKING:
     from flexjudge.media import Limits
 
 DEFAULT_MODEL = "CodeGoat24/UnifiedReward-Flex-qwen3vl-8b"
-BASE_URL_ENV = "FLEXJUDGE_BASE_URL"
 Mode = Literal["pair", "point", "rank"]
-T = TypeVar("T")
 
-__all__ = ["DEFAULT_MODEL", "Judge", "RankedPair", "Ranking", "ajudge", "judge"]
-
-
-class RankedPair(BaseModel):
-    """One pairwise judgment behind a ranking (candidate numbers are the caller's, 1-based)."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    first: int
-    """The candidate shown as candidate 1."""
-    second: int
-    """The candidate shown as candidate 2."""
-    judgment: Judgment
-    """The judgment of that pair, in that order (after order-swap merging when asked)."""
-
-
-class Ranking(BaseModel):
-    """N candidates ranked by their pairwise win rate, with every judgment behind it."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    order: list[int]
-    """Candidate numbers (1-based), best first; equal win rates keep the caller's order."""
-    win_rate: list[float]
-    """Per candidate, in the caller's order: wins / (N - 1), a tie counting one half."""
-    pairs: list[RankedPair]
-    """Every pair that was judged."""
+__all__ = ["BASE_URL_ENV", "DEFAULT_MODEL", "Judge", "RankedPair", "Ranking", "ajudge", "judge"]
 
 
 class Judge:
@@ -93,7 +69,7 @@ class Judge:
     ) -> None:
         self.model = model or DEFAULT_MODEL
         options = {"max_concurrency": max_concurrency, **(backend_options or {})}
-        self.backend: Backend = _make_backend(backend, self.model, base_url, api_key, engine, options)
+        self.backend: Backend = make_backend(backend, self.model, base_url, api_key, engine, options)
         self._owns_backend = isinstance(backend, str)  # a Backend handed in is the caller's to close
         self.output_format: OutputFormat = output_format or "flex"
         self.frames_per_video = frames_per_video
@@ -102,7 +78,7 @@ class Judge:
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.max_string_length = max_string_length
-        self._sync_loop: _LoopThread | None = None
+        self._sync_loop: LoopThread | None = None
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -205,7 +181,7 @@ class Judge:
             self._sync_loop.stop()
             self._sync_loop = None
         else:
-            _run_sync(self.aclose())
+            run_sync(self.aclose())
 
     def __enter__(self) -> Judge:
         return self
@@ -213,9 +189,9 @@ class Judge:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _loop(self) -> _LoopThread:
+    def _loop(self) -> LoopThread:
         if self._sync_loop is None:
-            self._sync_loop = _LoopThread()
+            self._sync_loop = LoopThread()
         return self._sync_loop
 
     # -- internals --------------------------------------------------------------------------------
@@ -298,9 +274,9 @@ class Judge:
             shown += [(two, one, [2, 1]) for one, two in pairs]
         text = render_prompt(self._spec("pair", modality), prompt, prefs)
         custom = prefs.custom_dimensions if prefs is not None else ()
-        schema = _pair_constraint(modality, self.output_format, custom, self.max_string_length)
-        portable = _portable_schema(modality, self.output_format)
-        checked = _checked_model(self.output_format, modality)
+        schema = shared_pair_constraint(modality, self.output_format, custom, self.max_string_length)
+        portable = portable_schema(modality, self.output_format)
+        checked = checked_model(self.output_format, modality)
         requests = [
             self._request(text, first + second, schema, seed, portable, checked) for first, second, _ in shown
         ]
@@ -323,7 +299,7 @@ class Judge:
         prefs: Preferences | None,
         order: list[int],
     ) -> Judgment:
-        judgment = _read(
+        judgment = read_generation(
             lambda: parse(generation.text, format=self.output_format, modality=modality, prompt=prompt),
             generation,
         )
@@ -331,7 +307,7 @@ class Judge:
             update={"candidate_order": order, **self._provenance(generation, prefs)}
         )
         if prefs is not None and prefs.weighted_verdict:
-            judgment = _weighted_verdict(judgment, prefs)
+            judgment = weighted_verdict(judgment, prefs)
         return judgment
 
     async def _point(
@@ -344,9 +320,9 @@ class Judge:
         scale: PointScale,
     ) -> PointwiseJudgment:
         text = render_prompt(self._spec("point", modality), prompt, prefs, low=scale.low, high=scale.high)
-        schema = _point_constraint(modality, scale.low, scale.high, self.max_string_length)
+        schema = shared_point_constraint(modality, scale.low, scale.high, self.max_string_length)
         (generation,) = await self.backend.generate([self._request(text, images, schema, seed)])
-        judgment = _read(lambda: _point_with_scale(generation.text, scale), generation)
+        judgment = read_generation(lambda: point_with_scale(generation.text, scale), generation)
         judgment.meta = judgment.meta.model_copy(update=self._provenance(generation, prefs))
         return judgment
 
@@ -375,176 +351,7 @@ class Judge:
         judgments = await self._judge_pairs(
             prompt, [(media[i], media[j]) for i, j in pairs], modality, prefs, swap, seed
         )
-        wins = [0.0] * len(media)
-        for (i, j), judgment in zip(pairs, judgments, strict=True):
-            winner = judgment.verdict.winner
-            if winner is None:
-                wins[i] += 0.5
-                wins[j] += 0.5
-            else:
-                wins[i if winner == 1 else j] += 1.0
-        rate = [w / (len(media) - 1) for w in wins]
-        order = sorted(range(len(media)), key=lambda k: -rate[k])
-        return Ranking(
-            order=[k + 1 for k in order],
-            win_rate=rate,
-            pairs=[
-                RankedPair(first=i + 1, second=j + 1, judgment=jd)
-                for (i, j), jd in zip(pairs, judgments, strict=True)
-            ],
-        )
-
-
-@functools.lru_cache(maxsize=64)
-def _pair_constraint(
-    modality: Modality, output_format: OutputFormat, custom: tuple[str, ...], max_string_length: int | None
-) -> dict[str, Any]:
-    # Built once per shape and shared (backends treat request schemas as read-only): building one
-    # deep-copies a few hundred nodes, which would otherwise be paid on every judgment.
-    return pair_constraint(
-        modality, output_format, custom_dimensions=custom, max_string_length=max_string_length
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _point_constraint(
-    modality: Modality, low: int, high: int, max_string_length: int | None
-) -> dict[str, Any]:
-    # Keyed by the scale's bounds (a PointScale is not hashable); shared and read-only, like the pair one.
-    scale = PointScale(low=low, high=high)
-    return point_constraint(modality, scale, max_string_length=max_string_length)
-
-
-@functools.lru_cache(maxsize=4)
-def _checked_model(output_format: OutputFormat, modality: Modality) -> type[BaseModel]:
-    """The wire model plus the method's rules as a validator: what instructor re-asks against."""
-    from pydantic import model_validator
-
-    from flexjudge.checks import check
-    from flexjudge.formats.flex import FlexOutput
-
-    base: type[BaseModel] = FlexOutput if output_format == "flex" else Judgment
-
-    class Checked(base):  # type: ignore[valid-type, misc]
-        @classmethod
-        def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            # instructor sends this as the response format: the strict wire schema (exact winners,
-            # enumerated scores), not the lenient reading model's.
-            return _portable_schema(modality, output_format)
-
-        @model_validator(mode="after")
-        def _method_rules(self) -> Any:
-            try:
-                text = self.model_dump_json(exclude={"meta"})
-                judgment = parse(text, format=output_format, modality=modality)
-            except ParseError as exc:  # a ValueError is what instructor feeds back to the model
-                raise ValueError(f"unreadable judgment: {exc}") from None
-            errors = [f"{f.path}: {f.message}" for f in check(judgment) if f.severity == "error"]
-            if errors:
-                raise ValueError("the judgment breaks the method's rules: " + "; ".join(errors))
-            return self
-
-    Checked.__name__ = f"Checked{base.__name__}"
-    return Checked
-
-
-@functools.lru_cache(maxsize=8)
-def _portable_schema(modality: Modality, output_format: OutputFormat) -> dict[str, Any]:
-    return flex_schema(modality) if output_format == "flex" else native_pair_schema(modality)
-
-
-def _point_with_scale(text: str, scale: PointScale) -> PointwiseJudgment:
-    judgment = parse_pointwise(text)
-    if judgment.scale != scale:  # the wire format leaves the scale out: it is the caller's
-        judgment = PointwiseJudgment.model_validate({**judgment.content(), "scale": scale.model_dump()})
-    return judgment
-
-
-def _read(read: Callable[[], T], generation: Generation) -> T:
-    """Parse a generation; a token budget that ran out is reported as truncation, whatever broke."""
-    try:
-        return read()
-    except TruncatedOutput:
-        raise
-    except ParseError as exc:
-        if generation.finish_reason == "length":
-            raise TruncatedOutput(
-                f"the token budget ran out before the judgment was complete ({exc.reason})",
-                offset=exc.offset,
-                partial_text=generation.text,
-                format=exc.format,
-            ) from exc
-        raise
-
-
-def _weighted_verdict(judgment: Judgment, prefs: Preferences) -> Judgment:
-    votes = {1: 0.0, 2: 0.0}
-    for dim in judgment.dimensions:
-        if dim.winner is not None:
-            votes[dim.winner] += prefs.weight(dim.name)
-    winner = 1 if votes[1] > votes[2] else 2 if votes[2] > votes[1] else None
-    return judgment.model_copy(
-        update={
-            "verdict": Verdict(analysis=judgment.verdict.analysis, winner=winner),
-            "meta": judgment.meta.model_copy(update={"verdict_rule": "weighted"}),
-        }
-    )
-
-
-def _make_backend(
-    backend: str | Backend,
-    model: str,
-    base_url: str | None,
-    api_key: str | None,
-    engine: str | None,
-    options: dict[str, Any],
-) -> Backend:
-    if not isinstance(backend, str):
-        return backend
-    url = base_url or os.environ.get(BASE_URL_ENV)
-    name = backend if backend != "auto" else ("openai" if url else "transformers")
-    if name == "openai":
-        if not url:
-            raise FlexjudgeError(
-                f"backend 'openai' needs base_url= or the {BASE_URL_ENV} environment variable"
-            )
-        from flexjudge.backends.openai import OpenAIBackend
-
-        return OpenAIBackend(url, model=model, api_key=api_key, **options)
-    if name == "transformers":
-        from flexjudge.backends.transformers import TransformersBackend
-
-        options.pop("max_concurrency", None)  # one process, one model: batching replaces concurrency
-        return TransformersBackend(model, engine=engine, **options)  # type: ignore[arg-type]
-    raise FlexjudgeError(f"unknown backend {backend!r}; expected 'auto', 'transformers' or 'openai'")
-
-
-class _LoopThread:
-    """An event loop running in a daemon thread, for the synchronous facade of one Judge."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="flexjudge-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
-
-
-def _run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from synchronous code, even inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    # A loop already runs in this thread (a notebook, an async server): run ours in a worker thread.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+        return rank_by_win_rate(len(media), pairs, judgments)
 
 
 async def ajudge(
@@ -573,7 +380,7 @@ def judge(prompt: str, candidates: Sequence[Any], **options: Any) -> Any:
     output_format ("flex" | "native"), mode, preferences, swap, seed, modality, scale, engine,
     frames_per_video, limits, template, max_new_tokens, temperature, max_concurrency.
     """
-    return _run_sync(ajudge(prompt, candidates, **options))
+    return run_sync(ajudge(prompt, candidates, **options))
 
 
 _JUDGE_OPTIONS = frozenset(

@@ -9,7 +9,7 @@ from flexjudge.checks import Finding
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from flexjudge.judge import Ranking
+    from flexjudge.ranking import Ranking
     from flexjudge.schema import Judgment, PointwiseJudgment
 
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import flexjudge
-from flexjudge.constraints import ENFORCED_FINDINGS
+from flexjudge.constraints import ENFORCED_FINDINGS, enforced_findings
 from flexjudge.judge import Judge
 
 pytest.importorskip("transformers")
@@ -42,7 +42,8 @@ def _images(n: int = 2) -> list[Image.Image]:
 
 
 def _grammar_breaks(judgment: flexjudge.Judgment) -> list[flexjudge.Finding]:
-    return [f for f in flexjudge.check(judgment) if f.code in ENFORCED_FINDINGS]
+    """Findings the default engine's grammar rules out (llguidance: winners follow scores too)."""
+    return [f for f in flexjudge.check(judgment) if f.code in enforced_findings("llguidance")]
 
 
 def test_pair_judgment_is_valid_and_reproducible(judge: Judge) -> None:

@@ -212,7 +212,14 @@ def _compile_with(engine: Engine, table: Any, schema_json: str) -> Any:
     if engine == "llguidance":
         from llguidance import LLMatcher
 
-        grammar = LLMatcher.grammar_from_json_schema(schema_json, defaults={"whitespace_flexible": False})
+        from flexjudge.grammar import lark_grammar
+
+        # Judgment schemas become a grammar that also makes each dimension winner follow its scores.
+        lark = lark_grammar(json.loads(schema_json))
+        if lark is not None:
+            grammar = LLMatcher.grammar_from_lark(lark)
+        else:
+            grammar = LLMatcher.grammar_from_json_schema(schema_json, defaults={"whitespace_flexible": False})
         is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, table)
         if is_error:
             raise BackendError(

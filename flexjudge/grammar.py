@@ -1,0 +1,232 @@
+"""A decoding constraint as a context-free grammar: what JSON Schema cannot say, a grammar can.
+
+`lark_grammar(schema)` turns a pairwise constraint from `flexjudge.constraints` into an llguidance Lark
+grammar that accepts exactly the compact JSON the schema accepts, with one more rule: **a dimension's
+winner follows its scores.** After a dimension's criteria the grammar knows the running margin
+sum(score_1 - score_2) (a finite state: at most 5 criteria of a 10-point split), so the winner that
+follows may only be candidate 1 when the margin is positive and candidate 2 when it is negative (either
+on a tie). JSON Schema has no way to relate one value to a sum of others.
+
+The schema stays the one definition: the grammar is derived from it, and schemas without split criteria
+(pointwise, user schemas) are left to the engines' JSON Schema support (`lark_grammar` returns None).
+Supported keywords are the ones `flexjudge.constraints` emits: objects with every property required and
+no others, arrays (`items`, `prefixItems`, `minItems`, `maxItems`), strings (`const`, `enum`,
+`minLength`, `maxLength`), integers, `enum`, `const`, `anyOf`; anything else raises `ValueError`.
+The output is compact JSON (no whitespace), as the engines emit under `whitespace_flexible: false`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["WINNER_AFTER", "lark_grammar"]
+
+WINNER_AFTER = {"dims": "cat_winner", "criteria": "winner"}
+"""Criteria array -> the dimension winner that follows it (flex wire format, native format)."""
+
+_SCORES = ("score_1", "score_2")
+_KEYWORDS = {
+    *("type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems"),
+    *("maxItems", "enum", "const", "anyOf", "minLength", "maxLength"),
+}
+_CHAR = r"/(\\([\"\\\/bfnrt]|u[a-fA-F0-9]{4})|[^\"\\\x00-\x1F\x7F])/"
+
+
+def lark_grammar(schema: dict[str, Any]) -> str | None:
+    """The Lark grammar for `schema` with winners that follow the scores, or None when `schema` holds no
+    split criteria (nothing to add to JSON Schema)."""
+    if not _has_split(schema):
+        return None
+    builder = _Builder()
+    start = builder.value(schema)
+    return "\n".join([f"start: {start}", f"JSON_CHAR: {_CHAR}", *builder.rules]) + "\n"
+
+
+def _has_split(node: Any) -> bool:
+    if isinstance(node, dict):
+        return _split_shares(node) is not None or any(_has_split(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_split(v) for v in node)
+    return False
+
+
+def _split_shares(items: Any) -> list[tuple[int, dict[str, Any]]] | None:
+    """For `anyOf` criterion alternatives with constant scores summing to 10: (score_1, alternative) each."""
+    if not isinstance(items, dict) or set(items) != {"anyOf"}:
+        return None
+    shares = []
+    for option in items["anyOf"]:
+        properties = option.get("properties", {}) if isinstance(option, dict) else {}
+        consts = [properties.get(key, {}).get("const") for key in _SCORES]
+        if not all(isinstance(c, int) for c in consts) or sum(consts) != 10:
+            return None
+        shares.append((consts[0], option))
+    return shares
+
+
+def _literal(json_text: str) -> str:
+    """A Lark string literal matching `json_text` exactly."""
+    return json.dumps(json_text, ensure_ascii=False)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class _Builder:
+    """Rules for each distinct sub-schema, named r0, r1, ...; identical sub-schemas share one rule."""
+
+    def __init__(self) -> None:
+        self.rules: list[str] = []
+        self._names: dict[str, str] = {}
+        self._strings: dict[tuple[int, int | None], str] = {}
+
+    def _name(self, key: Any) -> tuple[str, bool]:
+        """The rule name for `key` and whether it is new (then the caller appends its rule)."""
+        text = _json(key)
+        if text in self._names:
+            return self._names[text], False
+        name = self._names[text] = f"r{len(self._names)}"
+        return name, True
+
+    def value(self, node: Any) -> str:
+        """A Lark expression for one JSON value matching `node`."""
+        if not isinstance(node, dict):
+            raise ValueError(f"unsupported schema node {node!r}")
+        node = {k: v for k, v in node.items() if k not in ("description", "title")}
+        unknown = set(node) - _KEYWORDS
+        if unknown:
+            raise ValueError(f"unsupported schema keyword(s): {', '.join(sorted(unknown))}")
+        if "const" in node:
+            return _literal(_json(node["const"]))
+        if "enum" in node:
+            return "(" + " | ".join(_literal(_json(v)) for v in node["enum"]) + ")"
+        kind = node.get("type")
+        if kind == "string":
+            return self._string(int(node.get("minLength", 0)), node.get("maxLength"))
+        if kind == "integer":
+            return self._string_rule("INT", "/-?(0|[1-9][0-9]*)/")
+        if "anyOf" not in node and kind not in ("object", "array"):
+            raise ValueError(f"unsupported schema node {node!r}")
+        name, new = self._name(node)
+        if new:
+            if "anyOf" in node:
+                body = " | ".join(self.value(v) for v in node["anyOf"])
+            elif kind == "object":
+                body = self._object(node)
+            else:
+                body = self._array(node)
+            self.rules.append(f"{name}: {body}")
+        return name
+
+    def _string_rule(self, name: str, body: str) -> str:
+        if f"{name}: {body}" not in self.rules:
+            self.rules.append(f"{name}: {body}")
+        return name
+
+    def _string(self, low: int, high: int | None) -> str:
+        key = (low, high)
+        if key not in self._strings:
+            self._strings[key] = f"STRING_{len(self._strings)}"
+            bounds = "*" if (low, high) == (0, None) else f"{{{low},{'' if high is None else high}}}"
+            self.rules.append(f'{self._strings[key]}: "\\"" JSON_CHAR{bounds} "\\""')
+        return self._strings[key]
+
+    def _members(self, properties: dict[str, Any], keys: list[str], first: bool) -> list[str]:
+        """`"key":value` for each key, comma-separated (a leading comma unless `first`)."""
+        return [
+            _literal(("" if first and i == 0 else ",") + _json(key) + ":") + " " + self.value(properties[key])
+            for i, key in enumerate(keys)
+        ]
+
+    def _object(self, node: dict[str, Any]) -> str:
+        properties: dict[str, Any] = node.get("properties", {})
+        if set(node.get("required", ())) != set(properties) or node.get("additionalProperties") is not False:
+            raise ValueError("only objects with every property required and no others are supported")
+        keys = list(properties)
+        for i, key in enumerate(keys):
+            winner = WINNER_AFTER.get(key)
+            shares = _split_shares(properties[key].get("items")) if winner else None
+            if shares is not None and winner in keys[i + 1 :]:
+                before = self._members(properties, keys[:i], first=True)
+                label = _literal(("," if i else "") + _json(key) + ":")
+                criteria = self._criteria(properties[key], shares, properties, keys[i + 1 :], winner)
+                return " ".join(['"{"', *before, label, criteria])
+        return " ".join(['"{"', *self._members(properties, keys, first=True), '"}"'])
+
+    def _array(self, node: dict[str, Any]) -> str:
+        prefix = [self.value(item) for item in node.get("prefixItems", ())]
+        items = node.get("items", True)
+        low, high = int(node.get("minItems", 0)), node.get("maxItems")
+        if low < len(prefix):
+            raise ValueError("arrays whose prefixItems may be cut short are not supported")
+        if items is True:
+            raise ValueError("arrays need an items schema")
+        if items is False or (high is not None and high <= len(prefix)):
+            return " ".join(['"["', ' "," '.join(prefix) or "", '"]"']).replace('"["  "]"', '"[" "]"')
+        item = self.value(items)
+        required = prefix + [item] * max(low - len(prefix), 0)
+        optional = None if high is None else high - len(required)
+        if required:
+            tail = f'("," {item})' + ("*" if optional is None else f"{{0,{optional}}}")
+            return '"[" ' + ' "," '.join(required) + f" {tail} " + '"]"'
+        more = f'("," {item})' + ("*" if optional is None else f"{{0,{optional - 1}}}")
+        return f'"[" ({item} {more})? "]"'
+
+    def _criteria(
+        self,
+        array: dict[str, Any],
+        shares: list[tuple[int, dict[str, Any]]],
+        properties: dict[str, Any],
+        rest: list[str],
+        winner: str,
+    ) -> str:
+        """`[criteria]` and every property after it, the winner decided by the running margin."""
+        low, high = int(array.get("minItems", 1)), int(array.get("maxItems", 5))
+        if low < 1 or high > 8:
+            raise ValueError("split criteria arrays need 1 to 8 items")
+        name, new = self._name({"criteria": array, "rest": {k: properties[k] for k in rest}})
+        if not new:
+            return name
+        # Every criterion shares the part before its scores; each share is one literal closing it.
+        first = shares[0][1]
+        keys = list(first["properties"])
+        if keys[-2:] != list(_SCORES) or any(list(o["properties"])[:-2] != keys[:-2] for _, o in shares):
+            raise ValueError("split criteria must share their properties and end with score_1, score_2")
+        head, _ = self._name({"criterion head": {k: first["properties"][k] for k in keys[:-2]}})
+        self.rules.append(f'{head}: "{{" ' + " ".join(self._members(first["properties"], keys[:-2], True)))
+        sep = "," if len(keys) > 2 else ""
+        tails = [(share, _literal(f'{sep}"score_1":{share},"score_2":{10 - share}}}')) for share, _ in shares]
+        endings = {sign: self._rest(properties, rest, winner, sign) for sign in (1, -1, 0)}
+
+        def state(count: int, margin: int) -> str:
+            return f"{name}_{count}_{'m' if margin < 0 else 'p'}{abs(margin)}"
+
+        def step(count: int, margin: int) -> str:
+            options = [f"{tail} {state(count + 1, margin + 2 * share - 10)}" for share, tail in tails]
+            return f"{head} ({' | '.join(options)})"
+
+        self.rules.append(f'{name}: "[" {step(0, 0)}')
+        for count in range(1, high + 1):
+            for margin in range(-10 * count, 10 * count + 1, 2):
+                alternatives = ['"," ' + step(count, margin)] if count < high else []
+                if count >= low:
+                    alternatives.append('"]" ' + endings[(margin > 0) - (margin < 0)])
+                self.rules.append(f"{state(count, margin)}: " + " | ".join(alternatives))
+        return name
+
+    def _rest(self, properties: dict[str, Any], rest: list[str], winner: str, sign: int) -> str:
+        """The properties after the criteria and the closing brace, the winner limited by `sign`."""
+        parts = []
+        for key in rest:
+            label = _literal("," + _json(key) + ":")
+            if key != winner:
+                parts.append(f"{label} {self.value(properties[key])}")
+                continue
+            values = properties[key].get("enum")
+            if not isinstance(values, list) or len(values) < 2:
+                raise ValueError(f"{winner} must be an enum whose first two values are candidates 1 and 2")
+            allowed = [values[0]] if sign > 0 else [values[1]] if sign < 0 else values
+            parts.append(f"{label} (" + " | ".join(_literal(_json(v)) for v in allowed) + ")")
+        return " ".join([*parts, '"}"'])

@@ -1,0 +1,130 @@
+"""From a request to a judgment: the constraint each request carries, and reading what comes back.
+
+Constraints are built once per shape and shared (backends treat request schemas as read-only). Reading
+turns a generation into a typed judgment: a token budget that ran out is reported as `TruncatedOutput`
+whatever broke, and instructor re-asks against `checked_model`, the wire model plus the method's rules.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from flexjudge.anchors import Modality
+from flexjudge.backends.base import Generation
+from flexjudge.constraints import OutputFormat, pair_constraint, point_constraint
+from flexjudge.errors import ParseError, TruncatedOutput
+from flexjudge.formats import parse, parse_pointwise
+from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Preferences, Verdict
+from flexjudge.wire_schemas import flex_schema, native_pair_schema
+
+T = TypeVar("T")
+
+__all__ = [
+    "checked_model",
+    "point_with_scale",
+    "portable_schema",
+    "read_generation",
+    "shared_pair_constraint",
+    "shared_point_constraint",
+    "weighted_verdict",
+]
+
+
+@functools.lru_cache(maxsize=64)
+def shared_pair_constraint(
+    modality: Modality, output_format: OutputFormat, custom: tuple[str, ...], max_string_length: int | None
+) -> dict[str, Any]:
+    # Built once per shape and shared (backends treat request schemas as read-only): building one
+    # deep-copies a few hundred nodes, which would otherwise be paid on every judgment.
+    return pair_constraint(
+        modality, output_format, custom_dimensions=custom, max_string_length=max_string_length
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def shared_point_constraint(
+    modality: Modality, low: int, high: int, max_string_length: int | None
+) -> dict[str, Any]:
+    # Keyed by the scale's bounds (a PointScale is not hashable); shared and read-only, like the pair one.
+    scale = PointScale(low=low, high=high)
+    return point_constraint(modality, scale, max_string_length=max_string_length)
+
+
+@functools.lru_cache(maxsize=4)
+def checked_model(output_format: OutputFormat, modality: Modality) -> type[BaseModel]:
+    """The wire model plus the method's rules as a validator: what instructor re-asks against."""
+    from pydantic import model_validator
+
+    from flexjudge.checks import check
+    from flexjudge.formats.flex import FlexOutput
+
+    base: type[BaseModel] = FlexOutput if output_format == "flex" else Judgment
+
+    class Checked(base):  # type: ignore[valid-type, misc]
+        @classmethod
+        def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            # instructor sends this as the response format: the strict wire schema (exact winners,
+            # enumerated scores), not the lenient reading model's.
+            return portable_schema(modality, output_format)
+
+        @model_validator(mode="after")
+        def _method_rules(self) -> Any:
+            try:
+                text = self.model_dump_json(exclude={"meta"})
+                judgment = parse(text, format=output_format, modality=modality)
+            except ParseError as exc:  # a ValueError is what instructor feeds back to the model
+                raise ValueError(f"unreadable judgment: {exc}") from None
+            errors = [f"{f.path}: {f.message}" for f in check(judgment) if f.severity == "error"]
+            if errors:
+                raise ValueError("the judgment breaks the method's rules: " + "; ".join(errors))
+            return self
+
+    Checked.__name__ = f"Checked{base.__name__}"
+    return Checked
+
+
+@functools.lru_cache(maxsize=8)
+def portable_schema(modality: Modality, output_format: OutputFormat) -> dict[str, Any]:
+    return flex_schema(modality) if output_format == "flex" else native_pair_schema(modality)
+
+
+def point_with_scale(text: str, scale: PointScale) -> PointwiseJudgment:
+    judgment = parse_pointwise(text)
+    if judgment.scale != scale:  # the wire format leaves the scale out: it is the caller's
+        judgment = PointwiseJudgment.model_validate({**judgment.content(), "scale": scale.model_dump()})
+    return judgment
+
+
+def read_generation(read: Callable[[], T], generation: Generation) -> T:
+    """Parse a generation; a token budget that ran out is reported as truncation, whatever broke."""
+    try:
+        return read()
+    except TruncatedOutput:
+        raise
+    except ParseError as exc:
+        if generation.finish_reason == "length":
+            raise TruncatedOutput(
+                f"the token budget ran out before the judgment was complete ({exc.reason})",
+                offset=exc.offset,
+                partial_text=generation.text,
+                format=exc.format,
+            ) from exc
+        raise
+
+
+def weighted_verdict(judgment: Judgment, prefs: Preferences) -> Judgment:
+    votes = {1: 0.0, 2: 0.0}
+    for dim in judgment.dimensions:
+        if dim.winner is not None:
+            votes[dim.winner] += prefs.weight(dim.name)
+    winner = 1 if votes[1] > votes[2] else 2 if votes[2] > votes[1] else None
+    return judgment.model_copy(
+        update={
+            "verdict": Verdict(analysis=judgment.verdict.analysis, winner=winner),
+            "meta": judgment.meta.model_copy(update={"verdict_rule": "weighted"}),
+        }
+    )
