@@ -187,3 +187,14 @@ def test_every_shape_compiles_without_warnings(table: Any) -> None:
         grammar = llguidance.LLMatcher.grammar_from_lark(lark)
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, table)
         assert not is_error and not messages, messages
+
+
+def test_backend_falls_back_to_json_schema_when_the_grammar_cannot_be_built() -> None:
+    from flexjudge.backends.transformers import TransformersBackend
+
+    schema = pair_constraint("image", "flex", max_string_length=4)
+    schema["properties"]["prompt"] = {"type": "string", "maxLength": 4, "pattern": "^[a-z]*$"}
+    with pytest.raises(ValueError, match="unsupported"):
+        lark_grammar(schema)
+    backend = TransformersBackend("tiny-random", engine="llguidance")
+    assert backend.compile(schema) > 0  # compiled, as JSON Schema
