@@ -4,8 +4,9 @@
 A random-weight model is the worst case for a constraint: nothing but the grammar keeps its output in
 shape. Each run samples at temperature 1 with its own seed, so the N outputs differ. Counted per run:
 the text reads in strict mode, the rules the grammar enforces hold (split, anchors, criteria counts),
-and whether `check` finds any error at all (unique criterion names are beyond any grammar; winners that
-follow the scores are beyond JSON Schema, and enforced by the llguidance grammar).
+and whether `check` finds any error at all. Winners that follow the scores are beyond JSON Schema and
+enforced by the llguidance grammar; unique criterion names are beyond any grammar and kept by the
+backend's name guard, which must give way when a repeat is the only text the length bound still allows.
 
     python benchmarks/validity.py --runs 100 [--format flex|native] [--engine llguidance] [--record]
 """

@@ -10,7 +10,9 @@ JSON Schema (llguidance, outlines-core, xgrammar, vLLM's structured outputs) get
 - 3 to 5 criteria per dimension, each with a non-empty name.
 
 The llguidance engine decodes this schema as a grammar (`flexjudge.grammar`) that also makes every
-dimension winner follow its criteria's scores, which JSON Schema cannot express.
+dimension winner follow its criteria's scores, which JSON Schema cannot express. The transformers backend
+also keeps criterion names unique within a dimension while decoding (`backends/_names.py`), on every
+engine; no grammar can.
 
 One definition feeds every engine. `flexjudge.check` re-checks the same rules after decoding.
 `max_string_length` bounds every string: only for random-weight test models (a real judge closes its

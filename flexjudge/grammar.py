@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["WINNER_AFTER", "lark_grammar"]
+__all__ = ["WINNER_AFTER", "has_split_criteria", "lark_grammar"]
 
 WINNER_AFTER = {"dims": "cat_winner", "criteria": "winner"}
 """Criteria array -> the dimension winner that follows it (flex wire format, native format)."""
@@ -36,18 +36,19 @@ _CHAR = r"/(\\([\"\\\/bfnrt]|u[a-fA-F0-9]{4})|[^\"\\\x00-\x1F\x7F])/"
 def lark_grammar(schema: dict[str, Any]) -> str | None:
     """The Lark grammar for `schema` with winners that follow the scores, or None when `schema` holds no
     split criteria (nothing to add to JSON Schema)."""
-    if not _has_split(schema):
+    if not has_split_criteria(schema):
         return None
     builder = _Builder()
     start = builder.value(schema)
     return "\n".join([f"start: {start}", f"JSON_CHAR: {_CHAR}", *builder.rules]) + "\n"
 
 
-def _has_split(node: Any) -> bool:
+def has_split_criteria(node: Any) -> bool:
+    """Whether a schema holds criteria with a 10-point split (the judgment constraints do)."""
     if isinstance(node, dict):
-        return _split_shares(node) is not None or any(_has_split(v) for v in node.values())
+        return _split_shares(node) is not None or any(has_split_criteria(v) for v in node.values())
     if isinstance(node, list):
-        return any(_has_split(v) for v in node)
+        return any(has_split_criteria(v) for v in node)
     return False
 
 

@@ -162,3 +162,27 @@ def test_judge_end_to_end_under_each_installed_engine(engine: str) -> None:
         judgment = judge.judge("a red square", _images(), seed=9)
     assert _grammar_breaks(judgment) == [] and judgment.meta.constrained is True
     assert flexjudge.parse(judgment.meta.raw_text or "", strict=True).content() == judgment.content()
+
+
+def test_criterion_names_stay_unique_while_decoding(backend: TransformersBackend) -> None:
+    """Seeds on which the random model repeats a criterion name when nothing stops it."""
+    seeds = (23, 26, 53)
+    images = [Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
+
+    def repeats(judge_backend: TransformersBackend) -> list[int]:
+        with Judge(
+            "tiny-random",
+            backend=judge_backend,
+            temperature=1.0,
+            max_string_length=8,
+            max_new_tokens=1500,
+        ) as judge:
+            judgments = [judge.judge("a red square beside a blue one", images, seed=s) for s in seeds]
+        return [
+            seed
+            for seed, judgment in zip(seeds, judgments, strict=True)
+            if any(f.code == "duplicate_name" for f in flexjudge.check(judgment))
+        ]
+
+    assert repeats(TransformersBackend("tiny-random", unique_names=False)) == list(seeds)
+    assert repeats(backend) == []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from flexjudge.backends._names import Closers, NameGuard
 from flexjudge.errors import BackendError
 
 if TYPE_CHECKING:
@@ -354,10 +355,20 @@ class _ConstraintProcessor:
     """
 
     def __init__(
-        self, engine: Engine, artefact: Any, width: int, stops: frozenset[int], *, overlap: bool = True
+        self,
+        engine: Engine,
+        artefact: Any,
+        width: int,
+        stops: frozenset[int],
+        *,
+        overlap: bool = True,
+        names: Closers | None = None,
     ) -> None:
         self.engine, self.artefact, self.width, self.stops = engine, artefact, width, stops
         self.overlap = overlap
+        self.names = names
+        """Set for judgment schemas: criterion names are kept unique (`_names.NameGuard`)."""
+        self.guard: NameGuard | None = None
         self.rows: _Rows | None = None
         self.done: list[bool] = []
         self.errors: dict[int, str] = {}
@@ -406,6 +417,7 @@ class _ConstraintProcessor:
         start = time.perf_counter()
         if self.rows is None:
             self.rows = _Rows(self.engine, self.artefact, batch)
+            self.guard = NameGuard(self.names, batch) if self.names is not None else None
             self.done = [False] * batch
             self.bitmask = torch.full((batch, (self.width + 31) // 32), -1, dtype=torch.int32)
         else:
@@ -413,6 +425,8 @@ class _ConstraintProcessor:
                 if self.done[i]:
                     continue
                 error = None if token in self.stops else self.rows.advance(i, token)
+                if error is None and self.guard is not None:
+                    self.guard.feed(i, token)
                 if token in self.stops or error is not None:
                     # Finished (or broken) rows get padding from `generate`; an all-ones mask keeps their
                     # logits finite so sampling never sees a row of -inf.
@@ -423,6 +437,8 @@ class _ConstraintProcessor:
         live = [i for i in range(batch) if not self.done[i]]
         if live:
             self.rows.fill(self.bitmask, live)
+            if self.guard is not None:
+                self.guard.restrict(self.bitmask, live)
         self._forbidden = _forbidden(self.bitmask, self.width) if on_cpu else None
         self.mask_seconds += time.perf_counter() - start
 

@@ -47,8 +47,10 @@ from flexjudge.backends._engines import (
     clear_compile_cache,
     compile_cache_stats,
 )
+from flexjudge.backends._names import closers
 from flexjudge.backends.base import Generation, ImagePart, Request, TextPart, Usage
 from flexjudge.errors import BackendError
+from flexjudge.grammar import has_split_criteria
 
 if TYPE_CHECKING:
     import torch
@@ -90,6 +92,8 @@ class TransformersBackend:
     so random-weight models close strings and containers early; None means on (15) for tiny-random, off
     otherwise. Loading happens here, synchronously; `generate` runs off the event loop.
 
+    `unique_names` keeps the criterion names of a dimension distinct while decoding a judgment (see
+    `_names.py`: no grammar can); `Generation.extra["name_guard_masked"]` counts the tokens it masked.
     `overlap_masks` computes each step's mask on a worker thread while the forward pass runs (see
     `_ConstraintProcessor`); off, after the forward pass, as Outlines does. None (the default): on for
     accelerators, off on CPU, as measured (`benchmarks/constrained.py`).
@@ -115,6 +119,7 @@ class TransformersBackend:
         max_batch_size: int = 8,
         closing_bias: float | None = None,
         overlap_masks: bool | None = None,
+        unique_names: bool = True,
     ) -> None:
         if engine is not None and engine not in get_args(Engine):
             raise ValueError(
@@ -158,6 +163,8 @@ class TransformersBackend:
         if closing_bias is None:
             closing_bias = 15.0 if self.model in _TINY_ALIASES else 0.0
         self._free_bias, self._json_bias = _biases(self._tok, closing_bias)
+        self.unique_names = unique_names
+        self._closers = closers((self._tok.key, self._tok.width), _token_texts(self._tok))
 
     @staticmethod
     def _resolve(model: str) -> Path | str:
@@ -248,7 +255,12 @@ class TransformersBackend:
         if first.schema is not None:
             artefact, seconds, cached = _compile(self.engine, self._tok, first.schema)
             constraint = _ConstraintProcessor(
-                self.engine, artefact, self._tok.width, frozenset(self._tok.stops), overlap=self.overlap_masks
+                self.engine,
+                artefact,
+                self._tok.width,
+                frozenset(self._tok.stops),
+                overlap=self.overlap_masks,
+                names=self._closers if self.unique_names and _judgment_schema(first.schema) else None,
             )
             processors = [_AddBias(self._json_bias), constraint]
             extra = {"engine": self.engine, "compile_s": 0.0 if cached else seconds, "compile_cached": cached}
@@ -292,6 +304,8 @@ class TransformersBackend:
             error = constraint.errors.get(i) if constraint else None
             if error is not None:
                 row_extra["constraint_error"] = error
+            if constraint is not None and constraint.guard is not None:
+                row_extra["name_guard_masked"] = constraint.guard.masked
             if constraint is not None and constraint.steps:
                 row_extra["mask_ms_per_step"] = 1000 * constraint.mask_seconds / constraint.steps
                 row_extra["mask_wait_ms_per_step"] = 1000 * constraint.wait_seconds / constraint.steps
@@ -312,7 +326,34 @@ class TransformersBackend:
         return generations
 
 
+_judgment_schemas: dict[str, bool] = {}
+
+
+def _judgment_schema(schema: dict[str, Any]) -> bool:
+    """Whether `schema` is a judgment constraint (criteria with a split), remembered per schema."""
+    key = _schema_hash(schema)
+    if key not in _judgment_schemas:
+        _judgment_schemas[key] = has_split_criteria(schema)
+    return _judgment_schemas[key]
+
+
 _bias_cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+_text_cache: dict[tuple[Any, ...], list[str]] = {}
+
+
+def _token_texts(tok: _TokenizerView) -> list[str]:
+    """Each token's text by id ("" for special tokens and ids past the tokenizer), built once."""
+    key = (tok.key, tok.width)
+    with _cache_lock:
+        if key in _text_cache:
+            return _text_cache[key]
+    texts = [""] * tok.width
+    for token, token_id in tok.hf.get_vocab().items():
+        if token_id < tok.width and token_id not in tok.special:
+            texts[token_id] = tok.hf.convert_tokens_to_string([token])
+    with _cache_lock:
+        _text_cache[key] = texts
+    return texts
 
 
 def _biases(tok: _TokenizerView, closing: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,14 +369,15 @@ def _biases(tok: _TokenizerView, closing: float) -> tuple[torch.Tensor, torch.Te
     # than the stop tokens never belong in an answer.
     free = [inf] * tok.width
     schema = [inf] * tok.width
-    for token, token_id in tok.hf.get_vocab().items():
+    texts = _token_texts(tok)
+    for token_id in tok.hf.get_vocab().values():
         if token_id >= tok.width:
             continue
         if token_id in tok.stops or token_id not in tok.special:
             free[token_id] = schema[token_id] = 0.0
         if token_id in tok.special:
             continue
-        text = tok.hf.convert_tokens_to_string([token])
+        text = texts[token_id]
         if any(ord(c) < 0x20 for c in text):
             schema[token_id] = inf
         elif closing and text.startswith('"'):

@@ -1,0 +1,125 @@
+"""Unique criterion names while decoding (`flexjudge.backends._names`): the cursor follows compact JSON
+token by token, and the guard masks exactly the closing tokens that would repeat a name."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from flexjudge.backends._names import Closers, NameGuard, _Cursor, closers  # noqa: E402
+
+FLEX = {
+    "prompt": "p",
+    "categories": [
+        {
+            "name": "A. Semantic",
+            "dims": [
+                {"name": "Colour (red)", "reason_1": "x", "reason_2": "y", "score_1": 6, "score_2": 4},
+                {"name": 'say "hi"', "reason_1": "x", "reason_2": "y", "score_1": 5, "score_2": 5},
+            ],
+            "cat_reason": "z",
+            "cat_winner": "Image 1",
+        },
+        {
+            "name": "B. Quality",
+            "dims": [{"name": "colour RED", "reason_1": "", "reason_2": "", "score_1": 1, "score_2": 9}],
+            "cat_reason": "",
+            "cat_winner": "Image 2",
+        },
+    ],
+    "reason": "r",
+    "winner": "Image 1",
+}
+
+
+def _pieces(text: str, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    out, i = [], 0
+    while i < len(text):
+        step = rng.randint(1, 4)
+        out.append(text[i : i + step])
+        i += step
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cursor_collects_names_per_dimension_whatever_the_token_boundaries(seed: int) -> None:
+    text = json.dumps(FLEX, separators=(",", ":"))
+    cursor = _Cursor()
+    seen: list[Any] = []
+    for piece in _pieces(text, seed):
+        cursor.feed(piece)
+        state = cursor.open_name()
+        if state is not None:
+            seen.append((state[0], list(state[1])))
+    # Only criterion names open (never dimension names, reasons or keys), each with the earlier names of
+    # its own dimension, canonicalised; an escaped quote does not close a name.
+    expected = {"Colour (red)": [], 'say "hi"': ["colour red"], "colour RED": []}
+    matched = set()
+    for so_far, earlier in seen:
+        if not so_far:
+            continue
+        (name,) = [n for n in expected if n.startswith(so_far)]
+        assert earlier == expected[name], (so_far, earlier)
+        matched.add(name)
+    assert matched == set(expected)
+
+
+def _table(texts: list[str]) -> Closers:
+    return closers(("test", tuple(texts)), texts)
+
+
+def _mask_after(texts: list[str], fed: list[int]) -> list[bool]:
+    guard = NameGuard(_table(texts), 1)
+    for token in fed:
+        guard.feed(0, token)
+    bitmask = torch.full((1, (len(texts) + 31) // 32), -1, dtype=torch.int32)
+    guard.restrict(bitmask, [0])
+    return [bool(int(bitmask[0, t >> 5]) >> (t & 31) & 1) for t in range(len(texts))]
+
+
+TEXTS = [
+    '{"dims":[{"name":"',  # 0
+    "Colour",  # 1
+    '","reason_1":"a","score_1":5}',  # 2
+    ',{"name":"',  # 3
+    '"',  # 4  closes now
+    'r"',  # 5  "Colou" + "r" -> a repeat
+    ' ("',  # 6  "Colour (" -> "colour": a repeat
+    "s",  # 7  no quote: always allowed
+    '.",',  # 8
+    "Colou",  # 9
+    '\\"',  # 10 an escaped quote does not close
+]
+
+
+def test_guard_masks_only_the_tokens_that_would_repeat_a_name() -> None:
+    allowed = _mask_after(TEXTS, [0, 1, 2, 3, 9])  # second name so far: "Colou"
+    assert allowed[5] is False  # "Colour" again
+    assert allowed[4] is True and allowed[6] is True  # "Colou" and "Colou (" are new names
+    assert allowed[7] and allowed[10] and allowed[1]
+    allowed = _mask_after(TEXTS, [0, 1, 2, 3, 1])  # second name so far: "Colour"
+    assert allowed[4] is False and allowed[6] is False and allowed[8] is False  # all "colour" again
+    assert allowed[5] is True  # "Colourr"
+
+
+def test_guard_masks_names_without_a_word() -> None:
+    allowed = _mask_after(TEXTS, [0])  # first name, still empty
+    assert allowed[4] is False and allowed[8] is False  # "" and "." have no word
+    assert allowed[5] is True  # "r"
+
+
+def test_guard_leaves_a_row_it_would_empty() -> None:
+    texts = ['{"dims":[{"name":"', "ab", '","score_1":5}', ',{"name":"', '"']
+    guard = NameGuard(_table(texts), 1)
+    for token in (0, 1, 2, 3, 1):
+        guard.feed(0, token)
+    bitmask = torch.zeros((1, 1), dtype=torch.int32)
+    bitmask[0, 0] = 1 << 4  # the grammar allows only the closing quote
+    guard.restrict(bitmask, [0])
+    assert int(bitmask[0, 0]) == 1 << 4 and guard.masked == 0
