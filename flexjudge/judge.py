@@ -150,14 +150,14 @@ class Judge:
             return await self._point(prompt, media[0], resolved, prefs, seed, scale or PointScale())
         if mode == "rank":
             return await self._rank(prompt, media, resolved, prefs, swap, seed)
-        return await self._pair_maybe_swapped(prompt, media[0], media[1], resolved, prefs, swap, seed)
+        (judgment,) = await self._judge_pairs(prompt, [(media[0], media[1])], resolved, prefs, swap, seed)
+        return judgment
 
     def judge(self, prompt: str, candidates: Sequence[Any], **options: Any) -> Any:
         """Synchronous `ajudge`; safe to call from code that already runs an event loop.
 
-        Sync calls run on one event loop that this Judge keeps in a background thread, so connection
-        pools and semaphores stay on one loop. Use a Judge either through the sync methods or through
-        the async ones, not both.
+        Sync calls run on one event loop that this Judge keeps in a background thread; a served
+        backend keeps one client per event loop, so the same Judge also serves async callers.
         """
         return self._loop().run(self.ajudge(prompt, candidates, **options))
 
@@ -170,7 +170,8 @@ class Judge:
         return self._loop().run(self.abatch(items, **options))
 
     async def aclose(self) -> None:
-        """Release the backend this Judge made (a backend handed in stays open: it is the caller's)."""
+        """Release what the backend this Judge made holds for the running event loop (a backend handed in
+        stays open: it is the caller's). `async with judge:` calls it on the way out."""
         if self._owns_backend:
             await self.backend.aclose()
 
@@ -185,6 +186,12 @@ class Judge:
 
     def __enter__(self) -> Judge:
         return self
+
+    async def __aenter__(self) -> Judge:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -245,19 +252,6 @@ class Judge:
             temperature=self.temperature,
             seed=seed,
         )
-
-    async def _pair_maybe_swapped(
-        self,
-        prompt: str,
-        one: list[PILImage],
-        two: list[PILImage],
-        modality: Modality,
-        prefs: Preferences | None,
-        swap: bool,
-        seed: int | None,
-    ) -> Judgment:
-        (judgment,) = await self._judge_pairs(prompt, [(one, two)], modality, prefs, swap, seed)
-        return judgment
 
     async def _judge_pairs(
         self,

@@ -249,3 +249,19 @@ def test_instructor_re_asks_with_the_rule_violations(server, injector) -> None: 
     feedback = injector.bodies[1]["messages"][-1]["content"]
     assert "breaks the method's rules" in json.dumps(feedback)
     assert injector.bodies[1]["messages"][-2]["role"] == "assistant"
+
+
+def test_one_judge_serves_sync_and_async_callers(server: tuple[str, FaultInjector]) -> None:
+    """The sync facade's loop and a caller's own loop each get their own client; closing is clean."""
+    url, _ = server
+    judge = _judge(url)
+    first = judge.judge("a red square", _images(), seed=1)
+
+    async def in_a_loop_of_its_own() -> flexjudge.Judgment:
+        async with judge:  # releases what this loop holds; the sync facade's client stays open
+            return await judge.ajudge("a red square", _images(), seed=1)
+
+    second = asyncio.run(in_a_loop_of_its_own())
+    third = judge.judge("a red square", _images(), seed=1)
+    judge.close()
+    assert first.content() == second.content() == third.content()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from flexjudge.backends.base import Generation, ImagePart, Message, Request, Usage
@@ -52,7 +54,7 @@ class OpenAIBackend:
         client: AsyncOpenAI | None = None,
     ) -> None:
         try:
-            from openai import AsyncOpenAI
+            import openai  # noqa: F401  (fail here, with the install hint, not at the first call)
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise BackendError(
                 "the openai backend needs the 'server' extra: pip install 'flexjudge[server]'",
@@ -68,19 +70,44 @@ class OpenAIBackend:
         self.max_attempts = max_attempts
         self.instructor_retries = instructor_retries
         self.backoff_s = backoff_s
-        self._semaphore = asyncio.Semaphore(max_concurrency)
-        self._client = client or AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
-            max_retries=0,  # retries are ours: one policy, visible in one place
-            timeout=timeout_s,
+        self.max_concurrency = max_concurrency
+        self._given = client
+        self._client_options: dict[str, Any] = {
+            "base_url": base_url,
+            "api_key": api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+            "max_retries": 0,  # retries are ours: one policy, visible in one place
+            "timeout": timeout_s,
+        }
+        # Connection pools and semaphores belong to one event loop: each loop that calls this backend
+        # (a Judge's sync facade runs its own) gets its own client and concurrency bound.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
         )
 
     async def generate(self, requests: list[Request]) -> list[Generation]:
         return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
 
     async def aclose(self) -> None:
-        await self._client.close()
+        """Close the clients of this loop and of loops already closed (their connections went with them);
+        a client handed in is closed too."""
+        current = asyncio.get_running_loop()
+        for loop, state in list(self._loops.items()):
+            if loop is current and state.client is not self._given:
+                await state.client.close()
+            if loop is current or loop.is_closed():
+                del self._loops[loop]
+        if self._given is not None:
+            await self._given.close()
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            from openai import AsyncOpenAI
+
+            client = self._given or AsyncOpenAI(**self._client_options)
+            state = self._loops[loop] = _LoopState(client, asyncio.Semaphore(self.max_concurrency))
+        return state
 
     async def _generate_one(self, request: Request) -> Generation:
         messages = await asyncio.to_thread(_messages, request.messages)
@@ -102,9 +129,9 @@ class OpenAIBackend:
             assert schema is not None
             body.update(_structured_body(self.structured, schema))
         if self.instructor_retries > 0 and request.response_model is not None:
-            async with self._semaphore:
+            async with self._state().semaphore:
                 return await self._with_instructor(body, request.response_model)
-        async with self._semaphore:
+        async with self._state().semaphore:
             try:
                 response = await self._call(body)
             except BackendError as exc:
@@ -126,7 +153,7 @@ class OpenAIBackend:
         import instructor
         from instructor.core.exceptions import InstructorRetryException
 
-        client = instructor.from_openai(self._client, mode=instructor.Mode.JSON_SCHEMA)
+        client = instructor.from_openai(self._state().client, mode=instructor.Mode.JSON_SCHEMA)
         kwargs = {k: v for k, v in body.items() if k not in ("response_format", "extra_body")}
         try:
             _, completion = await client.chat.completions.create_with_completion(
@@ -146,7 +173,7 @@ class OpenAIBackend:
 
         for attempt in range(1, self.max_attempts + 1):
             try:
-                response = await self._client.chat.completions.create(**body)
+                response = await self._state().client.chat.completions.create(**body)
                 if not getattr(response, "choices", None):
                     raise _Malformed("the response has no choices")
                 return response
@@ -177,6 +204,12 @@ class OpenAIBackend:
 
 class _Malformed(Exception):
     """A 2xx answer that is not a usable chat completion."""
+
+
+@dataclass
+class _LoopState:
+    client: AsyncOpenAI
+    semaphore: asyncio.Semaphore
 
 
 def _structured_body(mode: Structured, schema: dict[str, Any]) -> dict[str, Any]:
