@@ -4,7 +4,9 @@ For machines where vLLM does not run (CPU, Apple silicon) and for tests: it spea
 OpenAI API the `openai` backend uses, with real constrained decoding through the local backend.
 Requests that arrive together are decoded as one batch (a short collection window). Images are
 accepted only as data URLs: a served judge never opens a path or URL named in a request.
-The legacy `guided_json` field is refused loudly rather than ignored as vLLM does.
+The legacy `guided_json` field is refused loudly rather than ignored as vLLM does. Constraints arrive as
+`response_format` json_schema, `structured_outputs.json`, or `structured_outputs.grammar` (an llguidance
+Lark grammar, as vLLM's guidance backend takes it; the local backend's engine must be llguidance).
 """
 
 from __future__ import annotations
@@ -135,9 +137,14 @@ def parse_chat_request(body: dict[str, Any], *, max_image_pixels: int) -> Reques
         raise RequestError(f"bad sampling parameter: {exc}") from None
     if max_new_tokens < 1 or temperature < 0:
         raise RequestError("max_tokens must be at least 1 and temperature at least 0")
+    structured = body.get("structured_outputs")
+    grammar = structured.get("grammar") if isinstance(structured, dict) else None
+    if grammar is not None and (not isinstance(grammar, str) or "json" in (structured or {})):
+        raise RequestError("structured_outputs takes one of 'json' or 'grammar' (an llguidance Lark string)")
     return Request(
         messages=tuple(messages),
         schema=_schema(body),
+        grammar=grammar,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,

@@ -440,3 +440,15 @@ def test_text_overrides_widen_the_language_model(tmp_path: Path) -> None:
     assert config["vision_config"]["out_hidden_size"] == 128  # the vision merger feeds the wider text stack
     (generation,) = _generate(TransformersBackend(directory), [_request(images=2)])
     jsonschema.validate(json.loads(generation.text), SCHEMA)
+
+
+def test_a_grammar_constrains_the_output_on_llguidance_only(tiny_dir: Path) -> None:
+    import dataclasses
+
+    request = dataclasses.replace(_request(), schema=None, grammar='start: "{\\"ok\\":" ("1" | "2") "}"')
+    (generation,) = _generate(TransformersBackend(tiny_dir, engine="llguidance"), [request])
+    assert generation.constrained and generation.text in ('{"ok":1}', '{"ok":2}')
+    other = [e for e in available_engines() if e != "llguidance"]
+    if other:
+        with pytest.raises(BackendError, match="llguidance"):
+            _generate(TransformersBackend(tiny_dir, engine=other[0]), [request])

@@ -160,6 +160,11 @@ def test_server_refuses_paths_legacy_fields_and_bad_requests(server, injector) -
     assert status == 400 and "data URLs" in text
     status, text = post({"model": "m", "messages": [{"role": "user", "content": "hi"}], "guided_json": {}})
     assert status == 400 and "guided_json" in text
+    both = {"json": {"type": "object"}, "grammar": "start: /a/"}
+    status, text = post(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "structured_outputs": both}
+    )
+    assert status == 400 and "one of 'json' or 'grammar'" in text
     status, _ = post({"model": "m", "messages": []})
     assert status == 400
 
@@ -265,3 +270,34 @@ def test_one_judge_serves_sync_and_async_callers(server: tuple[str, FaultInjecto
     third = judge.judge("a red square", _images(), seed=1)
     judge.close()
     assert first.content() == second.content() == third.content()
+
+
+def test_structured_outputs_grammar_makes_winners_follow_scores(
+    server: tuple[str, FaultInjector], injector: FaultInjector
+) -> None:
+    """vLLM's guidance backend takes `structured_outputs.grammar`; so does `flexjudge serve`. The
+    grammar sent is the judgment grammar, properties in the schema's order, and the server enforces it."""
+    from flexjudge.grammar import lark_grammar
+
+    url, _ = server
+    options = {"backoff_s": 0.01, "timeout_s": 60, "structured": "structured_outputs", "grammar": True}
+    with Judge(
+        "tiny-random",
+        backend="openai",
+        base_url=url,
+        max_string_length=BOUND,
+        max_new_tokens=700,
+        temperature=1.0,
+        backend_options=options,
+    ) as judge:
+        judgments = [judge.judge("a red square", _images(), seed=seed) for seed in range(4)]
+    expected = lark_grammar(pair_constraint("image", "flex", max_string_length=BOUND))
+    assert [body["structured_outputs"] for body in injector.bodies] == [{"grammar": expected}] * 4
+    for judgment in judgments:
+        assert judgment.meta.constrained
+        assert not [f for f in flexjudge.check(judgment) if f.severity == "error"]
+
+
+def test_grammar_needs_structured_outputs() -> None:
+    with pytest.raises(ValueError, match="structured_outputs"):
+        OpenAIBackend("http://127.0.0.1:1/v1", model="m", grammar=True)

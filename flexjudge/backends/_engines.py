@@ -106,7 +106,10 @@ def _fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()[:24]
 
 
-def _schema_hash(schema: dict[str, Any]) -> str:
+def _schema_hash(schema: dict[str, Any] | str) -> str:
+    """A content hash of a JSON Schema, or of a grammar's text."""
+    if isinstance(schema, str):
+        return "grammar-" + hashlib.sha256(schema.encode()).hexdigest()[:24]
     text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -144,9 +147,16 @@ def _engine_tokenizer(engine: Engine, tok: _TokenizerView) -> Any:
     return table
 
 
-def _compile(engine: Engine, tok: _TokenizerView, schema: dict[str, Any]) -> tuple[Any, float, bool]:
-    """The compiled constraint for `schema`: (artefact, seconds the compile took, whether it was cached)."""
-    key = (engine, tok.key, tok.width, tok.stops, _schema_hash(schema))
+def _compile(
+    engine: Engine, tok: _TokenizerView, constraint: dict[str, Any] | str
+) -> tuple[Any, float, bool]:
+    """The compiled `constraint`, a JSON Schema or (llguidance only) a Lark grammar: (artefact, seconds the
+    compile took, whether it was cached)."""
+    if isinstance(constraint, str) and engine != "llguidance":
+        raise BackendError(
+            f"the {engine} engine takes JSON Schemas, not grammars: use engine='llguidance'", retryable=False
+        )
+    key = (engine, tok.key, tok.width, tok.stops, _schema_hash(constraint))
     with _cache_lock:
         if key in _compiled:
             _stats["hits"] += 1
@@ -162,14 +172,17 @@ def _compile(engine: Engine, tok: _TokenizerView, schema: dict[str, Any]) -> tup
                 _compiled[key] = (artefact, seconds)
                 return artefact, seconds, True
         table = _engine_tokenizer(engine, tok)
-        text = json.dumps(schema)
         try:
-            artefact = _compile_with(engine, table, text)
+            if isinstance(constraint, str):
+                artefact = _llguidance_matcher(table, _llguidance_grammar(constraint))
+            else:
+                artefact = _compile_with(engine, table, json.dumps(constraint))
         except BackendError:
             raise
         except Exception as exc:  # engines raise assorted types for unsupported schemas
+            what = "grammar" if isinstance(constraint, str) else "JSON Schema"
             raise BackendError(
-                f"the {engine} engine cannot compile this JSON Schema: {exc}", retryable=False, original=exc
+                f"the {engine} engine cannot compile this {what}: {exc}", retryable=False, original=exc
             ) from None
         seconds = time.perf_counter() - start
         _stats["compiles"] += 1
@@ -211,6 +224,22 @@ def _save_index(path: Path, artefact: Any) -> None:
         pass  # a read-only cache only costs the next process a compile
 
 
+def _llguidance_grammar(lark: str) -> str:
+    from llguidance import LLMatcher
+
+    return str(LLMatcher.grammar_from_lark(lark))
+
+
+def _llguidance_matcher(table: Any, grammar: str) -> Any:
+    from llguidance import LLMatcher
+
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, table)
+    if is_error:
+        raise BackendError(f"the llguidance engine rejects this constraint: {messages[0]}", retryable=False)
+    # Rows start from copies of this matcher: a copy costs microseconds, a new matcher milliseconds.
+    return LLMatcher(table, grammar, log_level=0)
+
+
 def _compile_with(engine: Engine, table: Any, schema_json: str) -> Any:
     if engine == "llguidance":
         from llguidance import LLMatcher
@@ -224,16 +253,10 @@ def _compile_with(engine: Engine, table: Any, schema_json: str) -> Any:
         except ValueError:
             lark = None
         if lark is not None:
-            grammar = LLMatcher.grammar_from_lark(lark)
+            grammar = _llguidance_grammar(lark)
         else:
             grammar = LLMatcher.grammar_from_json_schema(schema_json, defaults={"whitespace_flexible": False})
-        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, table)
-        if is_error:
-            raise BackendError(
-                f"the llguidance engine rejects this JSON Schema: {messages[0]}", retryable=False
-            )
-        # Rows start from copies of this matcher: a copy costs microseconds, a new matcher milliseconds.
-        return LLMatcher(table, grammar, log_level=0)
+        return _llguidance_matcher(table, grammar)
     if engine == "xgrammar":
         return table.compile_json_schema(schema_json, any_whitespace=False)
     regex = _untyped("outlines_core.json_schema").build_regex_from_schema(schema_json, None)

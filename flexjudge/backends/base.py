@@ -44,6 +44,9 @@ class Request:
     response_model: Any = None
     """A pydantic model whose validators check the output; a backend that can re-ask with the
     validation errors (`openai` with `instructor_retries`) uses it, the others ignore it."""
+    grammar: str | None = None
+    """An llguidance Lark grammar the output must follow, taking the place of `schema` where set (what a
+    vLLM server running the guidance backend takes as `structured_outputs.grammar`)."""
     max_new_tokens: int = 4096
     temperature: float = 0.0
     seed: int | None = None

@@ -3,11 +3,13 @@
 Images travel as data URLs. The output constraint travels as a strict `json_schema` response format:
 the full constraint for vLLM and SGLang, OpenAI's strict subset for api.openai.com (or with
 `portable_schema=True`). With `structured="structured_outputs"` it goes as vLLM's
-`extra_body={"structured_outputs": {"json": ...}}`; never as the legacy `guided_json`, which vLLM
-silently ignores. Calls run on `AsyncOpenAI` under a semaphore, with our own retries: exponential
-backoff with jitter on 429, 5xx, timeouts, dropped connections and malformed bodies, honouring
-`Retry-After`. A server that refuses structured outputs (HTTP 400 naming them) is asked again
-prompt-only, and the generation says `constrained=False`.
+`extra_body={"structured_outputs": {"json": ...}}`, and with `grammar=True` as well judgment constraints go
+as `{"grammar": ...}`, the Lark form in which winners follow the scores (`flexjudge.grammar`), for a vLLM
+server running the guidance backend (`--structured-outputs-config.backend guidance`). Never as the legacy
+`guided_json`, which vLLM silently ignores. Calls run on `AsyncOpenAI` under a semaphore, with our own
+retries: exponential backoff with jitter on 429, 5xx, timeouts, dropped connections and malformed
+bodies, honouring `Retry-After`. A server that refuses structured outputs (HTTP 400 naming them) is
+asked again prompt-only, and the generation says `constrained=False`.
 
 Scale-out is the server's business: one vLLM endpoint with tensor or data parallelism behind it.
 """
@@ -15,6 +17,8 @@ Scale-out is the server's business: one vLLM endpoint with tensor or data parall
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import os
 import random
 import weakref
@@ -51,6 +55,7 @@ class OpenAIBackend:
         structured: Structured = "response_format",
         portable_schema: bool | None = None,
         instructor_retries: int = 0,
+        grammar: bool = False,
         client: AsyncOpenAI | None = None,
     ) -> None:
         try:
@@ -64,7 +69,12 @@ class OpenAIBackend:
             raise ValueError("max_concurrency and max_attempts must be at least 1")
         self.model = model
         self.base_url = base_url
+        if grammar and structured != "structured_outputs":
+            raise ValueError(
+                "grammar=True sends structured_outputs.grammar: it needs structured='structured_outputs'"
+            )
         self.structured: Structured = structured
+        self.grammar = grammar
         # OpenAI itself accepts only the strict subset of JSON Schema; vLLM and SGLang take it all.
         self.portable_schema = "api.openai.com" in base_url if portable_schema is None else portable_schema
         self.max_attempts = max_attempts
@@ -127,7 +137,11 @@ class OpenAIBackend:
                 else request.schema
             )
             assert schema is not None
-            body.update(_structured_body(self.structured, schema))
+            lark = _grammar_for(request.schema) if self.grammar and request.schema is not None else None
+            if lark is not None:
+                body["extra_body"] = {"structured_outputs": {"grammar": lark}}
+            else:
+                body.update(_structured_body(self.structured, schema))
         if self.instructor_retries > 0 and request.response_model is not None:
             async with self._state().semaphore:
                 return await self._with_instructor(body, request.response_model)
@@ -210,6 +224,18 @@ class _Malformed(Exception):
 class _LoopState:
     client: AsyncOpenAI
     semaphore: asyncio.Semaphore
+
+
+@functools.lru_cache(maxsize=32)
+def _grammar_text(schema_json: str) -> str | None:
+    from flexjudge.grammar import lark_grammar
+
+    return lark_grammar(json.loads(schema_json))
+
+
+def _grammar_for(schema: dict[str, Any]) -> str | None:
+    """The judgment grammar (winners follow the scores) for a judgment constraint; None for others."""
+    return _grammar_text(json.dumps(schema))  # key order kept: the grammar writes properties in order
 
 
 def _structured_body(mode: Structured, schema: dict[str, Any]) -> dict[str, Any]:

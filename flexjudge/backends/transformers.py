@@ -204,8 +204,9 @@ class TransformersBackend:
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, r in enumerate(requests):
             sampled = r.temperature > 0
+            constraint = _constraint(r)
             key = (
-                None if r.schema is None else _schema_hash(r.schema),
+                None if constraint is None else _schema_hash(constraint),
                 r.max_new_tokens,
                 r.temperature if sampled else 0.0,
                 r.seed if sampled else None,
@@ -252,15 +253,16 @@ class TransformersBackend:
         constraint: _ConstraintProcessor | None = None
         extra: dict[str, Any] = {"engine": None}
         processors: list[Callable[..., Any]] = []
-        if first.schema is not None:
-            artefact, seconds, cached = _compile(self.engine, self._tok, first.schema)
+        constraint_spec = _constraint(first)
+        if constraint_spec is not None:
+            artefact, seconds, cached = _compile(self.engine, self._tok, constraint_spec)
             constraint = _ConstraintProcessor(
                 self.engine,
                 artefact,
                 self._tok.width,
                 frozenset(self._tok.stops),
                 overlap=self.overlap_masks,
-                names=self._closers if self.unique_names and _judgment_schema(first.schema) else None,
+                names=self._closers if self.unique_names and _judgment(constraint_spec) else None,
             )
             processors = [_AddBias(self._json_bias), constraint]
             extra = {"engine": self.engine, "compile_s": 0.0 if cached else seconds, "compile_cached": cached}
@@ -314,7 +316,7 @@ class TransformersBackend:
                 Generation(
                     text=self._tok.hf.decode(kept, skip_special_tokens=True),
                     finish_reason="length" if stop_at is None else "stop",
-                    constrained=first.schema is not None and error is None,
+                    constrained=constraint_spec is not None and error is None,
                     usage=Usage(
                         prompt_tokens=int(prompt_tokens[i]),
                         completion_tokens=len(kept) + (stop_at is not None),
@@ -326,15 +328,23 @@ class TransformersBackend:
         return generations
 
 
-_judgment_schemas: dict[str, bool] = {}
+def _constraint(request: Request) -> dict[str, Any] | str | None:
+    """What constrains a request's output: its grammar where it has one, else its JSON Schema."""
+    return request.grammar if request.grammar is not None else request.schema
 
 
-def _judgment_schema(schema: dict[str, Any]) -> bool:
-    """Whether `schema` is a judgment constraint (criteria with a split), remembered per schema."""
-    key = _schema_hash(schema)
-    if key not in _judgment_schemas:
-        _judgment_schemas[key] = has_split_criteria(schema)
-    return _judgment_schemas[key]
+_judgments: dict[str, bool] = {}
+
+
+def _judgment(constraint: dict[str, Any] | str) -> bool:
+    """Whether `constraint` is a judgment's (criteria with a split), remembered per constraint."""
+    key = _schema_hash(constraint)
+    if key not in _judgments:
+        if isinstance(constraint, str):  # a grammar from `flexjudge.grammar` (or one alike)
+            _judgments[key] = '\\"score_1\\":' in constraint and '\\"name\\":' in constraint
+        else:
+            _judgments[key] = has_split_criteria(constraint)
+    return _judgments[key]
 
 
 _bias_cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
