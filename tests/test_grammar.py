@@ -198,3 +198,11 @@ def test_backend_falls_back_to_json_schema_when_the_grammar_cannot_be_built() ->
         lark_grammar(schema)
     backend = TransformersBackend("tiny-random", engine="llguidance")
     assert backend.compile(schema) > 0  # compiled, as JSON Schema
+
+
+def test_vllm_guidance_backend_reads_it_as_lark() -> None:
+    """vLLM's guidance backend compiles `structured_outputs.grammar` with `llguidance.grammar_from("grammar",
+    ...)`, which tells GBNF from Lark: ours must come out as the Lark grammar it is."""
+    lark = lark_grammar(_constraint(SHAPES[0]))
+    assert lark is not None
+    assert llguidance.grammar_from("grammar", lark) == llguidance.grammar_from("lark", lark)
