@@ -7,6 +7,7 @@ from flexjudge.anchors import FLEX_ANCHORS, THINK_ANCHORS, anchors
 from flexjudge.checks import Finding, check, require_consistent
 from flexjudge.errors import (
     BackendError,
+    ConstraintError,
     FlexjudgeError,
     MediaError,
     ParseError,
@@ -42,6 +43,7 @@ __all__ = [
     "FLEX_ANCHORS",
     "THINK_ANCHORS",
     "BackendError",
+    "ConstraintError",
     "Criterion",
     "Dimension",
     "Evidence",

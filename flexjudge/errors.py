@@ -81,6 +81,14 @@ class BackendError(FlexjudgeError):
         super().__init__(message)
 
 
+class ConstraintError(BackendError):
+    """The request's output constraint (a JSON Schema or a grammar) cannot be compiled by this backend:
+    the caller's to change, never worth retrying as it is."""
+
+    def __init__(self, message: str, *, original: BaseException | None = None) -> None:
+        super().__init__(message, retryable=False, original=original)
+
+
 class TraceFileError(FlexjudgeError):
     """A trace file that cannot be read at all (missing, a directory, unreadable)."""
 

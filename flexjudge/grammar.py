@@ -30,7 +30,7 @@ _KEYWORDS = {
     *("type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems"),
     *("maxItems", "enum", "const", "anyOf", "minLength", "maxLength"),
 }
-_CHAR = r"/(\\([\"\\\/bfnrt]|u[a-fA-F0-9]{4})|[^\"\\\x00-\x1F\x7F])/"
+_CHAR = r"/(\\([\"\\\/bfnrt]|u[a-fA-F0-9]{4})|[^\"\\\x00-\x1F])/"  # JSON: any character but " \ and controls
 
 
 def lark_grammar(schema: dict[str, Any]) -> str | None:

@@ -147,6 +147,8 @@ class Preferences(_Schema):
             raise ValueError(f"at most {MAX_GENERATED} custom dimensions fit after the three anchors")
         if any(not name.strip() for name in value):
             raise ValueError("custom dimension names must not be empty")
+        if any(ord(c) < 0x20 or c == "\x7f" for name in value for c in name):
+            raise ValueError("custom dimension names must not hold control characters")
         return value
 
     @field_validator("weights")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flexjudge.backends.base import Backend, Generation, ImagePart, Message, Request, TextPart
-from flexjudge.errors import FlexjudgeError
+from flexjudge.errors import ConstraintError, FlexjudgeError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -201,6 +201,8 @@ def create_app(
         try:
             generation = await batcher.submit(request)
         except ValueError as exc:  # the backend refused the request's settings
+            return error(400, str(exc), "invalid_request_error")
+        except ConstraintError as exc:  # a schema or grammar this backend cannot compile
             return error(400, str(exc), "invalid_request_error")
         except Exception as exc:  # a JSON error body, never a bare 500 page
             return error(500, f"{type(exc).__name__}: {exc}", "server_error")

@@ -162,6 +162,7 @@ def test_examples_by_hand(grammars: dict[tuple[Any, ...], _Grammar]) -> None:
     assert not grammar.accepts(renamed)
     unnamed = compact(good).replace('"name":"c0"', '"name":""', 1)
     assert not grammar.accepts(unnamed)
+    assert grammar.accepts(compact({**good, "prompt": "a\x7fb"}))  # DEL is a JSON string character
 
 
 def test_schemas_without_split_criteria_have_no_grammar() -> None:

@@ -165,6 +165,11 @@ def test_server_refuses_paths_legacy_fields_and_bad_requests(server, injector) -
         {"model": "m", "messages": [{"role": "user", "content": "hi"}], "structured_outputs": both}
     )
     assert status == 400 and "one of 'json' or 'grammar'" in text
+    broken = {"grammar": "start: foo bar"}
+    status, text = post(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "structured_outputs": broken}
+    )
+    assert status == 400 and "rejects this constraint" in text
     status, _ = post({"model": "m", "messages": []})
     assert status == 400
 
@@ -301,3 +306,20 @@ def test_structured_outputs_grammar_makes_winners_follow_scores(
 def test_grammar_needs_structured_outputs() -> None:
     with pytest.raises(ValueError, match="structured_outputs"):
         OpenAIBackend("http://127.0.0.1:1/v1", model="m", grammar=True)
+
+
+def test_a_request_grammar_travels_as_structured_outputs(
+    server: tuple[str, FaultInjector], injector: FaultInjector
+) -> None:
+    url, _ = server
+    grammar = 'start: "{\\"ok\\":" ("1" | "2") "}"'
+    request = Request(
+        messages=(Message("user", (TextPart("ok?"),)),), schema=None, grammar=grammar, max_new_tokens=20
+    )
+    backend = OpenAIBackend(url, model="tiny-random", structured="structured_outputs", backoff_s=0.01)
+    (generation,) = asyncio.run(_generate_and_close(backend, request))
+    assert injector.bodies[0]["structured_outputs"] == {"grammar": grammar}
+    assert generation.constrained and generation.text in ('{"ok":1}', '{"ok":2}')
+    other = OpenAIBackend(url, model="tiny-random")  # response_format cannot carry a grammar
+    with pytest.raises(flexjudge.ConstraintError, match="structured_outputs"):
+        asyncio.run(_generate_and_close(other, request))

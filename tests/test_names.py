@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from flexjudge.backends._names import Closers, NameGuard, _Cursor, closers  # noqa: E402
+from flexjudge.backends._names import Closers, NameGuard, _Cursor, _decoded, closers  # noqa: E402
 
 FLEX = {
     "prompt": "p",
@@ -53,10 +53,12 @@ def test_cursor_collects_names_per_dimension_whatever_the_token_boundaries(seed:
     cursor = _Cursor()
     seen: list[Any] = []
     for piece in _pieces(text, seed):
-        cursor.feed(piece)
+        cursor.feed(piece.encode())
         state = cursor.open_name()
         if state is not None:
-            seen.append((state[0], list(state[1])))
+            so_far = _decoded(state[0])
+            if so_far is not None:
+                seen.append((so_far, list(state[1])))
     # Only criterion names open (never dimension names, reasons or keys), each with the earlier names of
     # its own dimension, canonicalised; an escaped quote does not close a name.
     expected = {"Colour (red)": [], 'say "hi"': ["colour red"], "colour RED": []}
@@ -70,11 +72,12 @@ def test_cursor_collects_names_per_dimension_whatever_the_token_boundaries(seed:
     assert matched == set(expected)
 
 
-def _table(texts: list[str]) -> Closers:
-    return closers(("test", tuple(texts)), texts)
+def _table(texts: list[str | bytes]) -> Closers:
+    data = [t if isinstance(t, bytes) else t.encode() for t in texts]
+    return closers(("test", tuple(data)), data)
 
 
-def _mask_after(texts: list[str], fed: list[int]) -> list[bool]:
+def _mask_after(texts: list[str | bytes], fed: list[int]) -> list[bool]:
     guard = NameGuard(_table(texts), 1)
     for token in fed:
         guard.feed(0, token)
@@ -83,7 +86,7 @@ def _mask_after(texts: list[str], fed: list[int]) -> list[bool]:
     return [bool(int(bitmask[0, t >> 5]) >> (t & 31) & 1) for t in range(len(texts))]
 
 
-TEXTS = [
+TEXTS: list[str | bytes] = [
     '{"dims":[{"name":"',  # 0
     "Colour",  # 1
     '","reason_1":"a","score_1":5}',  # 2
@@ -115,11 +118,42 @@ def test_guard_masks_names_without_a_word() -> None:
 
 
 def test_guard_leaves_a_row_it_would_empty() -> None:
-    texts = ['{"dims":[{"name":"', "ab", '","score_1":5}', ',{"name":"', '"']
+    texts: list[str | bytes] = ['{"dims":[{"name":"', "ab", '","score_1":5}', ',{"name":"', '"']
     guard = NameGuard(_table(texts), 1)
     for token in (0, 1, 2, 3, 1):
         guard.feed(0, token)
     bitmask = torch.zeros((1, 1), dtype=torch.int32)
     bitmask[0, 0] = 1 << 4  # the grammar allows only the closing quote
     guard.restrict(bitmask, [0])
-    assert int(bitmask[0, 0]) == 1 << 4 and guard.masked == 0
+    assert int(bitmask[0, 0]) == 1 << 4 and guard.masked == [0]
+
+
+def test_characters_split_across_tokens_are_read_whole() -> None:
+    """Byte-level vocabularies split a CJK character over tokens; half a character is no name yet, and the
+    whole one is a name with a word in it."""
+    dragon = "龘".encode()
+    texts: list[str | bytes] = [
+        '{"dims":[{"name":"',
+        dragon[:1],
+        dragon[1:2],
+        dragon[2:],
+        '"',
+        '","score_1":5}',
+    ]
+    halfway = _mask_after(texts, [0, 1, 2])
+    assert all(halfway)  # inside the character: nothing is masked
+    whole = _mask_after(texts, [0, 1, 2, 3])
+    assert whole[4] and whole[5]  # "龘" may close
+    again = _mask_after(texts, [0, 1, 2, 3, 5, 0, 1, 2, 3])  # a second "龘" in a new array: fine too
+    assert again[4]
+
+
+def test_an_escaped_backslash_is_a_finished_character() -> None:
+    texts: list[str | bytes] = ['{"dims":[{"name":"', "a\\\\", '","score_1":5}', ',{"name":"', '"']
+    allowed = _mask_after(texts, [0, 1, 2, 3, 1])  # second name so far: a\\ (escaped), as the first
+    assert allowed[4] is False
+
+
+def test_long_names_without_a_word_cannot_close() -> None:
+    texts: list[str | bytes] = ['{"dims":[{"name":"', "-" * 30, '"']
+    assert _mask_after(texts, [0, 1])[2] is False

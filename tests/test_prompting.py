@@ -56,5 +56,7 @@ def test_preferences_validate() -> None:
         flexjudge.Preferences(custom_dimensions=("a", "b", "c"))
     with pytest.raises(ValueError):
         flexjudge.Preferences(weights={"x": -1})
+    with pytest.raises(ValueError, match="control characters"):
+        flexjudge.Preferences(custom_dimensions=("Text\x7fLegibility",))
     prefs = flexjudge.Preferences(weights={"A. Semantic Alignment & Accuracy": 3})
     assert prefs.weight("semantic alignment and accuracy") == 3 and prefs.weight("other") == 1.0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from flexjudge.backends._names import Closers, NameGuard
-from flexjudge.errors import BackendError
+from flexjudge.errors import BackendError, ConstraintError
 
 if TYPE_CHECKING:
     import torch
@@ -153,8 +153,8 @@ def _compile(
     """The compiled `constraint`, a JSON Schema or (llguidance only) a Lark grammar: (artefact, seconds the
     compile took, whether it was cached)."""
     if isinstance(constraint, str) and engine != "llguidance":
-        raise BackendError(
-            f"the {engine} engine takes JSON Schemas, not grammars: use engine='llguidance'", retryable=False
+        raise ConstraintError(
+            f"the {engine} engine takes JSON Schemas, not grammars: use engine='llguidance'"
         )
     key = (engine, tok.key, tok.width, tok.stops, _schema_hash(constraint))
     with _cache_lock:
@@ -181,8 +181,8 @@ def _compile(
             raise
         except Exception as exc:  # engines raise assorted types for unsupported schemas
             what = "grammar" if isinstance(constraint, str) else "JSON Schema"
-            raise BackendError(
-                f"the {engine} engine cannot compile this {what}: {exc}", retryable=False, original=exc
+            raise ConstraintError(
+                f"the {engine} engine cannot compile this {what}: {exc}", original=exc
             ) from None
         seconds = time.perf_counter() - start
         _stats["compiles"] += 1
@@ -235,7 +235,7 @@ def _llguidance_matcher(table: Any, grammar: str) -> Any:
 
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, table)
     if is_error:
-        raise BackendError(f"the llguidance engine rejects this constraint: {messages[0]}", retryable=False)
+        raise ConstraintError(f"the llguidance engine rejects this constraint: {messages[0]}")
     # Rows start from copies of this matcher: a copy costs microseconds, a new matcher milliseconds.
     return LLMatcher(table, grammar, log_level=0)
 

@@ -23,76 +23,80 @@ from flexjudge.grammar import WINNER_AFTER
 if TYPE_CHECKING:
     import torch
 
-_PARTIAL_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{0,3})?$")
 # An enumerator ("dimension iv. ") can reach this far into a name; past it, a name whose words are not
 # the start of an earlier name's can no longer become it.
 _ENUMERATOR_REACH = 24
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_TRAILING_ESCAPE = re.compile(rb"(\\+)(u[0-9a-fA-F]{0,3})?$")
 
 
 @dataclass(frozen=True)
 class Closers:
-    """Per tokenizer: each token's text, and the tokens that contain a quote with the text before it."""
+    """Per tokenizer: each token's bytes, and the tokens that contain a quote with the bytes before it."""
 
-    texts: list[str]
-    quoted: dict[str, list[int]]
-    """Text before the first quote -> the tokens that would end a JSON string after that text."""
+    token_bytes: list[bytes]
+    quoted: dict[bytes, list[int]]
+    """Bytes before the first quote -> the tokens that would end a JSON string after them."""
 
 
 _cache: dict[tuple[Any, ...], Closers] = {}
 _lock = threading.Lock()
 
 
-def closers(key: tuple[Any, ...], texts: list[str]) -> Closers:
-    """The `Closers` of a tokenizer whose token texts (by id) are `texts`; built once per `key`."""
+def closers(key: tuple[Any, ...], token_bytes: list[bytes]) -> Closers:
+    """The `Closers` of a tokenizer whose tokens (by id) are `token_bytes`; built once per `key`."""
     with _lock:
         if key not in _cache:
-            quoted: dict[str, list[int]] = {}
-            for token_id, text in enumerate(texts):
-                before, quote, _ = text.partition('"')
-                if quote and "\\" not in before:  # a backslash could escape the quote: left alone
+            quoted: dict[bytes, list[int]] = {}
+            for token_id, data in enumerate(token_bytes):
+                before, quote, _ = data.partition(b'"')
+                if quote and b"\\" not in before:  # a backslash could escape the quote: left alone
                     quoted.setdefault(before, []).append(token_id)
-            _cache[key] = Closers(texts=texts, quoted=quoted)
+            _cache[key] = Closers(token_bytes=token_bytes, quoted=quoted)
         return _cache[key]
 
 
 class _Cursor:
-    """Where a row's compact JSON output stands: the open containers, and the string being written."""
+    """Where a row's compact JSON output stands: the open containers, and the string being written.
+
+    It reads bytes: a token may hold part of a character, and JSON's structure is all ASCII, which no
+    byte of a multi-byte UTF-8 character can be mistaken for."""
 
     def __init__(self) -> None:
         self.stack: list[list[Any]] = []  # ["{", current key] or ["[", array key, names closed so far]
         self.in_string = self.escape = self.is_key = False
-        self.buffer: list[str] = []
+        self.buffer = bytearray()
         self.expect_key = False
 
-    def feed(self, text: str) -> None:
-        for char in text:
+    def feed(self, data: bytes) -> None:
+        for byte in data:
             if self.in_string:
                 if self.escape:
                     self.escape = False
-                elif char == "\\":
+                elif byte == _BACKSLASH:
                     self.escape = True
-                elif char == '"':
+                elif byte == _QUOTE:
                     self.in_string = False
-                    self._closed("".join(self.buffer))
+                    self._closed(bytes(self.buffer))
                     continue
-                self.buffer.append(char)
-            elif char == '"':
-                self.in_string, self.buffer = True, []
+                self.buffer.append(byte)
+            elif byte == _QUOTE:
+                self.in_string, self.buffer = True, bytearray()
                 self.is_key = self.expect_key
-            elif char == "{":
+            elif byte == 0x7B:  # {
                 self.stack.append(["{", None])
                 self.expect_key = True
-            elif char == "[":
+            elif byte == 0x5B:  # [
                 parent = self.stack[-1] if self.stack else None
                 self.stack.append(["[", parent[1] if parent and parent[0] == "{" else None, []])
                 self.expect_key = False
-            elif char in "}]":
+            elif byte in (0x7D, 0x5D):  # } ]
                 if self.stack:
                     self.stack.pop()
                 self.expect_key = False
-            elif char == ",":
+            elif byte == 0x2C:  # ,
                 self.expect_key = bool(self.stack) and self.stack[-1][0] == "{"
-            elif char == ":":
+            elif byte == 0x3A:  # :
                 self.expect_key = False
 
     def _names(self) -> list[str] | None:
@@ -105,32 +109,43 @@ class _Cursor:
             return names
         return None
 
-    def _closed(self, raw: str) -> None:
+    def _closed(self, raw: bytes) -> None:
         if self.is_key:
             if self.stack and self.stack[-1][0] == "{":
-                self.stack[-1][1] = raw
+                self.stack[-1][1] = raw.decode("utf-8", "replace")
             return
         names = self._names()
-        if names is not None:
-            names.append(_canonical(_decoded(raw)))
+        name = _decoded(raw)
+        if names is not None and name is not None:
+            names.append(_canonical(name))
 
-    def open_name(self) -> tuple[str, list[str]] | None:
-        """(the open criterion name so far, the earlier names of its dimension), or None."""
+    def open_name(self) -> tuple[bytes, list[str]] | None:
+        """(the open criterion name so far, as written, the earlier names of its dimension), or None while
+        an escape or a character is half written."""
         if not self.in_string or self.escape:
             return None
         names = self._names()
-        raw = "".join(self.buffer)
-        if names is None or _PARTIAL_ESCAPE.search(raw):
+        if names is None or _half_escape(self.buffer):
             return None
-        return _decoded(raw), names
+        return bytes(self.buffer), names
 
 
-def _decoded(raw: str) -> str:
+def _half_escape(raw: bytes | bytearray) -> bool:
+    match = _TRAILING_ESCAPE.search(raw)
+    return match is not None and len(match.group(1)) % 2 == 1
+
+
+def _decoded(raw: bytes) -> str | None:
+    """The string a JSON string body stands for; None while it ends inside a character or an escape."""
     try:
-        value = json.loads(f'"{raw}"')
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    try:
+        value = json.loads(f'"{text}"')
     except ValueError:
-        return raw
-    return value if isinstance(value, str) else raw
+        return None if _half_escape(raw) else text
+    return value if isinstance(value, str) else text
 
 
 def _letters(name: str) -> str:
@@ -143,28 +158,37 @@ class NameGuard:
     def __init__(self, table: Closers, batch: int) -> None:
         self.table = table
         self.cursors = [_Cursor() for _ in range(batch)]
-        self.masked = 0
-        """Closing tokens masked out so far, all rows together."""
+        self.masked = [0] * batch
+        """Closing tokens masked out so far, per row."""
 
     def feed(self, row: int, token: int) -> None:
-        if token < len(self.table.texts):
-            self.cursors[row].feed(self.table.texts[token])
+        if token < len(self.table.token_bytes):
+            self.cursors[row].feed(self.table.token_bytes[token])
 
     def restrict(self, bitmask: torch.Tensor, rows: list[int]) -> None:
         for row in rows:
             state = self.cursors[row].open_name()
             if state is not None:
-                self._restrict_row(bitmask[row].numpy(), *state)
+                self.masked[row] += self._restrict_row(bitmask[row].numpy(), *state)
 
-    def _restrict_row(self, words: Any, so_far: str, earlier: list[str]) -> None:
+    def _restrict_row(self, words: Any, so_far: bytes, earlier: list[str]) -> int:
+        """Mask the closers that would repeat a name; returns how many were masked."""
         taken = set(earlier) | {""}
-        if len(so_far) > _ENUMERATOR_REACH:
-            start = _letters(_canonical(so_far))
-            if not any(_letters(name).startswith(start) for name in taken if name):
-                return  # past any enumerator, and no earlier name starts this way: nothing can repeat
+        current = _decoded(so_far)
+        if current is None:
+            return 0  # inside a character: the next token completes it
+        start = _letters(_canonical(current))
+        # Past any enumerator, with words that no earlier name starts with, nothing can make a repeat.
+        if (
+            start
+            and len(current) > _ENUMERATOR_REACH
+            and not any(_letters(name).startswith(start) for name in taken if name)
+        ):
+            return 0
         cleared = []
         for before, token_ids in self.table.quoted.items():
-            if _canonical(so_far + before) not in taken:
+            name = _decoded(so_far + before)
+            if name is None or _canonical(name) not in taken:
                 continue
             for token_id in token_ids:
                 word, bit = token_id >> 5, 1 << (token_id & 31)
@@ -174,8 +198,8 @@ class NameGuard:
         if cleared and not words.any():  # nothing left to write: undo, and let `check` report it
             for word, bit in cleared:
                 words[word] = _as_int32(int(words[word]) | bit)
-            return
-        self.masked += len(cleared)
+            return 0
+        return len(cleared)
 
 
 def _as_int32(value: int) -> int:

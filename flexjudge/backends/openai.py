@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from flexjudge.backends.base import Generation, ImagePart, Message, Request, Usage
-from flexjudge.errors import BackendError
+from flexjudge.errors import BackendError, ConstraintError
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -111,6 +111,8 @@ class OpenAIBackend:
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
+        for gone in [other for other in self._loops if other.is_closed()]:
+            del self._loops[gone]  # a semaphore that was waited on keeps its loop alive: drop it here
         state = self._loops.get(loop)
         if state is None:
             from openai import AsyncOpenAI
@@ -129,18 +131,24 @@ class OpenAIBackend:
         }
         if request.seed is not None:
             body["seed"] = request.seed
-        constrained = request.schema is not None and self.structured != "none"
+        if request.grammar is not None and self.structured != "structured_outputs":
+            raise ConstraintError(
+                "a grammar travels only as structured_outputs: set structured='structured_outputs'"
+            )
+        constrained = (
+            request.schema is not None or request.grammar is not None
+        ) and self.structured != "none"
         if constrained:
             schema = (
                 request.portable_schema
                 if self.portable_schema and request.portable_schema
                 else request.schema
             )
-            assert schema is not None
-            lark = _grammar_for(request.schema) if self.grammar and request.schema is not None else None
-            if lark is not None:
+            lark = request.grammar or (_grammar_for(request.schema) if self.grammar else None)
+            if lark is not None and self.structured == "structured_outputs":
                 body["extra_body"] = {"structured_outputs": {"grammar": lark}}
             else:
+                assert schema is not None  # no grammar, so the request was constrained by a schema
                 body.update(_structured_body(self.structured, schema))
         if self.instructor_retries > 0 and request.response_model is not None:
             async with self._state().semaphore:
@@ -233,9 +241,15 @@ def _grammar_text(schema_json: str) -> str | None:
     return lark_grammar(json.loads(schema_json))
 
 
-def _grammar_for(schema: dict[str, Any]) -> str | None:
-    """The judgment grammar (winners follow the scores) for a judgment constraint; None for others."""
-    return _grammar_text(json.dumps(schema))  # key order kept: the grammar writes properties in order
+def _grammar_for(schema: dict[str, Any] | None) -> str | None:
+    """The judgment grammar (winners follow the scores) for a judgment constraint; None for others, and
+    for a schema the converter does not cover (it then travels as the JSON Schema it is)."""
+    if schema is None:
+        return None
+    try:
+        return _grammar_text(json.dumps(schema))  # key order kept: the grammar writes properties in order
+    except ValueError:
+        return None
 
 
 def _structured_body(mode: Structured, schema: dict[str, Any]) -> dict[str, Any]:

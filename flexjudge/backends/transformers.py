@@ -164,7 +164,7 @@ class TransformersBackend:
             closing_bias = 15.0 if self.model in _TINY_ALIASES else 0.0
         self._free_bias, self._json_bias = _biases(self._tok, closing_bias)
         self.unique_names = unique_names
-        self._closers = closers((self._tok.key, self._tok.width), _token_texts(self._tok))
+        self._closers = closers((self._tok.key, self._tok.width), _token_bytes(self._tok))
 
     @staticmethod
     def _resolve(model: str) -> Path | str:
@@ -307,7 +307,7 @@ class TransformersBackend:
             if error is not None:
                 row_extra["constraint_error"] = error
             if constraint is not None and constraint.guard is not None:
-                row_extra["name_guard_masked"] = constraint.guard.masked
+                row_extra["name_guard_masked"] = constraint.guard.masked[i]
             if constraint is not None and constraint.steps:
                 row_extra["mask_ms_per_step"] = 1000 * constraint.mask_seconds / constraint.steps
                 row_extra["mask_wait_ms_per_step"] = 1000 * constraint.wait_seconds / constraint.steps
@@ -364,6 +364,40 @@ def _token_texts(tok: _TokenizerView) -> list[str]:
     with _cache_lock:
         _text_cache[key] = texts
     return texts
+
+
+def _token_bytes(tok: _TokenizerView) -> list[bytes]:
+    """Each token's bytes by id (b"" for special tokens). Byte-level BPE vocabularies (Qwen, GPT-2,
+    Llama 3) spell bytes as printable characters, so a token may hold part of a character: its text
+    would be a replacement character. SentencePiece byte tokens are "<0xNN>"."""
+    backend = getattr(tok.hf, "backend_tokenizer", None)
+    byte_level = backend is not None and type(backend.decoder).__name__ == "ByteLevel"
+    to_byte = _byte_level_decoder() if byte_level else {}
+    added = set(tok.hf.get_added_vocab())
+    texts = _token_texts(tok)
+    out = [b""] * tok.width
+    for token, token_id in tok.hf.get_vocab().items():
+        if token_id >= tok.width or token_id in tok.special:
+            continue
+        if byte_level and token not in added and all(c in to_byte for c in token):
+            out[token_id] = bytes(to_byte[c] for c in token)
+        elif _BYTE_TOKEN.fullmatch(token):
+            out[token_id] = bytes([int(token[3:5], 16)])
+        else:
+            out[token_id] = texts[token_id].encode()
+    return out
+
+
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    """Byte-level BPE's printable character -> byte table (the inverse of GPT-2's `bytes_to_unicode`)."""
+    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    shifted = [b for b in range(256) if b not in kept]
+    table = {chr(b): b for b in kept}
+    table.update({chr(256 + i): b for i, b in enumerate(shifted)})
+    return table
 
 
 def _biases(tok: _TokenizerView, closing: float) -> tuple[torch.Tensor, torch.Tensor]:
