@@ -141,6 +141,8 @@ def _decoded(raw: bytes) -> str | None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    if "\\" not in text:
+        return text  # nothing escaped: the body is the string
     try:
         value = json.loads(f'"{text}"')
     except ValueError:
