@@ -74,7 +74,7 @@ def test_cursor_collects_names_per_dimension_whatever_the_token_boundaries(seed:
 
 def _table(texts: list[str | bytes]) -> Closers:
     data = [t if isinstance(t, bytes) else t.encode() for t in texts]
-    return closers(("test", tuple(data)), data)
+    return closers(("test", tuple(data)), lambda: data)
 
 
 def _mask_after(texts: list[str | bytes], fed: list[int]) -> list[bool]:

@@ -148,15 +148,15 @@ def _engine_tokenizer(engine: Engine, tok: _TokenizerView) -> Any:
 
 
 def _compile(
-    engine: Engine, tok: _TokenizerView, constraint: dict[str, Any] | str
+    engine: Engine, tok: _TokenizerView, constraint: dict[str, Any] | str, *, digest: str | None = None
 ) -> tuple[Any, float, bool]:
     """The compiled `constraint`, a JSON Schema or (llguidance only) a Lark grammar: (artefact, seconds the
-    compile took, whether it was cached)."""
+    compile took, whether it was cached). `digest` is its `_schema_hash` when the caller has it."""
     if isinstance(constraint, str) and engine != "llguidance":
         raise ConstraintError(
             f"the {engine} engine takes JSON Schemas, not grammars: use engine='llguidance'"
         )
-    key = (engine, tok.key, tok.width, tok.stops, _schema_hash(constraint))
+    key = (engine, tok.key, tok.width, tok.stops, digest or _schema_hash(constraint))
     with _cache_lock:
         if key in _compiled:
             _stats["hits"] += 1
@@ -173,10 +173,7 @@ def _compile(
                 return artefact, seconds, True
         table = _engine_tokenizer(engine, tok)
         try:
-            if isinstance(constraint, str):
-                artefact = _llguidance_matcher(table, _llguidance_grammar(constraint))
-            else:
-                artefact = _compile_with(engine, table, json.dumps(constraint))
+            artefact = _compile_with(engine, table, constraint)
         except BackendError:
             raise
         except Exception as exc:  # engines raise assorted types for unsupported schemas
@@ -224,39 +221,39 @@ def _save_index(path: Path, artefact: Any) -> None:
         pass  # a read-only cache only costs the next process a compile
 
 
-def _llguidance_grammar(lark: str) -> str:
+def _llguidance_grammar(constraint: dict[str, Any] | str) -> str:
+    """llguidance's grammar for a Lark grammar or a JSON Schema. Judgment schemas become the grammar in
+    which each dimension winner also follows its scores (`flexjudge.grammar`); a schema the converter
+    does not cover is compiled as the plain JSON Schema it is."""
     from llguidance import LLMatcher
 
-    return str(LLMatcher.grammar_from_lark(lark))
+    from flexjudge.grammar import lark_grammar
+
+    if isinstance(constraint, str):
+        lark: str | None = constraint
+    else:
+        try:
+            lark = lark_grammar(constraint)
+        except ValueError:
+            lark = None
+    if lark is not None:
+        return str(LLMatcher.grammar_from_lark(lark))
+    text = json.dumps(constraint)
+    return str(LLMatcher.grammar_from_json_schema(text, defaults={"whitespace_flexible": False}))
 
 
-def _llguidance_matcher(table: Any, grammar: str) -> Any:
-    from llguidance import LLMatcher
-
-    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, table)
-    if is_error:
-        raise ConstraintError(f"the llguidance engine rejects this constraint: {messages[0]}")
-    # Rows start from copies of this matcher: a copy costs microseconds, a new matcher milliseconds.
-    return LLMatcher(table, grammar, log_level=0)
-
-
-def _compile_with(engine: Engine, table: Any, schema_json: str) -> Any:
+def _compile_with(engine: Engine, table: Any, constraint: dict[str, Any] | str) -> Any:
     if engine == "llguidance":
         from llguidance import LLMatcher
 
-        from flexjudge.grammar import lark_grammar
-
-        # Judgment schemas become a grammar that also makes each dimension winner follow its scores. A
-        # schema the converter does not cover is still compiled, as the plain JSON Schema it is.
-        try:
-            lark = lark_grammar(json.loads(schema_json))
-        except ValueError:
-            lark = None
-        if lark is not None:
-            grammar = _llguidance_grammar(lark)
-        else:
-            grammar = LLMatcher.grammar_from_json_schema(schema_json, defaults={"whitespace_flexible": False})
-        return _llguidance_matcher(table, grammar)
+        grammar = _llguidance_grammar(constraint)
+        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, table)
+        if is_error:
+            raise ConstraintError(f"the llguidance engine rejects this constraint: {messages[0]}")
+        # Rows start from copies of this matcher: a copy costs microseconds, a new matcher milliseconds.
+        return LLMatcher(table, grammar, log_level=0)
+    assert isinstance(constraint, dict)  # `_compile` sends grammars to llguidance only
+    schema_json = json.dumps(constraint)
     if engine == "xgrammar":
         return table.compile_json_schema(schema_json, any_whitespace=False)
     regex = _untyped("outlines_core.json_schema").build_regex_from_schema(schema_json, None)

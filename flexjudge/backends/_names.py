@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +44,12 @@ _cache: dict[tuple[Any, ...], Closers] = {}
 _lock = threading.Lock()
 
 
-def closers(key: tuple[Any, ...], token_bytes: list[bytes]) -> Closers:
-    """The `Closers` of a tokenizer whose tokens (by id) are `token_bytes`; built once per `key`."""
+def closers(key: tuple[Any, ...], read_tokens: Callable[[], list[bytes]]) -> Closers:
+    """The `Closers` of a tokenizer whose tokens' bytes (by id) `read_tokens` lists; read and built once
+    per `key` (a pass over the whole vocabulary, not repeated for a second backend)."""
     with _lock:
         if key not in _cache:
+            token_bytes = read_tokens()
             quoted: dict[bytes, list[int]] = {}
             for token_id, data in enumerate(token_bytes):
                 before, quote, _ = data.partition(b'"')

@@ -164,7 +164,7 @@ class TransformersBackend:
             closing_bias = 15.0 if self.model in _TINY_ALIASES else 0.0
         self._free_bias, self._json_bias = _biases(self._tok, closing_bias)
         self.unique_names = unique_names
-        self._closers = closers((self._tok.key, self._tok.width), _token_bytes(self._tok))
+        self._closers = closers((self._tok.key, self._tok.width), lambda: _token_bytes(self._tok))
 
     @staticmethod
     def _resolve(model: str) -> Path | str:
@@ -202,11 +202,14 @@ class TransformersBackend:
         if self._model is None:
             raise BackendError("this TransformersBackend is closed", retryable=False)
         groups: dict[tuple[Any, ...], list[int]] = {}
+        digests: dict[int, str] = {}  # requests usually share one constraint object: hash it once
         for i, r in enumerate(requests):
             sampled = r.temperature > 0
             constraint = _constraint(r)
+            if constraint is not None and id(constraint) not in digests:
+                digests[id(constraint)] = _schema_hash(constraint)
             key = (
-                None if constraint is None else _schema_hash(constraint),
+                None if constraint is None else digests[id(constraint)],
                 r.max_new_tokens,
                 r.temperature if sampled else 0.0,
                 r.seed if sampled else None,
@@ -214,12 +217,11 @@ class TransformersBackend:
             groups.setdefault(key, []).append(i)
         out: list[Generation | None] = [None] * len(requests)
         with self._lock:
-            for indices in groups.values():
+            for key, indices in groups.items():
                 for start in range(0, len(indices), self.max_batch_size):
                     chunk = indices[start : start + self.max_batch_size]
-                    for i, generation in zip(
-                        chunk, self._run_batch([requests[i] for i in chunk]), strict=True
-                    ):
+                    batch = self._run_batch([requests[i] for i in chunk], digest=key[0])
+                    for i, generation in zip(chunk, batch, strict=True):
                         out[i] = generation
         return [g for g in out if g is not None]
 
@@ -237,7 +239,8 @@ class TransformersBackend:
         text = self._processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         return str(text), images
 
-    def _run_batch(self, requests: Sequence[Request]) -> list[Generation]:
+    def _run_batch(self, requests: Sequence[Request], *, digest: str | None) -> list[Generation]:
+        """One batch of requests sharing a constraint (`digest`: its `_schema_hash`) and sampling."""
         import torch
 
         first = requests[0]
@@ -255,14 +258,15 @@ class TransformersBackend:
         processors: list[Callable[..., Any]] = []
         constraint_spec = _constraint(first)
         if constraint_spec is not None:
-            artefact, seconds, cached = _compile(self.engine, self._tok, constraint_spec)
+            digest = digest or _schema_hash(constraint_spec)
+            artefact, seconds, cached = _compile(self.engine, self._tok, constraint_spec, digest=digest)
             constraint = _ConstraintProcessor(
                 self.engine,
                 artefact,
                 self._tok.width,
                 frozenset(self._tok.stops),
                 overlap=self.overlap_masks,
-                names=self._closers if self.unique_names and _judgment(constraint_spec) else None,
+                names=self._closers if self.unique_names and _judgment(constraint_spec, digest) else None,
             )
             processors = [_AddBias(self._json_bias), constraint]
             extra = {"engine": self.engine, "compile_s": 0.0 if cached else seconds, "compile_cached": cached}
@@ -336,9 +340,9 @@ def _constraint(request: Request) -> dict[str, Any] | str | None:
 _judgments: dict[str, bool] = {}
 
 
-def _judgment(constraint: dict[str, Any] | str) -> bool:
-    """Whether `constraint` is a judgment's (criteria with a split), remembered per constraint."""
-    key = _schema_hash(constraint)
+def _judgment(constraint: dict[str, Any] | str, key: str) -> bool:
+    """Whether `constraint` (whose `_schema_hash` is `key`) is a judgment's (criteria with a split),
+    remembered per constraint."""
     if key not in _judgments:
         if isinstance(constraint, str):  # a grammar from `flexjudge.grammar` (or one alike)
             _judgments[key] = '\\"score_1\\":' in constraint and '\\"name\\":' in constraint
