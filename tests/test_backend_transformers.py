@@ -362,27 +362,6 @@ def test_released_flex_schema_decodes_valid(
         jsonschema.validate(json.loads(generation.text), schema)
 
 
-def test_constrained_benchmark_runs(tmp_path: Path) -> None:
-    """A smoke run of benchmarks/constrained.py (no timing is asserted)."""
-    import subprocess
-    import sys
-
-    root = Path(__file__).parent.parent
-    args = ["--models", "tiny", "--quick", "--batches", "1", "--engines", available_engines()[0]]
-    env = dict(os.environ, FLEXJUDGE_CACHE_DIR=str(tmp_path))
-    done = subprocess.run(
-        [sys.executable, str(root / "benchmarks" / "constrained.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=root,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "| engine |" in done.stdout and "error" not in done.stdout
-
-
 def test_outlines_core_index_is_reused_by_a_new_process(tmp_path: Path) -> None:
     pytest.importorskip("outlines_core")
     code = (

@@ -51,7 +51,7 @@ def _images() -> list[Image.Image]:
     return [Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
 
 
-def _judge(url: str, **backend_options: Any) -> Judge:
+def _judge(url: str, *, temperature: float = 0.0, **backend_options: Any) -> Judge:
     options = {"backoff_s": 0.01, "timeout_s": 60, **backend_options}
     return Judge(
         "tiny-random",
@@ -59,6 +59,7 @@ def _judge(url: str, **backend_options: Any) -> Judge:
         base_url=url,
         max_string_length=BOUND,
         max_new_tokens=700,
+        temperature=temperature,
         backend_options=options,
     )
 
@@ -285,16 +286,7 @@ def test_structured_outputs_grammar_makes_winners_follow_scores(
     from flexjudge.grammar import lark_grammar
 
     url, _ = server
-    options = {"backoff_s": 0.01, "timeout_s": 60, "structured": "structured_outputs", "grammar": True}
-    with Judge(
-        "tiny-random",
-        backend="openai",
-        base_url=url,
-        max_string_length=BOUND,
-        max_new_tokens=700,
-        temperature=1.0,
-        backend_options=options,
-    ) as judge:
+    with _judge(url, temperature=1.0, structured="structured_outputs", grammar=True) as judge:
         judgments = [judge.judge("a red square", _images(), seed=seed) for seed in range(4)]
     expected = lark_grammar(pair_constraint("image", "flex", max_string_length=BOUND))
     assert [body["structured_outputs"] for body in injector.bodies] == [{"grammar": expected}] * 4
