@@ -157,3 +157,23 @@ def test_an_escaped_backslash_is_a_finished_character() -> None:
 def test_long_names_without_a_word_cannot_close() -> None:
     texts: list[str | bytes] = ['{"dims":[{"name":"', "-" * 30, '"']
     assert _mask_after(texts, [0, 1])[2] is False
+
+
+def test_a_name_written_whole_in_one_token_cannot_repeat() -> None:
+    """Vocabularies trained on JSON hold tokens like '"reason"' that open a name and close it at once."""
+    texts: list[str | bytes] = ['{"dims":[{"name":', '"ab"', ',"score_1":5}', ",", '{"name":', '"cd"', '""']
+    first = _mask_after(texts, [0])  # before the first name's value
+    assert first[1] and first[5] and not first[6]  # "ab" and "cd" are new, "" has no word
+    between = _mask_after(texts, [0, 1, 2, 3])  # after "ab", between two criteria
+    assert between[4]  # '{"name":' writes no name yet
+    again = _mask_after(texts, [0, 1, 2, 3, 4])  # second criterion, before its name's value
+    assert again[1] is False and again[5] is True
+
+
+def test_punctuation_cannot_pad_a_repeat_towards_a_length_bound() -> None:
+    texts: list[str | bytes] = ['{"dims":[{"name":"', "De", '","score_1":5}', ',{"name":"', "],", "x", "-x"]
+    allowed = _mask_after(texts, [0, 1, 2, 3, 1])  # second name so far: "De", the first name again
+    assert allowed[4] is False  # "De]," could only close as "De" again
+    assert allowed[5] and allowed[6]  # letters change the name
+    fresh = _mask_after(texts, [0, 1, 2, 3])  # second name still empty: punctuation may open it
+    assert fresh[4]

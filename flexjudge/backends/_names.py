@@ -38,6 +38,10 @@ class Closers:
     token_bytes: list[bytes]
     quoted: dict[bytes, list[int]]
     """Bytes before the first quote -> the tokens that would end a JSON string after them."""
+    paired: list[int]
+    """Tokens with two quotes or more: they can open a name and close it ('"reason"')."""
+    wordless: list[int]
+    """ASCII tokens with no quote, letter or digit ("-", "],"): they leave a name's words as they are."""
 
 
 _cache: dict[tuple[Any, ...], Closers] = {}
@@ -55,7 +59,13 @@ def closers(key: tuple[Any, ...], read_tokens: Callable[[], list[bytes]]) -> Clo
                 before, quote, _ = data.partition(b'"')
                 if quote and b"\\" not in before:  # a backslash could escape the quote: left alone
                     quoted.setdefault(before, []).append(token_id)
-            _cache[key] = Closers(token_bytes=token_bytes, quoted=quoted)
+            paired = [token_id for token_id, data in enumerate(token_bytes) if data.count(b'"') >= 2]
+            wordless = [
+                token_id
+                for token_id, data in enumerate(token_bytes)
+                if data and data.isascii() and b'"' not in data and not any(chr(b).isalnum() for b in data)
+            ]
+            _cache[key] = Closers(token_bytes=token_bytes, quoted=quoted, paired=paired, wordless=wordless)
         return _cache[key]
 
 
@@ -70,6 +80,28 @@ class _Cursor:
         self.in_string = self.escape = self.is_key = False
         self.buffer = bytearray()
         self.expect_key = False
+        self.repeated = False
+        """A criterion name closed as a repeat of an earlier one of its dimension, or without a word."""
+
+    def copy(self) -> _Cursor:
+        other = _Cursor()
+        other.stack = [
+            [*frame[:2], list(frame[2])] if frame[0] == "[" else list(frame) for frame in self.stack
+        ]
+        other.in_string, other.escape, other.is_key = self.in_string, self.escape, self.is_key
+        other.buffer, other.expect_key = bytearray(self.buffer), self.expect_key
+        return other
+
+    def before_name(self) -> bool:
+        """Between two criteria, or in a criterion object before its name's value: where one token may
+        open a name and close it."""
+        if self.in_string or not self.stack:
+            return False
+        top = self.stack[-1]
+        if top[0] == "[":
+            return bool(top[1] in WINNER_AFTER)
+        below = self.stack[-2] if len(self.stack) > 1 else None
+        return below is not None and below[0] == "[" and below[1] in WINNER_AFTER and top[1] in (None, "name")
 
     def feed(self, data: bytes) -> None:
         for byte in data:
@@ -120,7 +152,9 @@ class _Cursor:
         names = self._names()
         name = _decoded(raw)
         if names is not None and name is not None:
-            names.append(_canonical(name))
+            canonical = _canonical(name)
+            self.repeated |= canonical in names or not canonical
+            names.append(canonical)
 
     def open_name(self) -> tuple[bytes, list[str]] | None:
         """(the open criterion name so far, as written, the earlier names of its dimension), or None while
@@ -172,16 +206,22 @@ class NameGuard:
 
     def restrict(self, bitmask: torch.Tensor, rows: list[int]) -> None:
         for row in rows:
-            state = self.cursors[row].open_name()
+            cursor = self.cursors[row]
+            state = cursor.open_name()
             if state is not None:
-                self.masked[row] += self._restrict_row(bitmask[row].numpy(), *state)
+                repeats = self._closing_repeats(*state)
+            elif cursor.before_name():
+                repeats = self._whole_repeats(cursor)
+            else:
+                continue
+            self.masked[row] += _clear(bitmask[row].numpy(), repeats)
 
-    def _restrict_row(self, words: Any, so_far: bytes, earlier: list[str]) -> int:
-        """Mask the closers that would repeat a name; returns how many were masked."""
+    def _closing_repeats(self, so_far: bytes, earlier: list[str]) -> list[int]:
+        """While a name is open: the tokens that would close it as a repeat (or without a word)."""
         taken = set(earlier) | {""}
         current = _decoded(so_far)
         if current is None:
-            return 0  # inside a character: the next token completes it
+            return []  # inside a character: the next token completes it
         start = _letters(_canonical(current))
         # Past any enumerator, with words that no earlier name starts with, nothing can make a repeat.
         if (
@@ -189,22 +229,46 @@ class NameGuard:
             and len(current) > _ENUMERATOR_REACH
             and not any(_letters(name).startswith(start) for name in taken if name)
         ):
-            return 0
-        cleared = []
+            return []
+        repeats: list[int] = []
         for before, token_ids in self.table.quoted.items():
             name = _decoded(so_far + before)
-            if name is None or _canonical(name) not in taken:
-                continue
-            for token_id in token_ids:
-                word, bit = token_id >> 5, 1 << (token_id & 31)
-                if int(words[word]) & bit:
-                    words[word] = _as_int32(int(words[word]) & ~bit)
-                    cleared.append((word, bit))
-        if cleared and not words.any():  # nothing left to write: undo, and let `check` report it
-            for word, bit in cleared:
-                words[word] = _as_int32(int(words[word]) | bit)
-            return 0
-        return len(cleared)
+            if name is not None and _canonical(name) in taken:
+                repeats += token_ids
+        if _canonical(current) in taken - {""}:
+            # Already an earlier name: punctuation keeps it one ("De" -> "De]," can only close as a repeat,
+            # a dead end under a length bound), so the next token must change its words.
+            for token_id in self.table.wordless:
+                name = _decoded(so_far + self.table.token_bytes[token_id])
+                if name is not None and _canonical(name) in taken:
+                    repeats.append(token_id)
+        return repeats
+
+    def _whole_repeats(self, cursor: _Cursor) -> list[int]:
+        """Before a name: the tokens that would write a whole repeated name at once."""
+        repeats = []
+        for token_id in self.table.paired:
+            trial = cursor.copy()
+            trial.feed(self.table.token_bytes[token_id])
+            if trial.repeated:
+                repeats.append(token_id)
+        return repeats
+
+
+def _clear(words: Any, token_ids: list[int]) -> int:
+    """Clear the bits of `token_ids` in one row's mask; returns how many were set. If that would leave the
+    row no token at all, nothing is cleared (and `check` reports the repeat)."""
+    cleared = []
+    for token_id in token_ids:
+        word, bit = token_id >> 5, 1 << (token_id & 31)
+        if int(words[word]) & bit:
+            words[word] = _as_int32(int(words[word]) & ~bit)
+            cleared.append((word, bit))
+    if cleared and not words.any():
+        for word, bit in cleared:
+            words[word] = _as_int32(int(words[word]) | bit)
+        return 0
+    return len(cleared)
 
 
 def _as_int32(value: int) -> int:
