@@ -108,7 +108,7 @@ MODEL_NOTES = {
 def _requests(schema: dict[str, Any] | None, batch: int, tokens: int) -> list[Any]:
     from PIL import Image
 
-    from flexjudge.backends.base import ImagePart, Message, Request, TextPart
+    from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart
 
     images = (
         ImagePart(Image.new("RGB", (64, 48), (200, 40, 40))),
@@ -118,7 +118,13 @@ def _requests(schema: dict[str, Any] | None, batch: int, tokens: int) -> list[An
         "user", (TextPart("Prompt: a red fox. Image 1:"), images[0], TextPart("Image 2:"), images[1])
     )
     return [
-        Request(messages=(message,), schema=schema, max_new_tokens=tokens, temperature=1.0, seed=0)
+        Request(
+            messages=(message,),
+            constraint=Constraint(schema=schema),
+            max_new_tokens=tokens,
+            temperature=1.0,
+            seed=0,
+        )
         for _ in range(batch)
     ]
 

@@ -17,7 +17,7 @@ from flexjudge.errors import (
     ValidationFailed,
 )
 from flexjudge.formats import detect_format, parse, parse_pointwise, render, render_pointwise
-from flexjudge.judge import DEFAULT_MODEL, Judge, RankedPair, Ranking, ajudge, judge
+from flexjudge.judging import DEFAULT_MODEL, Judge, RankedPair, Ranking, ajudge, judge
 from flexjudge.schema import (
     Criterion,
     Dimension,

@@ -14,44 +14,59 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from flexjudge.anchors import Modality
-from flexjudge.backends.base import Generation
+from flexjudge.backends.base import Constraint, Generation
 from flexjudge.constraints import OutputFormat, pair_constraint, point_constraint
 from flexjudge.errors import ParseError, TruncatedOutput
 from flexjudge.formats import parse, parse_pointwise
+from flexjudge.grammar import lark_grammar
 from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Preferences, Verdict
-from flexjudge.wire_schemas import flex_schema, native_pair_schema
+from flexjudge.wire_schemas import flex_schema, native_pair_schema, native_point_schema
 
 T = TypeVar("T")
 
 __all__ = [
     "checked_model",
+    "pair_request_constraint",
+    "point_request_constraint",
     "point_with_scale",
     "portable_schema",
     "read_generation",
-    "shared_pair_constraint",
-    "shared_point_constraint",
     "weighted_verdict",
 ]
 
 
 @functools.lru_cache(maxsize=64)
-def shared_pair_constraint(
+def pair_request_constraint(
     modality: Modality, output_format: OutputFormat, custom: tuple[str, ...], max_string_length: int | None
-) -> dict[str, Any]:
-    # Built once per shape and shared (backends treat request schemas as read-only): building one
-    # deep-copies a few hundred nodes, which would otherwise be paid on every judgment.
-    return pair_constraint(
+) -> Constraint:
+    """The constraint every pairwise request of this shape carries: the full schema, its OpenAI-strict
+    subset, the grammar in which winners follow the scores, and the criteria arrays whose names must stay
+    distinct. Built once per shape and shared (backends treat it as read-only): building one deep-copies
+    a few hundred nodes and derives a grammar, which would otherwise be paid on every judgment."""
+    schema = pair_constraint(
         modality, output_format, custom_dimensions=custom, max_string_length=max_string_length
+    )
+    criteria = "dims" if output_format == "flex" else "criteria"
+    return Constraint(
+        schema=schema,
+        strict_schema=portable_schema(modality, output_format),
+        grammar=lark_grammar(schema),
+        unique_names=frozenset({criteria}),
     )
 
 
 @functools.lru_cache(maxsize=64)
-def shared_point_constraint(
+def point_request_constraint(
     modality: Modality, low: int, high: int, max_string_length: int | None
-) -> dict[str, Any]:
-    # Keyed by the scale's bounds (a PointScale is not hashable); shared and read-only, like the pair one.
+) -> Constraint:
+    """The constraint of a pointwise request on the scale low..high (a PointScale is not hashable)."""
     scale = PointScale(low=low, high=high)
-    return point_constraint(modality, scale, max_string_length=max_string_length)
+    schema = point_constraint(modality, scale, max_string_length=max_string_length)
+    return Constraint(
+        schema=schema,
+        strict_schema=native_point_schema(modality, scale),
+        unique_names=frozenset({"criteria"}),
+    )
 
 
 @functools.lru_cache(maxsize=4)

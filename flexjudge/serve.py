@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flexjudge.backends.base import Backend, Generation, ImagePart, Message, Request, TextPart
+from flexjudge.backends.base import Backend, Constraint, Generation, ImagePart, Message, Request, TextPart
 from flexjudge.errors import ConstraintError, FlexjudgeError
 
 if TYPE_CHECKING:
@@ -141,10 +141,16 @@ def parse_chat_request(body: dict[str, Any], *, max_image_pixels: int) -> Reques
     grammar = structured.get("grammar") if isinstance(structured, dict) else None
     if grammar is not None and (not isinstance(grammar, str) or "json" in (structured or {})):
         raise RequestError("structured_outputs takes one of 'json' or 'grammar' (an llguidance Lark string)")
+    schema = _schema(body)
+    names = structured.get("unique_names", []) if isinstance(structured, dict) else []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise RequestError("structured_outputs.unique_names must be a list of array keys")
+    constraint = None
+    if schema is not None or grammar is not None:
+        constraint = Constraint(schema=schema, grammar=grammar, unique_names=frozenset(names))
     return Request(
         messages=tuple(messages),
-        schema=_schema(body),
-        grammar=grammar,
+        constraint=constraint,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,

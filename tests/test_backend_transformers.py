@@ -19,7 +19,7 @@ jsonschema = pytest.importorskip("jsonschema")
 
 from PIL import Image  # noqa: E402
 
-from flexjudge.backends.base import ImagePart, Message, Request, TextPart  # noqa: E402
+from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart  # noqa: E402
 from flexjudge.backends.tiny import build_tiny_model, tiny_model_dir  # noqa: E402
 from flexjudge.backends.transformers import (  # noqa: E402
     TransformersBackend,
@@ -67,6 +67,7 @@ def _request(
     *,
     images: int = 1,
     schema: dict[str, Any] | None = SCHEMA,
+    unique_names: frozenset[str] = frozenset(),
     max_new_tokens: int = 400,
     temperature: float = 0.0,
     seed: int | None = None,
@@ -79,7 +80,7 @@ def _request(
             Message("system", (TextPart("You are a judge. Answer in JSON."),)),
             Message("user", tuple(parts)),
         ),
-        schema=schema,
+        constraint=Constraint(schema=schema, unique_names=unique_names) if schema is not None else None,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
@@ -424,7 +425,8 @@ def test_text_overrides_widen_the_language_model(tmp_path: Path) -> None:
 def test_a_grammar_constrains_the_output_on_llguidance_only(tiny_dir: Path) -> None:
     import dataclasses
 
-    request = dataclasses.replace(_request(), schema=None, grammar='start: "{\\"ok\\":" ("1" | "2") "}"')
+    grammar = 'start: "{\\"ok\\":" ("1" | "2") "}"'
+    request = dataclasses.replace(_request(), constraint=Constraint(schema=None, grammar=grammar))
     (generation,) = _generate(TransformersBackend(tiny_dir, engine="llguidance"), [request])
     assert generation.constrained and generation.text in ('{"ok":1}', '{"ok":2}')
     other = [e for e in available_engines() if e != "llguidance"]

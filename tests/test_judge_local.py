@@ -15,7 +15,7 @@ from PIL import Image
 
 import flexjudge
 from flexjudge.constraints import ENFORCED_FINDINGS, enforced_findings
-from flexjudge.judge import Judge
+from flexjudge.judging import Judge
 
 pytest.importorskip("transformers")
 av = pytest.importorskip("av")

@@ -17,10 +17,10 @@ from PIL import Image
 from served import FaultInjector, running_server
 
 import flexjudge
-from flexjudge.backends.base import ImagePart, Message, Request, TextPart
+from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart
 from flexjudge.backends.openai import OpenAIBackend
 from flexjudge.constraints import ENFORCED_FINDINGS, pair_constraint
-from flexjudge.judge import Judge
+from flexjudge.judging import Judge
 
 pytest.importorskip("transformers")
 from flexjudge.backends.transformers import TransformersBackend
@@ -105,7 +105,7 @@ def test_timeouts_are_retried(server, injector) -> None:  # type: ignore[no-unty
     injector.faults = ["hang"]
     injector.hang_s = 3.0
     backend = OpenAIBackend(url, model="tiny-random", backoff_s=0.01, timeout_s=1.0, max_attempts=3)
-    request = Request(messages=(Message("user", (TextPart("hi"),)),), schema=None, max_new_tokens=4)
+    request = Request(messages=(Message("user", (TextPart("hi"),)),), max_new_tokens=4)
     (generation,) = asyncio.run(_generate_and_close(backend, request))
     assert len(injector.bodies) >= 2 and isinstance(generation.text, str)
 
@@ -133,7 +133,7 @@ def test_server_without_structured_outputs_falls_back_and_says_so(server, inject
     backend = OpenAIBackend(url, model="tiny-random", backoff_s=0.01)
     request = Request(
         messages=(Message("user", (TextPart("judge"), ImagePart(_images()[0]))),),
-        schema=pair_constraint("image", "flex", max_string_length=BOUND),
+        constraint=Constraint(schema=pair_constraint("image", "flex", max_string_length=BOUND)),
         max_new_tokens=16,
     )
     (generation,) = asyncio.run(_generate_and_close(backend, request))
@@ -306,7 +306,9 @@ def test_a_request_grammar_travels_as_structured_outputs(
     url, _ = server
     grammar = 'start: "{\\"ok\\":" ("1" | "2") "}"'
     request = Request(
-        messages=(Message("user", (TextPart("ok?"),)),), schema=None, grammar=grammar, max_new_tokens=20
+        messages=(Message("user", (TextPart("ok?"),)),),
+        constraint=Constraint(schema=None, grammar=grammar),
+        max_new_tokens=20,
     )
     backend = OpenAIBackend(url, model="tiny-random", structured="structured_outputs", backoff_s=0.01)
     (generation,) = asyncio.run(_generate_and_close(backend, request))

@@ -222,22 +222,11 @@ def _save_index(path: Path, artefact: Any) -> None:
 
 
 def _llguidance_grammar(constraint: dict[str, Any] | str) -> str:
-    """llguidance's grammar for a Lark grammar or a JSON Schema. Judgment schemas become the grammar in
-    which each dimension winner also follows its scores (`flexjudge.grammar`); a schema the converter
-    does not cover is compiled as the plain JSON Schema it is."""
+    """llguidance's grammar for a Lark grammar or a JSON Schema."""
     from llguidance import LLMatcher
 
-    from flexjudge.grammar import lark_grammar
-
     if isinstance(constraint, str):
-        lark: str | None = constraint
-    else:
-        try:
-            lark = lark_grammar(constraint)
-        except ValueError:
-            lark = None
-    if lark is not None:
-        return str(LLMatcher.grammar_from_lark(lark))
+        return str(LLMatcher.grammar_from_lark(constraint))
     text = json.dumps(constraint)
     return str(LLMatcher.grammar_from_json_schema(text, defaults={"whitespace_flexible": False}))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -32,24 +34,59 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """What a generation must follow, built once by the judge layer and handed to the backend as it is.
+
+    Backends and engines apply what they are given (the grammar where their engine takes one, else the
+    schema; the strict schema where a server takes only OpenAI's subset) and never look inside it for
+    judgment fields: what the output means is the judge layer's business.
+    """
+
+    schema: dict[str, Any] | None
+    """The full JSON Schema (what the local engines and vLLM / SGLang take); None for a constraint given as
+    a grammar alone. Treated as read-only."""
+    strict_schema: dict[str, Any] | None = None
+    """The same output in OpenAI's strict subset (no `const`, `prefixItems`), for servers that take only
+    that subset; it enforces less (anchor order and the split are then left to `check`)."""
+    grammar: str | None = None
+    """An llguidance Lark grammar for the same output that enforces more than `schema` (a judgment's winners
+    follow its scores); engines and servers that take Lark grammars use it in place of `schema`."""
+    unique_names: frozenset[str] = frozenset()
+    """JSON keys of arrays whose items' `name` values must stay distinct while decoding (compared as
+    `flexjudge.check` compares names); no grammar can say it, so the transformers backend enforces it."""
+    digest: str = field(init=False, compare=False)
+    """A content hash of everything above: the key of compile caches, recorded with each judgment."""
+
+    def __post_init__(self) -> None:
+        if self.schema is None and self.grammar is None:
+            raise ValueError("a Constraint needs a schema, a grammar or both")
+        payload = json.dumps(
+            [self.schema, self.strict_schema, self.grammar, sorted(self.unique_names)],
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        object.__setattr__(self, "digest", hashlib.sha256(payload.encode()).hexdigest()[:24])
+
+
+@dataclass(frozen=True)
 class Request:
     """One generation: the conversation, the output constraint and the sampling settings."""
 
     messages: tuple[Message, ...]
-    schema: dict[str, Any] | None
-    """JSON Schema the output must follow; None for free text."""
-    portable_schema: dict[str, Any] | None = None
-    """The same output in OpenAI's strict subset (no `const`, `prefixItems`): for servers that take only
-    that subset. It enforces less (anchor order and the split are then left to `check`)."""
+    constraint: Constraint | None = None
+    """What the output must follow; None for free text."""
     response_model: Any = None
     """A pydantic model whose validators check the output; a backend that can re-ask with the
     validation errors (`openai` with `instructor_retries`) uses it, the others ignore it."""
-    grammar: str | None = None
-    """An llguidance Lark grammar the output must follow, taking the place of `schema` where set (what a
-    vLLM server running the guidance backend takes as `structured_outputs.grammar`)."""
     max_new_tokens: int = 4096
     temperature: float = 0.0
+    top_p: float = 1.0
     seed: int | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Extra arguments for the model's chat template (`{"enable_thinking": False}` for Qwen3.5-based
+    judges, as the released checkpoint is served); the transformers backend passes them to
+    `apply_chat_template`, the openai backend sends them as vLLM's `chat_template_kwargs`."""
 
 
 @dataclass
@@ -71,6 +108,12 @@ class Generation:
     """True when decoding was constrained by the request's schema (valid by construction)."""
     usage: Usage | None = None
     model: str = ""
+    engine: str | None = None
+    """Who enforced the constraint: a local engine (`llguidance`, ...) or `server`; None for free text."""
+    enforced: Literal["grammar", "schema", "strict_schema"] | None = None
+    """Which form of the request's constraint was applied; None when the output was not constrained."""
+    attempts: int = 1
+    """Generations it took (more than 1 when the backend re-asked with the rule violations)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

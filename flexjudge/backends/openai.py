@@ -17,8 +17,6 @@ Scale-out is the server's business: one vLLM endpoint with tensor or data parall
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import os
 import random
 import weakref
@@ -131,25 +129,29 @@ class OpenAIBackend:
         }
         if request.seed is not None:
             body["seed"] = request.seed
-        if request.grammar is not None and self.structured != "structured_outputs":
+        given = request.constraint
+        if given is not None and given.schema is None and self.structured != "structured_outputs":
             raise ConstraintError(
                 "a grammar travels only as structured_outputs: set structured='structured_outputs'"
             )
-        constrained = (
-            request.schema is not None or request.grammar is not None
-        ) and self.structured != "none"
+        constrained = given is not None and self.structured != "none"
+        enforced: Literal["grammar", "schema", "strict_schema"] | None = None
         if constrained:
-            schema = (
-                request.portable_schema
-                if self.portable_schema and request.portable_schema
-                else request.schema
-            )
-            lark = request.grammar or (_grammar_for(request.schema) if self.grammar else None)
-            if lark is not None and self.structured == "structured_outputs":
-                body["extra_body"] = {"structured_outputs": {"grammar": lark}}
+            assert given is not None
+            if (
+                self.structured == "structured_outputs"
+                and given.grammar is not None
+                and (self.grammar or given.schema is None)
+            ):
+                body["extra_body"] = {"structured_outputs": {"grammar": given.grammar}}
+                enforced = "grammar"
+            elif self.portable_schema and given.strict_schema is not None:
+                body.update(_structured_body(self.structured, given.strict_schema))
+                enforced = "strict_schema"
             else:
-                assert schema is not None  # no grammar, so the request was constrained by a schema
-                body.update(_structured_body(self.structured, schema))
+                assert given.schema is not None
+                body.update(_structured_body(self.structured, given.schema))
+                enforced = "schema"
         if self.instructor_retries > 0 and request.response_model is not None:
             async with self._state().semaphore:
                 return await self._with_instructor(body, request.response_model)
@@ -162,9 +164,12 @@ class OpenAIBackend:
                 # The server has no structured outputs: prompt-only, lenient parsing, and say so.
                 for key in ("response_format", "extra_body"):
                     body.pop(key, None)
-                constrained = False
+                constrained, enforced = False, None
                 response = await self._call(body)
-        return _generation(response, constrained, self.model)
+        generation = _generation(response, constrained, self.model)
+        if constrained:
+            generation.engine, generation.enforced = "server", enforced
+        return generation
 
     async def _with_instructor(self, body: dict[str, Any], response_model: Any) -> Generation:
         """Re-ask with the validation errors (instructor, Mode.JSON_SCHEMA) until the output passes.
@@ -232,24 +237,6 @@ class _Malformed(Exception):
 class _LoopState:
     client: AsyncOpenAI
     semaphore: asyncio.Semaphore
-
-
-@functools.lru_cache(maxsize=32)
-def _grammar_text(schema_json: str) -> str | None:
-    from flexjudge.grammar import lark_grammar
-
-    return lark_grammar(json.loads(schema_json))
-
-
-def _grammar_for(schema: dict[str, Any] | None) -> str | None:
-    """The judgment grammar (winners follow the scores) for a judgment constraint; None for others, and
-    for a schema the converter does not cover (it then travels as the JSON Schema it is)."""
-    if schema is None:
-        return None
-    try:
-        return _grammar_text(json.dumps(schema))  # key order kept: the grammar writes properties in order
-    except ValueError:
-        return None
 
 
 def _structured_body(mode: Structured, schema: dict[str, Any]) -> dict[str, Any]:

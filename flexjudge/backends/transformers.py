@@ -50,7 +50,6 @@ from flexjudge.backends._engines import (
 from flexjudge.backends._names import closers
 from flexjudge.backends.base import Generation, ImagePart, Request, TextPart, Usage
 from flexjudge.errors import BackendError
-from flexjudge.grammar import has_split_criteria
 
 if TYPE_CHECKING:
     import torch
@@ -205,11 +204,14 @@ class TransformersBackend:
         digests: dict[int, str] = {}  # requests usually share one constraint object: hash it once
         for i, r in enumerate(requests):
             sampled = r.temperature > 0
-            constraint = _constraint(r)
+            constraint = _constraint(r, self.engine)
             if constraint is not None and id(constraint) not in digests:
                 digests[id(constraint)] = _schema_hash(constraint)
             key = (
                 None if constraint is None else digests[id(constraint)],
+                r.constraint.unique_names if r.constraint is not None else None,
+                tuple(sorted((r.chat_template_kwargs or {}).items())),
+                r.top_p,
                 r.max_new_tokens,
                 r.temperature if sampled else 0.0,
                 r.seed if sampled else None,
@@ -236,7 +238,9 @@ class TransformersBackend:
                     content.append({"type": "image"})
                     images.append(part.image)
             conversation.append({"role": message.role, "content": content})
-        text = self._processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        text = self._processor.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True, **(request.chat_template_kwargs or {})
+        )
         return str(text), images
 
     def _run_batch(self, requests: Sequence[Request], *, digest: str | None) -> list[Generation]:
@@ -256,7 +260,7 @@ class TransformersBackend:
         constraint: _ConstraintProcessor | None = None
         extra: dict[str, Any] = {"engine": None}
         processors: list[Callable[..., Any]] = []
-        constraint_spec = _constraint(first)
+        constraint_spec = _constraint(first, self.engine)
         if constraint_spec is not None:
             digest = digest or _schema_hash(constraint_spec)
             artefact, seconds, cached = _compile(self.engine, self._tok, constraint_spec, digest=digest)
@@ -266,7 +270,9 @@ class TransformersBackend:
                 self._tok.width,
                 frozenset(self._tok.stops),
                 overlap=self.overlap_masks,
-                names=self._closers if self.unique_names and _judgment(constraint_spec, digest) else None,
+                names=self._closers
+                if self.unique_names and first.constraint is not None and first.constraint.unique_names
+                else None,
             )
             processors = [_AddBias(self._json_bias), constraint]
             extra = {"engine": self.engine, "compile_s": 0.0 if cached else seconds, "compile_cached": cached}
@@ -284,7 +290,7 @@ class TransformersBackend:
         if first.temperature > 0:
             # Neutralise a checkpoint's top-k / top-p: HF applies them before custom processors, and a
             # top-k that keeps only grammar-forbidden tokens leaves nothing to sample.
-            kwargs.update(do_sample=True, temperature=first.temperature, top_k=0, top_p=1.0)
+            kwargs.update(do_sample=True, temperature=first.temperature, top_k=0, top_p=first.top_p)
         else:
             kwargs.update(do_sample=False)
         device = self._model.device
@@ -321,6 +327,10 @@ class TransformersBackend:
                     text=self._tok.hf.decode(kept, skip_special_tokens=True),
                     finish_reason="length" if stop_at is None else "stop",
                     constrained=constraint_spec is not None and error is None,
+                    engine=self.engine if constraint_spec is not None else None,
+                    enforced=None
+                    if constraint_spec is None or error is not None
+                    else ("grammar" if isinstance(constraint_spec, str) else "schema"),
                     usage=Usage(
                         prompt_tokens=int(prompt_tokens[i]),
                         completion_tokens=len(kept) + (stop_at is not None),
@@ -332,23 +342,15 @@ class TransformersBackend:
         return generations
 
 
-def _constraint(request: Request) -> dict[str, Any] | str | None:
-    """What constrains a request's output: its grammar where it has one, else its JSON Schema."""
-    return request.grammar if request.grammar is not None else request.schema
-
-
-_judgments: dict[str, bool] = {}
-
-
-def _judgment(constraint: dict[str, Any] | str, key: str) -> bool:
-    """Whether `constraint` (whose `_schema_hash` is `key`) is a judgment's (criteria with a split),
-    remembered per constraint."""
-    if key not in _judgments:
-        if isinstance(constraint, str):  # a grammar from `flexjudge.grammar` (or one alike)
-            _judgments[key] = '\\"score_1\\":' in constraint and '\\"name\\":' in constraint
-        else:
-            _judgments[key] = has_split_criteria(constraint)
-    return _judgments[key]
+def _constraint(request: Request, engine: Engine) -> dict[str, Any] | str | None:
+    """What this engine decodes a request under: the constraint's grammar where the engine takes Lark
+    grammars (llguidance) and it has one, else its JSON Schema."""
+    constraint = request.constraint
+    if constraint is None:
+        return None
+    if constraint.grammar is not None and (engine == "llguidance" or constraint.schema is None):
+        return constraint.grammar
+    return constraint.schema
 
 
 _bias_cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from flexjudge._sync import LoopThread, run_sync
 from flexjudge.anchors import Modality
 from flexjudge.backends.auto import BASE_URL_ENV, make_backend
-from flexjudge.backends.base import Backend, Generation, ImagePart, Message, Request, TextPart
+from flexjudge.backends.base import Backend, Constraint, Generation, ImagePart, Message, Request, TextPart
 from flexjudge.constraints import OutputFormat
 from flexjudge.formats import parse
 from flexjudge.prompting import PromptSpec, render_prompt
@@ -25,11 +25,10 @@ from flexjudge.prompts import TEMPLATE_VERSION
 from flexjudge.ranking import RankedPair, Ranking, rank_by_win_rate
 from flexjudge.reading import (
     checked_model,
+    pair_request_constraint,
+    point_request_constraint,
     point_with_scale,
-    portable_schema,
     read_generation,
-    shared_pair_constraint,
-    shared_point_constraint,
     weighted_verdict,
 )
 from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Preferences, Usage
@@ -236,17 +235,15 @@ class Judge:
         self,
         text: str,
         images: list[PILImage],
-        schema: dict[str, Any],
+        constraint: Constraint,
         seed: int | None,
-        portable: dict[str, Any] | None = None,
         response_model: Any = None,
     ) -> Request:
         parts: list[TextPart | ImagePart] = [ImagePart(image) for image in images]
         parts.append(TextPart(text))
         return Request(
             messages=(Message(role="user", parts=tuple(parts)),),
-            schema=schema,
-            portable_schema=portable,
+            constraint=constraint,
             response_model=response_model,
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
@@ -268,11 +265,10 @@ class Judge:
             shown += [(two, one, [2, 1]) for one, two in pairs]
         text = render_prompt(self._spec("pair", modality), prompt, prefs)
         custom = prefs.custom_dimensions if prefs is not None else ()
-        schema = shared_pair_constraint(modality, self.output_format, custom, self.max_string_length)
-        portable = portable_schema(modality, self.output_format)
+        constraint = pair_request_constraint(modality, self.output_format, custom, self.max_string_length)
         checked = checked_model(self.output_format, modality)
         requests = [
-            self._request(text, first + second, schema, seed, portable, checked) for first, second, _ in shown
+            self._request(text, first + second, constraint, seed, checked) for first, second, _ in shown
         ]
         generations = await self.backend.generate(requests)
         judgments = [
@@ -314,8 +310,8 @@ class Judge:
         scale: PointScale,
     ) -> PointwiseJudgment:
         text = render_prompt(self._spec("point", modality), prompt, prefs, low=scale.low, high=scale.high)
-        schema = shared_point_constraint(modality, scale.low, scale.high, self.max_string_length)
-        (generation,) = await self.backend.generate([self._request(text, images, schema, seed)])
+        constraint = point_request_constraint(modality, scale.low, scale.high, self.max_string_length)
+        (generation,) = await self.backend.generate([self._request(text, images, constraint, seed)])
         judgment = read_generation(lambda: point_with_scale(generation.text, scale), generation)
         judgment.meta = judgment.meta.model_copy(update=self._provenance(generation, prefs))
         return judgment
