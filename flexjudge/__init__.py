@@ -3,7 +3,9 @@
 The public surface is flat; everything here is cheap to import (no torch, no model libraries).
 """
 
-from flexjudge.anchors import FLEX_ANCHORS, THINK_ANCHORS, anchors
+from flexjudge.anchors import FLEX_ANCHORS, THINK_ANCHORS
+from flexjudge.anchors import anchors as anchor_dimensions
+from flexjudge.backends.base import Backend, Constraint
 from flexjudge.checks import Finding, check, require_consistent
 from flexjudge.errors import (
     BackendError,
@@ -14,10 +16,13 @@ from flexjudge.errors import (
     RenderError,
     TraceFileError,
     TruncatedOutput,
+    UsageError,
     ValidationFailed,
 )
 from flexjudge.formats import detect_format, parse, parse_pointwise, render, render_pointwise
-from flexjudge.judging import DEFAULT_MODEL, Judge, RankedPair, Ranking, ajudge, judge
+from flexjudge.judging import DEFAULT_MODEL, Judge
+from flexjudge.media import Limits
+from flexjudge.ranking import RankedPair, Ranking
 from flexjudge.schema import (
     Criterion,
     Dimension,
@@ -31,10 +36,12 @@ from flexjudge.schema import (
     PointVerdict,
     PointwiseJudgment,
     Preferences,
+    Sampling,
     SwapReport,
     Usage,
     Verdict,
 )
+from flexjudge.verbs import ajudge, arank, ascore, judge, rank, score
 
 __version__ = "0.1.0"
 
@@ -42,7 +49,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "FLEX_ANCHORS",
     "THINK_ANCHORS",
+    "Backend",
     "BackendError",
+    "Constraint",
     "ConstraintError",
     "Criterion",
     "Dimension",
@@ -53,6 +62,7 @@ __all__ = [
     "Judge",
     "Judgment",
     "JudgmentMeta",
+    "Limits",
     "MediaError",
     "ParseError",
     "PointCriterion",
@@ -64,21 +74,27 @@ __all__ = [
     "RankedPair",
     "Ranking",
     "RenderError",
+    "Sampling",
     "SwapReport",
     "TraceFileError",
     "TruncatedOutput",
     "Usage",
+    "UsageError",
     "ValidationFailed",
     "Verdict",
     "__version__",
     "ajudge",
-    "anchors",
+    "anchor_dimensions",
+    "arank",
+    "ascore",
     "check",
     "detect_format",
     "judge",
     "parse",
     "parse_pointwise",
+    "rank",
     "render",
     "render_pointwise",
     "require_consistent",
+    "score",
 ]

@@ -12,33 +12,21 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict
 
 from flexjudge.anchors import anchor_position, anchors, canonical_name
 from flexjudge.errors import ValidationFailed
-from flexjudge.schema import Criterion, Dimension, Judgment, PointDimension, PointwiseJudgment
-from flexjudge.swap import SWAPPED_SUFFIX
-
-Severity = Literal["error", "warning", "info"]
+from flexjudge.schema import (
+    Criterion,
+    Dimension,
+    Finding,
+    Judgment,
+    PointDimension,
+    PointwiseJudgment,
+    Severity,
+)
+from flexjudge.votes import dimension_votes, leader
 
 __all__ = ["Finding", "Severity", "check", "require_consistent"]
-
-
-class Finding(BaseModel):
-    """One problem found in a judgment."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-    code: str
-    """Stable machine-readable code, e.g. `split_sum`."""
-    severity: Severity
-    """`error`, `warning` or `info`."""
-    path: str
-    """Where: `dimensions[1].criteria[0]`; empty for the judgment as a whole."""
-    message: str
-    """What is wrong, in words."""
 
 
 _Add = Callable[[Finding], None]  # `list[Finding].append`, handed to each rule
@@ -60,10 +48,11 @@ def check(
     _check_anchors(judgment, add, max_generated)
     _check_unique([d.name for d in dims], "dimensions", "dimension", add)
     count_rule = isinstance(judgment, PointwiseJudgment) or scoring == "split"
-    merged = judgment.meta.swap is not None
+    per_run = _criteria_per_run(judgment)
     for i, dim in enumerate(dims):
         path = f"dimensions[{i}]"
-        count = _criteria_per_run(dim) if merged else len(dim.criteria)
+        counts = per_run.get(canonical_name(dim.name), [len(dim.criteria)])
+        count = next((n for n in counts if not min_criteria <= n <= max_criteria), counts[0])
         if count_rule and not min_criteria <= count <= max_criteria:
             add(
                 _f(
@@ -244,10 +233,15 @@ def _check_point_dimension(dim: PointDimension, path: str, add: _Add) -> None:
         )
 
 
-def _criteria_per_run(dim: Dimension | PointDimension) -> int:
-    # An order-swap merge holds both runs' criteria; the 3-5 rule applies to each run.
-    first = sum(1 for c in dim.criteria if not c.name.endswith(SWAPPED_SUFFIX))
-    return first or len(dim.criteria)
+def _criteria_per_run(judgment: Judgment | PointwiseJudgment) -> dict[str, list[int]]:
+    """For an order-swap merge, each dimension's criteria counts in each run (canonical name -> counts):
+    the merge holds both runs' criteria, and the 3-5 rule applies to each run. Empty otherwise."""
+    report = judgment.meta.swap
+    counts: dict[str, list[int]] = {}
+    for run in (report.first, report.second) if report is not None else ():
+        for dim in run.dimensions:
+            counts.setdefault(canonical_name(dim.name), []).append(len(dim.criteria))
+    return counts
 
 
 def _check_verdict(judgment: Judgment, add: _Add) -> None:
@@ -260,31 +254,26 @@ def _check_verdict(judgment: Judgment, add: _Add) -> None:
         one = sum(c.score_1 for d in judgment.dimensions for c in d.criteria)
         two = sum(c.score_2 for d in judgment.dimensions for c in d.criteria)
         rule = "total scores"
-    elif weighted and preferences is not None:
-        one = sum(preferences.weight(d.name) for d in judgment.dimensions if d.winner == 1)
-        two = sum(preferences.weight(d.name) for d in judgment.dimensions if d.winner == 2)
-        rule = "weighted dimension wins"
     else:
-        winners = [d.winner for d in judgment.dimensions]
-        one, two = winners.count(1), winners.count(2)
-        rule = "dimension wins"
-    leader = 1 if one > two else 2 if two > one else None
-    if winner is not None and leader is not None and winner != leader:
+        one, two = dimension_votes(judgment.dimensions, preferences)
+        rule = "weighted dimension wins" if weighted else "dimension wins"
+    ahead = leader(one, two)
+    if winner is not None and ahead is not None and winner != ahead:
         add(
             _f(
                 "verdict_contradicts_dimensions",
                 "warning",
                 "verdict.winner",
-                f"overall winner is candidate {winner} but {rule} are {one} to {two}",
+                f"overall winner is candidate {winner} but {rule} are {one:g} to {two:g}",
             )
         )
-    elif winner is None and leader is not None:
+    elif winner is None and ahead is not None:
         add(
             _f(
                 "verdict_contradicts_dimensions",
                 "info",
                 "verdict.winner",
-                f"a tie, but {rule} are {one} to {two}",
+                f"a tie, but {rule} are {one:g} to {two:g}",
             )
         )
     if not judgment.verdict.analysis.strip() and judgment.scoring == "split":

@@ -144,9 +144,15 @@ def judge_command(
             max_string_length=max_string_length,
             **options,  # type: ignore[arg-type]
         ) as judge:
-            result = judge.judge(
-                prompt, [str(f) for f in files], mode=mode, preferences=prefs, swap=swap, seed=seed
-            )
+            paths = [str(f) for f in files]
+            result: flexjudge.Judgment | flexjudge.PointwiseJudgment | flexjudge.Ranking
+            if mode == "point":
+                (path,) = paths
+                result = judge.score(prompt, path, preferences=prefs, seed=seed)
+            elif mode == "rank":
+                result = judge.rank(prompt, paths, preferences=prefs, swap=swap, seed=seed)
+            else:
+                result = judge.judge(prompt, paths, preferences=prefs, swap=swap, seed=seed)
     except (flexjudge.FlexjudgeError, ValueError) as exc:
         _fail(str(exc))
     if as_json:

@@ -12,6 +12,11 @@ class FlexjudgeError(Exception):
     """Root of every error flexjudge raises on purpose."""
 
 
+class UsageError(FlexjudgeError, ValueError):
+    """A call flexjudge cannot honour as written (an unknown option, a wrong candidate count, an empty
+    prompt, a setting out of range); the message names the fix. Also a `ValueError`, as such errors are."""
+
+
 class ParseError(FlexjudgeError):
     """Model output that cannot be read as a judgment.
 

@@ -1,28 +1,43 @@
-"""The front door: `judge` / `ajudge` / `Judge` turn a prompt and candidates into a typed judgment.
+"""The front door: `Judge` turns a prompt and candidates into a typed, checked judgment.
 
-Flow for one pair: load and size-check the media, render the prompt for the requested wire format,
-ask the backend for a generation constrained by `flexjudge.constraints` (valid by construction),
-read it with `flexjudge.parse`, and record how it was made in `meta`. `swap=True` runs both candidate
-orders concurrently and merges them (`flexjudge.swap`); `mode="rank"` judges every pair of N candidates.
+One verb per result: `judge` (a pair -> `Judgment`), `score` (one candidate -> `PointwiseJudgment`),
+`rank` (N candidates -> `Ranking`, built on pairs), each with an async twin and a batch form.
+Flow for one pair: load and size-check the media, render the prompt for the requested wire format, ask
+the backend for a generation under the constraint the judge layer built (`reading.py`), read it with
+`flexjudge.parse`, run `check()` once and attach its findings, and record how it was made in `meta`.
+`swap=True` runs both candidate orders in one backend call and merges them (`flexjudge.swap`).
+The one-off verbs (`flexjudge.judge`, ...) live in `oneoff.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
 
 from flexjudge._sync import LoopThread, run_sync
 from flexjudge.anchors import Modality
-from flexjudge.backends.auto import BASE_URL_ENV, make_backend
+from flexjudge.backends.auto import make_backend
 from flexjudge.backends.base import Backend, Constraint, Generation, ImagePart, Message, Request, TextPart
+from flexjudge.checks import check
 from flexjudge.constraints import OutputFormat
+from flexjudge.errors import UsageError, ValidationFailed
 from flexjudge.formats import parse
-from flexjudge.prompting import PromptSpec, render_prompt
-from flexjudge.prompts import TEMPLATE_VERSION
-from flexjudge.ranking import RankedPair, Ranking, rank_by_win_rate
+from flexjudge.options import (
+    Call,
+    OnFindings,
+    PairOptions,
+    PointOptions,
+    RankOptions,
+    call_options,
+    with_keywords,
+)
+from flexjudge.prompting import PromptSpec, render_prompt, template_identity
+from flexjudge.ranking import Ranking, rank_by_win_rate
 from flexjudge.reading import (
     checked_model,
     pair_request_constraint,
@@ -31,7 +46,7 @@ from flexjudge.reading import (
     read_generation,
     weighted_verdict,
 )
-from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Preferences, Usage
+from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Sampling, Usage
 from flexjudge.swap import merge_swapped, unswap
 
 if TYPE_CHECKING:
@@ -40,13 +55,36 @@ if TYPE_CHECKING:
     from flexjudge.media import Limits
 
 DEFAULT_MODEL = "CodeGoat24/UnifiedReward-Flex-qwen3vl-8b"
-Mode = Literal["pair", "point", "rank"]
+THINKING_OFF: dict[str, Any] = {"enable_thinking": False}
+"""The chat-template arguments sent by default: the released Qwen3.5-based judge is served with thinking
+off, and templates without the switch ignore it."""
 
-__all__ = ["BASE_URL_ENV", "DEFAULT_MODEL", "Judge", "RankedPair", "Ranking", "ajudge", "judge"]
+Candidate = Any
+"""A path, PIL image, encoded bytes, numpy array, or (a video) a list of frames."""
+Frames = list["PILImage"]
+T = TypeVar("T")
+Judged = TypeVar("Judged", Judgment, PointwiseJudgment)
+
+__all__ = ["DEFAULT_MODEL", "Judge"]
 
 
 class Judge:
-    """A reusable judge: holds the backend and its compiled constraints. See `judge` for the arguments."""
+    """A reusable judge: holds the backend and its compiled constraints for many calls.
+
+    - `model`: a local model directory (or a hub id in the local cache, or `"tiny-random"`), or the model
+      name a server knows; default the released UnifiedReward-Flex checkpoint.
+    - `backend`: `"auto"` (a server when `base_url=` or FLEXJUDGE_BASE_URL is set, else local
+      transformers), `"transformers"`, `"openai"`, or a `Backend` of your own (left open on close).
+    - `output_format`: `"flex"` (the released format) or `"native"` (intent and evidence first).
+    - `engine`, `device`, `dtype`: local models only; the constraint engine (default llguidance), the
+      device (None: cuda when available), the dtype (None: bf16 on a GPU that has it, float32 on CPU).
+    - `frames_per_video` frames are sampled uniformly from each video; `limits` bounds media
+      (`flexjudge.Limits`); `template` is a prompt template file of your own.
+    - Sampling: `max_new_tokens`, `temperature` (0: greedy), `top_p`; `chat_template_kwargs` reach the
+      chat template (default: thinking off); `max_concurrency` bounds requests in flight to a server.
+    - `max_string_length` bounds every string while decoding: for random-weight test models only.
+    - `backend_options`: keywords of the backend's constructor (`TransformersBackend`, `OpenAIBackend`).
+    """
 
     def __init__(
         self,
@@ -55,118 +93,149 @@ class Judge:
         backend: str | Backend = "auto",
         base_url: str | None = None,
         api_key: str | None = None,
-        output_format: OutputFormat | None = None,
+        output_format: OutputFormat = "flex",
         engine: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
         frames_per_video: int = 8,
         limits: Limits | None = None,
         template: str | Path | None = None,
         max_new_tokens: int = 4096,
         temperature: float = 0.0,
+        top_p: float = 1.0,
         max_concurrency: int = 8,
         max_string_length: int | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
         backend_options: dict[str, Any] | None = None,
     ) -> None:
+        check_settings(
+            {
+                "output_format": output_format,
+                "frames_per_video": frames_per_video,
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_p": top_p,
+                "max_concurrency": max_concurrency,
+            }
+        )
+        if template is not None and not Path(template).is_file():
+            raise UsageError(f"template= names no file: {template}")
         self.model = model or DEFAULT_MODEL
-        options = {"max_concurrency": max_concurrency, **(backend_options or {})}
-        self.backend: Backend = make_backend(backend, self.model, base_url, api_key, engine, options)
+        self.backend: Backend = make_backend(
+            backend,
+            self.model,
+            base_url=base_url,
+            api_key=api_key,
+            engine=engine,
+            device=device,
+            dtype=dtype,
+            max_concurrency=max_concurrency,
+            options=dict(backend_options or {}),
+        )
         self._owns_backend = isinstance(backend, str)  # a Backend handed in is the caller's to close
-        self.output_format: OutputFormat = output_format or "flex"
+        self.output_format: OutputFormat = output_format
         self.frames_per_video = frames_per_video
         self.limits = limits
         self.template = str(template) if template is not None else None
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.top_p = top_p
         self.max_string_length = max_string_length
+        self.chat_template_kwargs = dict(
+            THINKING_OFF if chat_template_kwargs is None else chat_template_kwargs
+        )
+        self.max_concurrency = max_concurrency
         self._sync_loop: LoopThread | None = None
 
-    # -- public API -------------------------------------------------------------------------------
-
-    @overload
-    async def ajudge(
-        self,
-        prompt: str,
-        candidates: Sequence[Any],
-        *,
-        mode: Literal["pair"] = "pair",
-        preferences: Preferences | str | None = None,
-        swap: bool = False,
-        seed: int | None = None,
-        modality: Modality | None = None,
-        scale: PointScale | None = None,
-    ) -> Judgment: ...
-
-    @overload
-    async def ajudge(
-        self,
-        prompt: str,
-        candidates: Sequence[Any],
-        *,
-        mode: Literal["point"],
-        preferences: Preferences | str | None = None,
-        swap: bool = False,
-        seed: int | None = None,
-        modality: Modality | None = None,
-        scale: PointScale | None = None,
-    ) -> PointwiseJudgment: ...
-
-    @overload
-    async def ajudge(
-        self,
-        prompt: str,
-        candidates: Sequence[Any],
-        *,
-        mode: Literal["rank"],
-        preferences: Preferences | str | None = None,
-        swap: bool = False,
-        seed: int | None = None,
-        modality: Modality | None = None,
-        scale: PointScale | None = None,
-    ) -> Ranking: ...
+    # -- the verbs: keyword options are typed by `flexjudge.options` and checked at run time -----------
 
     async def ajudge(
-        self,
-        prompt: str,
-        candidates: Sequence[Any],
-        *,
-        mode: Mode = "pair",
-        preferences: Preferences | str | None = None,
-        swap: bool = False,
-        seed: int | None = None,
-        modality: Modality | None = None,
-        scale: PointScale | None = None,
-    ) -> Judgment | PointwiseJudgment | Ranking:
-        """Judge `candidates` for `prompt`: a Judgment (pair), PointwiseJudgment (point) or Ranking (rank)."""
-        prefs = Preferences.coerce(preferences)
-        expected = {"pair": 2, "point": 1}.get(mode)
-        if expected is not None and len(candidates) != expected:
-            raise ValueError(f"mode={mode!r} takes {expected} candidate(s), got {len(candidates)}")
-        if mode == "rank" and len(candidates) < 2:
-            raise ValueError(f"mode='rank' takes at least 2 candidates, got {len(candidates)}")
-        if mode == "point" and swap:
-            raise ValueError("swap=True compares two orders of a pair; mode='point' judges one candidate")
-        media, resolved = await self._load(candidates, modality)
-        if mode == "point":
-            return await self._point(prompt, media[0], resolved, prefs, seed, scale or PointScale())
-        if mode == "rank":
-            return await self._rank(prompt, media, resolved, prefs, swap, seed)
-        (judgment,) = await self._judge_pairs(prompt, [(media[0], media[1])], resolved, prefs, swap, seed)
-        return judgment
+        self, prompt: str, candidates: Sequence[Candidate], **options: Unpack[PairOptions]
+    ) -> Judgment:
+        """Judge a pair: which of two candidates better fits `prompt`, dimension by dimension.
+        `swap=True` also judges the reversed order and merges both (position bias cancelled)."""
+        call = call_options("judge", options, PairOptions)
+        check_call("judge", prompt, candidates, 2, 2)
+        media, modality = await self.load(candidates, call.modality)
+        return await self.judge_loaded(prompt, media, modality, call)
 
-    def judge(self, prompt: str, candidates: Sequence[Any], **options: Any) -> Any:
-        """Synchronous `ajudge`; safe to call from code that already runs an event loop.
+    def judge(self, prompt: str, candidates: Sequence[Candidate], **options: Unpack[PairOptions]) -> Judgment:
+        """Synchronous `ajudge`; safe to call from code that already runs an event loop."""
+        return self._run(self.ajudge(prompt, candidates, **options))
 
-        Sync calls run on one event loop that this Judge keeps in a background thread; a served
-        backend keeps one client per event loop, so the same Judge also serves async callers.
-        """
-        return self._loop().run(self.ajudge(prompt, candidates, **options))
+    async def ascore(
+        self, prompt: str, candidate: Candidate, **options: Unpack[PointOptions]
+    ) -> PointwiseJudgment:
+        """Score one candidate on an absolute scale (`scale=`, default 1..10) with the same anchors."""
+        call = call_options("score", options, PointOptions)
+        check_call("score", prompt, [candidate], 1, 1)
+        media, modality = await self.load([candidate], call.modality)
+        return await self.score_loaded(prompt, media[0], modality, call)
 
-    async def abatch(self, items: Sequence[tuple[str, Sequence[Any]]], **options: Any) -> list[Any]:
-        """Judge many (prompt, candidates) items concurrently; results come back in order."""
-        return list(await asyncio.gather(*(self.ajudge(p, c, **options) for p, c in items)))
+    def score(self, prompt: str, candidate: Candidate, **options: Unpack[PointOptions]) -> PointwiseJudgment:
+        """Synchronous `ascore`."""
+        return self._run(self.ascore(prompt, candidate, **options))
 
-    def batch(self, items: Sequence[tuple[str, Sequence[Any]]], **options: Any) -> list[Any]:
+    async def arank(
+        self, prompt: str, candidates: Sequence[Candidate], **options: Unpack[RankOptions]
+    ) -> Ranking:
+        """Rank two or more candidates by their win rate over every pair (each judged as `judge` does)."""
+        call = call_options("rank", options, RankOptions)
+        check_call("rank", prompt, candidates, 2, None)
+        media, modality = await self.load(candidates, call.modality)
+        return await self.rank_loaded(prompt, media, modality, call)
+
+    def rank(self, prompt: str, candidates: Sequence[Candidate], **options: Unpack[RankOptions]) -> Ranking:
+        """Synchronous `arank`."""
+        return self._run(self.arank(prompt, candidates, **options))
+
+    async def abatch(
+        self, items: Sequence[tuple[str, Sequence[Candidate]]], **options: Unpack[PairOptions]
+    ) -> list[Judgment]:
+        """Judge many (prompt, [a, b]) items; results in order. Items run concurrently, so a local model
+        decodes them together in batches, with at most `in_flight` items' media loaded at once."""
+        call_options("batch", options, PairOptions)
+        for prompt, candidates in items:
+            check_call("batch", prompt, candidates, 2, 2)
+        return await self._bounded([functools.partial(self.ajudge, p, c, **options) for p, c in items])
+
+    def batch(
+        self, items: Sequence[tuple[str, Sequence[Candidate]]], **options: Unpack[PairOptions]
+    ) -> list[Judgment]:
         """Synchronous `abatch`."""
-        return self._loop().run(self.abatch(items, **options))
+        return self._run(self.abatch(items, **options))
+
+    async def ascore_batch(
+        self, items: Sequence[tuple[str, Candidate]], **options: Unpack[PointOptions]
+    ) -> list[PointwiseJudgment]:
+        """Score many (prompt, candidate) items; results in order, media loaded under the same bound."""
+        call_options("score_batch", options, PointOptions)
+        for prompt, candidate in items:
+            check_call("score_batch", prompt, [candidate], 1, 1)
+        return await self._bounded([functools.partial(self.ascore, p, c, **options) for p, c in items])
+
+    def score_batch(
+        self, items: Sequence[tuple[str, Candidate]], **options: Unpack[PointOptions]
+    ) -> list[PointwiseJudgment]:
+        """Synchronous `ascore_batch`."""
+        return self._run(self.ascore_batch(items, **options))
+
+    async def arank_batch(
+        self, items: Sequence[tuple[str, Sequence[Candidate]]], **options: Unpack[RankOptions]
+    ) -> list[Ranking]:
+        """Rank many (prompt, candidates) items; results in order."""
+        call_options("rank_batch", options, RankOptions)
+        for prompt, candidates in items:
+            check_call("rank_batch", prompt, candidates, 2, None)
+        return await self._bounded([functools.partial(self.arank, p, c, **options) for p, c in items])
+
+    def rank_batch(
+        self, items: Sequence[tuple[str, Sequence[Candidate]]], **options: Unpack[RankOptions]
+    ) -> list[Ranking]:
+        """Synchronous `arank_batch`."""
+        return self._run(self.arank_batch(items, **options))
+
+    # -- lifecycle --------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Release what the backend this Judge made holds for the running event loop (a backend handed in
@@ -195,32 +264,61 @@ class Judge:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _loop(self) -> LoopThread:
-        if self._sync_loop is None:
-            self._sync_loop = LoopThread()
-        return self._sync_loop
+    # -- the steps, for the verbs above and the one-off verbs -------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """How many batch items may hold their decoded media at once: enough to fill model batches and
+        server concurrency, few enough that memory stays flat over a long batch."""
+        return max(16, 2 * self.max_concurrency)
+
+    async def load(
+        self, candidates: Sequence[Candidate], modality: Modality | None
+    ) -> tuple[list[Frames], Modality]:
+        """Decode and size-check the candidates (off the event loop); one modality for all of them."""
+        return await load_candidates(candidates, modality, self.frames_per_video, self.limits)
+
+    async def judge_loaded(
+        self, prompt: str, media: list[Frames], modality: Modality, call: Call
+    ) -> Judgment:
+        (judgment,) = await self._judge_pairs(prompt, [(media[0], media[1])], modality, call)
+        return _with_findings(judgment, prompt, call.on_findings)
+
+    async def score_loaded(
+        self, prompt: str, images: Frames, modality: Modality, call: Call
+    ) -> PointwiseJudgment:
+        scale = call.scale or PointScale()
+        spec = self._spec("point", modality)
+        text = render_prompt(spec, prompt, call.preferences, low=scale.low, high=scale.high)
+        constraint = point_request_constraint(modality, scale.low, scale.high, self.max_string_length)
+        (generation,) = await self.backend.generate([self._request(text, images, constraint, call.seed)])
+        judgment = read_generation(functools.partial(point_with_scale, generation.text, scale), generation)
+        judgment.meta = judgment.meta.model_copy(update=self._provenance(generation, call, spec, constraint))
+        return _with_findings(judgment, prompt, call.on_findings)
+
+    async def rank_loaded(self, prompt: str, media: list[Frames], modality: Modality, call: Call) -> Ranking:
+        pairs = list(itertools.combinations(range(len(media)), 2))
+        judgments = await self._judge_pairs(prompt, [(media[i], media[j]) for i, j in pairs], modality, call)
+        checked = [_with_findings(j, prompt, call.on_findings) for j in judgments]
+        return rank_by_win_rate(len(media), pairs, checked)
 
     # -- internals --------------------------------------------------------------------------------
 
-    async def _load(
-        self, candidates: Sequence[Any], modality: Modality | None
-    ) -> tuple[list[list[PILImage]], Modality]:
-        from flexjudge import media
+    def _run(self, coroutine: Awaitable[T]) -> T:
+        # Sync calls run on one event loop that this Judge keeps in a background thread; a served backend
+        # keeps one client per event loop, so the same Judge also serves async callers.
+        if self._sync_loop is None:
+            self._sync_loop = LoopThread()
+        return self._sync_loop.run(coroutine)  # type: ignore[arg-type]
 
-        limits = self.limits or media.DEFAULT_LIMITS
-        if modality is None:
-            kinds = {media.guess_modality(c) for c in candidates}
-            if len(kinds) != 1:
-                raise media.MediaError("candidates mix images and videos", source="candidates")
-            modality = kinds.pop()
-        frames = self.frames_per_video
-        loaded = await asyncio.gather(
-            *(
-                asyncio.to_thread(media.load_candidate, c, modality=modality, frames=frames, limits=limits)
-                for c in candidates
-            )
-        )
-        return list(loaded), modality
+    async def _bounded(self, calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
+        gate = asyncio.Semaphore(self.in_flight)
+
+        async def one(call: Callable[[], Awaitable[T]]) -> T:
+            async with gate:  # media is loaded inside the call: only `in_flight` items hold theirs
+                return await call()
+
+        return list(await asyncio.gather(*(one(c) for c in calls)))
 
     def _spec(self, mode: Literal["pair", "point"], modality: Modality) -> PromptSpec:
         return PromptSpec(
@@ -232,12 +330,7 @@ class Judge:
         )
 
     def _request(
-        self,
-        text: str,
-        images: list[PILImage],
-        constraint: Constraint,
-        seed: int | None,
-        response_model: Any = None,
+        self, text: str, images: Frames, constraint: Constraint, seed: int | None, response_model: Any = None
     ) -> Request:
         parts: list[TextPart | ImagePart] = [ImagePart(image) for image in images]
         parts.append(TextPart(text))
@@ -247,143 +340,172 @@ class Judge:
             response_model=response_model,
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
+            top_p=self.top_p,
             seed=seed,
+            chat_template_kwargs=self.chat_template_kwargs,
         )
 
     async def _judge_pairs(
         self,
         prompt: str,
-        pairs: list[tuple[list[PILImage], list[PILImage]]],
+        pairs: list[tuple[Frames, Frames]],
         modality: Modality,
-        prefs: Preferences | None,
-        swap: bool,
-        seed: int | None,
+        call: Call,
     ) -> list[Judgment]:
         """Judge every pair (both orders when `swap`) in one backend call, so a local model batches them."""
+        prefs = call.preferences
         shown = [(one, two, [1, 2]) for one, two in pairs]
-        if swap:
+        if call.swap:
             shown += [(two, one, [2, 1]) for one, two in pairs]
-        text = render_prompt(self._spec("pair", modality), prompt, prefs)
+        spec = self._spec("pair", modality)
+        text = render_prompt(spec, prompt, prefs)
         custom = prefs.custom_dimensions if prefs is not None else ()
         constraint = pair_request_constraint(modality, self.output_format, custom, self.max_string_length)
         checked = checked_model(self.output_format, modality)
         requests = [
-            self._request(text, first + second, constraint, seed, checked) for first, second, _ in shown
+            self._request(text, first + second, constraint, call.seed, checked) for first, second, _ in shown
         ]
         generations = await self.backend.generate(requests)
-        judgments = [
-            self._read_pair(generation, prompt, modality, prefs, order)
-            for generation, (_, _, order) in zip(generations, shown, strict=True)
-        ]
-        if not swap:
+        judgments = []
+        for generation, (_, _, order) in zip(generations, shown, strict=True):
+            read = functools.partial(
+                parse, generation.text, format=self.output_format, modality=modality, prompt=prompt
+            )
+            judgment = read_generation(read, generation)
+            judgment.meta = judgment.meta.model_copy(
+                update={
+                    "candidate_order": order,
+                    **self._provenance(generation, call, spec, constraint),
+                }
+            )
+            if prefs is not None and prefs.weighted_verdict:
+                judgment = weighted_verdict(judgment, prefs)
+            judgments.append(judgment)
+        if not call.swap:
             return judgments
-        weights = prefs.weights if prefs is not None and prefs.weighted_verdict else None
         half = len(pairs)
-        return [merge_swapped(judgments[k], unswap(judgments[half + k]), weights) for k in range(half)]
+        return [merge_swapped(judgments[k], unswap(judgments[half + k]), prefs) for k in range(half)]
 
-    def _read_pair(
+    def _provenance(
         self,
         generation: Generation,
-        prompt: str,
-        modality: Modality,
-        prefs: Preferences | None,
-        order: list[int],
-    ) -> Judgment:
-        judgment = read_generation(
-            lambda: parse(generation.text, format=self.output_format, modality=modality, prompt=prompt),
-            generation,
-        )
-        judgment.meta = judgment.meta.model_copy(
-            update={"candidate_order": order, **self._provenance(generation, prefs)}
-        )
-        if prefs is not None and prefs.weighted_verdict:
-            judgment = weighted_verdict(judgment, prefs)
-        return judgment
-
-    async def _point(
-        self,
-        prompt: str,
-        images: list[PILImage],
-        modality: Modality,
-        prefs: Preferences | None,
-        seed: int | None,
-        scale: PointScale,
-    ) -> PointwiseJudgment:
-        text = render_prompt(self._spec("point", modality), prompt, prefs, low=scale.low, high=scale.high)
-        constraint = point_request_constraint(modality, scale.low, scale.high, self.max_string_length)
-        (generation,) = await self.backend.generate([self._request(text, images, constraint, seed)])
-        judgment = read_generation(lambda: point_with_scale(generation.text, scale), generation)
-        judgment.meta = judgment.meta.model_copy(update=self._provenance(generation, prefs))
-        return judgment
-
-    def _provenance(self, generation: Generation, prefs: Preferences | None) -> dict[str, Any]:
-        """What `meta` records about how a judgment was made."""
+        call: Call,
+        spec: PromptSpec,
+        constraint: Constraint,
+    ) -> dict[str, Any]:
+        """What `meta` records about how a judgment was made: enough to make it again."""
         usage = Usage(**vars(generation.usage)) if generation.usage is not None else None
+        template, template_digest = template_identity(spec)
         return {
             "model": generation.model or self.model,
             "backend": self.backend.name,
-            "template_version": TEMPLATE_VERSION,
+            "template": template,
+            "template_digest": template_digest,
             "constrained": generation.constrained,
+            "engine": generation.engine,
+            "enforced": generation.enforced,
+            "constraint_digest": constraint.digest,
+            "attempts": generation.attempts,
+            "sampling": Sampling(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                seed=call.seed,
+                max_new_tokens=self.max_new_tokens,
+            ),
+            "frames_per_video": self.frames_per_video if spec.modality == "video" else None,
             "usage": usage,
-            "preferences": prefs,
+            "preferences": call.preferences,
         }
 
-    async def _rank(
-        self,
-        prompt: str,
-        media: list[list[PILImage]],
-        modality: Modality,
-        prefs: Preferences | None,
-        swap: bool,
-        seed: int | None,
-    ) -> Ranking:
-        pairs = list(itertools.combinations(range(len(media)), 2))
-        judgments = await self._judge_pairs(
-            prompt, [(media[i], media[j]) for i, j in pairs], modality, prefs, swap, seed
+
+async def load_candidates(
+    candidates: Sequence[Candidate], modality: Modality | None, frames: int, limits: Limits | None
+) -> tuple[list[Frames], Modality]:
+    """Decode and size-check candidates in worker threads; they must all be images or all videos."""
+    from flexjudge import media
+
+    bounds = limits or media.DEFAULT_LIMITS
+    if modality is None:
+        kinds = {media.guess_modality(c) for c in candidates}
+        if len(kinds) != 1:
+            raise media.MediaError("candidates mix images and videos", source="candidates")
+        modality = kinds.pop()
+    elif modality not in ("image", "video"):
+        raise UsageError(f"modality must be 'image' or 'video', not {modality!r}")
+    loaded = await asyncio.gather(
+        *(
+            asyncio.to_thread(media.load_candidate, c, modality=modality, frames=frames, limits=bounds)
+            for c in candidates
         )
-        return rank_by_win_rate(len(media), pairs, judgments)
+    )
+    return list(loaded), modality
 
 
-async def ajudge(
+def check_call(
+    verb: str,
     prompt: str,
-    candidates: Sequence[Any],
-    *,
-    model: str | None = None,
-    backend: str | Backend = "auto",
-    base_url: str | None = None,
-    output_format: OutputFormat | None = None,
-    **options: Any,
-) -> Any:
-    """One-off async judgment; builds a `Judge` (for many calls, keep a `Judge`)."""
-    construct = {k: options.pop(k) for k in list(options) if k in _JUDGE_OPTIONS}
-    judge_ = Judge(model, backend=backend, base_url=base_url, output_format=output_format, **construct)
-    try:
-        return await judge_.ajudge(prompt, candidates, **options)
-    finally:
-        await judge_.aclose()
+    candidates: Sequence[Candidate],
+    low: int,
+    high: int | None,
+) -> None:
+    """Refuse, before anything loads, a call that cannot be judged as written."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UsageError(f"{verb}() needs a non-empty prompt: the text the candidates were generated from")
+    if isinstance(candidates, str | bytes) or not isinstance(candidates, Sequence):
+        raise UsageError(f"{verb}() takes its candidates as a list, e.g. [first, second]")
+    count = len(candidates)
+    if (count < low) if high is None else (count != low):
+        what = f"at least {low}" if high is None else f"exactly {low}"
+        raise UsageError(f"{verb}() takes {what} candidate(s), got {count}: {_VERB_FOR.get(count, _RANK)}")
 
 
-def judge(prompt: str, candidates: Sequence[Any], **options: Any) -> Any:
-    """Judge `candidates` (2 for mode="pair", 1 for "point", N for "rank") for `prompt`.
-
-    Keyword arguments: model, backend ("auto" | "transformers" | "openai" | a Backend), base_url,
-    output_format ("flex" | "native"), mode, preferences, swap, seed, modality, scale, engine,
-    frames_per_video, limits, template, max_new_tokens, temperature, max_concurrency.
-    """
-    return run_sync(ajudge(prompt, candidates, **options))
+_RANK = "flexjudge.rank(prompt, candidates) ranks two or more"
+_VERB_FOR = {
+    0: "pass the candidates as a list",
+    1: "flexjudge.score(prompt, candidate) scores a single candidate",
+    2: "flexjudge.judge(prompt, [a, b]) compares two",
+}
 
 
-_JUDGE_OPTIONS = frozenset(
-    {
-        "api_key",
-        "engine",
-        "frames_per_video",
-        "limits",
-        "template",
-        "max_new_tokens",
-        "temperature",
-        "max_concurrency",
-        "max_string_length",
-        "backend_options",
-    }
-)
+def check_settings(settings: dict[str, Any]) -> None:
+    """Refuse settings out of range (those given; the rest keep their defaults)."""
+    output_format = settings.get("output_format", "flex")
+    if output_format not in ("flex", "native"):
+        raise UsageError(f"output_format must be 'flex' or 'native', not {output_format!r}")
+    for name in ("frames_per_video", "max_new_tokens", "max_concurrency"):
+        value = settings.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
+    temperature = settings.get("temperature", 0.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise UsageError(f"temperature must be a number, not {temperature!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise UsageError(f"temperature must be a finite number of at least 0, not {temperature!r}")
+    top_p = settings.get("top_p", 1.0)
+    if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        raise UsageError(f"top_p must be a number in (0, 1], not {top_p!r}")
+
+
+def _with_findings(judgment: Judged, prompt: str, on_findings: OnFindings) -> Judged:
+    """Run `check` once and attach its findings; with on_findings="raise", an error finding raises."""
+    judgment.findings = check(judgment, prompt=prompt)
+    if on_findings == "raise" and any(f.severity == "error" for f in judgment.findings):
+        raise ValidationFailed([f for f in judgment.findings if f.severity == "error"])
+    return judgment
+
+
+for _name, _allowed in (
+    ("judge", PairOptions),
+    ("ajudge", PairOptions),
+    ("batch", PairOptions),
+    ("abatch", PairOptions),
+    ("score", PointOptions),
+    ("ascore", PointOptions),
+    ("score_batch", PointOptions),
+    ("ascore_batch", PointOptions),
+    ("rank", RankOptions),
+    ("arank", RankOptions),
+    ("rank_batch", RankOptions),
+    ("arank_batch", RankOptions),
+):
+    with_keywords(getattr(Judge, _name), _allowed)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeAlias, TypeGuard, cast
 
-from flexjudge.errors import MediaError
+from flexjudge.errors import MediaError, UsageError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -97,7 +97,7 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("max_pixels", "max_bytes", "max_video_seconds", "max_video_frames", "url_timeout_s"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"Limits.{name} must be positive, got {getattr(self, name)!r}")
+                raise UsageError(f"Limits.{name} must be positive, got {getattr(self, name)!r}")
 
 
 DEFAULT_LIMITS = Limits()

@@ -15,6 +15,7 @@ How preferences act (the whole contract, also in README.md):
 
 from __future__ import annotations
 
+import hashlib
 import string
 from pathlib import Path
 from typing import Literal
@@ -23,12 +24,12 @@ from pydantic import BaseModel, ConfigDict
 
 from flexjudge.anchors import Modality
 from flexjudge.constraints import OutputFormat, anchor_names, custom_names
-from flexjudge.prompts import TEMPLATE_VERSION, load_template
+from flexjudge.prompts import load_template
 from flexjudge.schema import Preferences
 
 Mode = Literal["pair", "point"]
 
-__all__ = ["PromptSpec", "render_prompt"]
+__all__ = ["PromptSpec", "render_prompt", "template_identity"]
 
 
 class PromptSpec(BaseModel):
@@ -50,11 +51,23 @@ def template_name(spec: PromptSpec) -> str:
     return f"flex_{spec.modality}" if spec.output_format == "flex" else "native_pair"
 
 
+def template_identity(spec: PromptSpec) -> tuple[str, str]:
+    """(the template's name, or the path of the user's own; a digest of the text used): what a judgment
+    records so that it can be reproduced. The digest follows the text, so an edited template is told apart
+    from the one it was copied from without anyone bumping a version."""
+    text = _template_text(spec)
+    return spec.template or template_name(spec), hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _template_text(spec: PromptSpec) -> str:
+    return load_template(Path(spec.template)) if spec.template else load_template(template_name(spec))
+
+
 def render_prompt(
     spec: PromptSpec, prompt: str, preferences: Preferences | None = None, *, low: int = 1, high: int = 10
 ) -> str:
     """The prompt text for one request (the images are passed separately, candidate 1 first)."""
-    template = load_template(Path(spec.template)) if spec.template else load_template(template_name(spec))
+    template = _template_text(spec)
     preferences = preferences or Preferences()
     output_format: OutputFormat = "native" if spec.mode == "point" else spec.output_format
     fields = {
@@ -67,7 +80,6 @@ def render_prompt(
         "custom_dimensions": _custom_note(preferences, output_format),
         "low": low,
         "high": high,
-        "template_version": TEMPLATE_VERSION,
     }
     used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
     unknown = used - fields.keys()

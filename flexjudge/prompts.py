@@ -8,9 +8,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-TEMPLATE_VERSION = "2026-11-26"
-"""Recorded with every judgment so a result can be reproduced with the template that made it."""
-
 _SOURCE_TREE = Path(__file__).resolve().parent.parent / "prompts"
 
 

@@ -20,6 +20,7 @@ from flexjudge.errors import ParseError, TruncatedOutput
 from flexjudge.formats import parse, parse_pointwise
 from flexjudge.grammar import lark_grammar
 from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Preferences, Verdict
+from flexjudge.votes import dimension_votes, leader
 from flexjudge.wire_schemas import flex_schema, native_pair_schema, native_point_schema
 
 T = TypeVar("T")
@@ -89,7 +90,7 @@ def checked_model(output_format: OutputFormat, modality: Modality) -> type[BaseM
         @model_validator(mode="after")
         def _method_rules(self) -> Any:
             try:
-                text = self.model_dump_json(exclude={"meta"})
+                text = self.model_dump_json(exclude={"meta", "findings"})
                 judgment = parse(text, format=output_format, modality=modality)
             except ParseError as exc:  # a ValueError is what instructor feeds back to the model
                 raise ValueError(f"unreadable judgment: {exc}") from None
@@ -132,11 +133,9 @@ def read_generation(read: Callable[[], T], generation: Generation) -> T:
 
 
 def weighted_verdict(judgment: Judgment, prefs: Preferences) -> Judgment:
-    votes = {1: 0.0, 2: 0.0}
-    for dim in judgment.dimensions:
-        if dim.winner is not None:
-            votes[dim.winner] += prefs.weight(dim.name)
-    winner = 1 if votes[1] > votes[2] else 2 if votes[2] > votes[1] else None
+    """The judgment with its overall winner decided by the weighted dimension vote (the judge's analysis
+    is kept; `meta.verdict_rule` says "weighted")."""
+    winner = leader(*dimension_votes(judgment.dimensions, prefs))
     return judgment.model_copy(
         update={
             "verdict": Verdict(analysis=judgment.verdict.analysis, winner=winner),

@@ -35,6 +35,7 @@ __all__ = [
     "Criterion",
     "Dimension",
     "Evidence",
+    "Finding",
     "Intent",
     "Judgment",
     "JudgmentMeta",
@@ -46,7 +47,9 @@ __all__ = [
     "PointVerdict",
     "PointwiseJudgment",
     "Preferences",
+    "Sampling",
     "Scoring",
+    "Severity",
     "SourceFormat",
     "SwapReport",
     "Usage",
@@ -175,6 +178,37 @@ class Preferences(_Schema):
         return cls(profile=value)
 
 
+Severity = Literal["error", "warning", "info"]
+
+
+class Finding(BaseModel):
+    """One problem `flexjudge.check` found in a judgment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    code: str
+    """Stable machine-readable code, e.g. `split_sum`."""
+    severity: Severity
+    """`error`, `warning` or `info`."""
+    path: str
+    """Where: `dimensions[1].criteria[0]`; empty for the judgment as a whole."""
+    message: str
+    """What is wrong, in words."""
+
+
+class Sampling(_Schema):
+    """The decoding settings a judgment was generated with."""
+
+    temperature: float
+    """0 for greedy decoding."""
+    top_p: float
+    """Nucleus sampling mass (1.0: off)."""
+    seed: int | None
+    """The sampling seed; None when unseeded (greedy decoding needs none)."""
+    max_new_tokens: int
+    """The token budget of the answer."""
+
+
 class Usage(_Schema):
     """Tokens a backend reported for one generation."""
 
@@ -201,10 +235,25 @@ class JudgmentMeta(_Schema):
     """The judge model that produced it."""
     backend: str | None = None
     """The backend that ran the model (`transformers`, `openai`)."""
-    template_version: str | None = None
-    """Version of the prompt template it was asked with."""
+    template: str | None = None
+    """The prompt template it was asked with: a bundled template's name, or the path of the user's own."""
+    template_digest: str | None = None
+    """SHA-256 (first 16 hex digits) of the template text actually used, a user's template included."""
     constrained: bool | None = None
     """True when decoding was constrained (valid by construction); False for prompt-only output."""
+    engine: str | None = None
+    """Who enforced the constraint: a local engine (`llguidance`, `xgrammar`, `outlines_core`) or `server`."""
+    enforced: Literal["grammar", "schema", "strict_schema"] | None = None
+    """Which form of the constraint was applied: the grammar (winners follow the scores), the full JSON
+    Schema, or OpenAI's strict subset (anchor order and the split left to `check`); None: unconstrained."""
+    constraint_digest: str | None = None
+    """Content hash of the decoding constraint the request carried."""
+    attempts: int = 1
+    """Generations it took: more than 1 when the backend re-asked with the rule violations."""
+    sampling: Sampling | None = None
+    """Temperature, top-p, seed and token budget of the generation."""
+    frames_per_video: int | None = None
+    """Frames sampled per video (None for images)."""
     usage: Usage | None = None
     """Token usage, when the backend reports it."""
     preferences: Preferences | None = None
@@ -234,10 +283,12 @@ class Judgment(_Schema):
     """The overall decision."""
     meta: SkipJsonSchema[JudgmentMeta] = Field(default_factory=JudgmentMeta)
     """Provenance; not part of any wire format (and left out of the JSON Schema)."""
+    findings: SkipJsonSchema[list[Finding]] = Field(default_factory=list)
+    """What `flexjudge.check` found, attached by `judge` / `rank`; not part of any wire format."""
 
     def content(self) -> dict[str, Any]:
-        """The judgment without its metadata: what two equal judgments share."""
-        return self.model_dump(exclude={"meta"})
+        """The judgment without its metadata and findings: what two equal judgments share."""
+        return self.model_dump(exclude={"meta", "findings"})
 
 
 class SwapReport(_Schema):
@@ -328,6 +379,8 @@ class PointwiseJudgment(_Schema):
     """The overall assessment."""
     meta: SkipJsonSchema[JudgmentMeta] = Field(default_factory=lambda: JudgmentMeta(candidate_order=[1]))
     """Provenance; not part of any wire format (and left out of the JSON Schema)."""
+    findings: SkipJsonSchema[list[Finding]] = Field(default_factory=list)
+    """What `flexjudge.check` found, attached by `score`; not part of any wire format."""
 
     @model_validator(mode="after")
     def _scores_on_scale(self) -> PointwiseJudgment:
@@ -356,5 +409,5 @@ class PointwiseJudgment(_Schema):
         return self
 
     def content(self) -> dict[str, Any]:
-        """The judgment without its metadata."""
-        return self.model_dump(exclude={"meta"})
+        """The judgment without its metadata and findings."""
+        return self.model_dump(exclude={"meta", "findings"})

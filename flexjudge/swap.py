@@ -15,7 +15,17 @@ that bias where the two runs disagree. The merge rule (also in README.md):
 from __future__ import annotations
 
 from flexjudge.anchors import canonical_name
-from flexjudge.schema import Candidate, Criterion, Dimension, Evidence, Judgment, SwapReport, Verdict
+from flexjudge.schema import (
+    Candidate,
+    Criterion,
+    Dimension,
+    Evidence,
+    Judgment,
+    Preferences,
+    SwapReport,
+    Verdict,
+)
+from flexjudge.votes import dimension_votes, leader
 
 SWAPPED_SUFFIX = " (swapped order)"
 
@@ -63,8 +73,9 @@ def unswap(judgment: Judgment) -> Judgment:
     )
 
 
-def merge_swapped(first: Judgment, second: Judgment, weights: dict[str, float] | None = None) -> Judgment:
-    """Merge a judgment in the caller's order with one in swapped order already passed through `unswap`."""
+def merge_swapped(first: Judgment, second: Judgment, preferences: Preferences | None = None) -> Judgment:
+    """Merge a judgment in the caller's order with one in swapped order already passed through `unswap`;
+    when the verdicts disagree, the dimension vote decides (weighted when `preferences` ask for it)."""
     seconds = {canonical_name(d.name): d for d in second.dimensions}
     merged: list[Dimension] = []
     agreement: dict[str, bool] = {}
@@ -86,8 +97,9 @@ def merge_swapped(first: Judgment, second: Judgment, weights: dict[str, float] |
     if verdict_agreement:
         winner, resolution = first.verdict.winner, "agreed"
     else:
-        winner = _majority(merged, weights)
-        resolution = "tie" if winner is None else ("weighted_majority" if weights else "dimension_majority")
+        winner = leader(*dimension_votes(merged, preferences))
+        weighted = preferences is not None and preferences.weighted_verdict
+        resolution = "tie" if winner is None else ("weighted_majority" if weighted else "dimension_majority")
     analysis = f"{first.verdict.analysis}\n[swapped order] {second.verdict.analysis}".strip()
     report = SwapReport(
         first=first,
@@ -107,18 +119,3 @@ def merge_swapped(first: Judgment, second: Judgment, weights: dict[str, float] |
     return first.model_copy(
         update={"dimensions": merged, "verdict": Verdict(analysis=analysis, winner=winner), "meta": meta}
     )
-
-
-def _majority(dimensions: list[Dimension], weights: dict[str, float] | None) -> Candidate | None:
-    votes = {1: 0.0, 2: 0.0}
-    for dim in dimensions:
-        if dim.winner is not None:
-            votes[dim.winner] += _weight(dim.name, weights)
-    return 1 if votes[1] > votes[2] else 2 if votes[2] > votes[1] else None
-
-
-def _weight(name: str, weights: dict[str, float] | None) -> float:
-    if not weights:
-        return 1.0
-    key = canonical_name(name)
-    return next((w for n, w in weights.items() if canonical_name(n) == key), 1.0)

@@ -36,7 +36,7 @@ def _dim(
 def _judgment(
     dims: list[Dimension] | None = None, winner: int | None = 1, prompt: str = "a kite"
 ) -> Judgment:
-    dims = dims if dims is not None else [_dim(a) for a in flexjudge.anchors("image")]
+    dims = dims if dims is not None else [_dim(a) for a in flexjudge.anchor_dimensions("image")]
     return Judgment(
         prompt=prompt, modality="image", dimensions=dims, verdict=Verdict(analysis="overall", winner=winner)
     )
@@ -55,7 +55,7 @@ def test_consistent_judgment_has_no_findings() -> None:
 
 
 def test_split_violation_is_an_error_with_its_path() -> None:
-    dims = [_dim(a) for a in flexjudge.anchors("image")]
+    dims = [_dim(a) for a in flexjudge.anchor_dimensions("image")]
     dims[1] = _dim(dims[1].name, splits=((6, 5), (6, 4), (5, 5)))
     (finding,) = flexjudge.check(_judgment(dims))
     assert (finding.code, finding.severity, finding.path) == (
@@ -69,11 +69,11 @@ def test_split_violation_is_an_error_with_its_path() -> None:
 
 
 def test_dimension_winner_against_its_scores() -> None:
-    dims = [_dim(a) for a in flexjudge.anchors("image")]
+    dims = [_dim(a) for a in flexjudge.anchor_dimensions("image")]
     dims[0] = _dim(dims[0].name, winner=2)
     found = _codes(_judgment(dims))
     assert found["dimension_winner_contradicts_scores"] == "error"
-    even = [_dim(a, winner=2, splits=((5, 5), (6, 4), (4, 6))) for a in flexjudge.anchors("image")]
+    even = [_dim(a, winner=2, splits=((5, 5), (6, 4), (4, 6))) for a in flexjudge.anchor_dimensions("image")]
     assert "dimension_winner_contradicts_scores" not in _codes(_judgment(even, winner=2))
 
 
@@ -94,7 +94,7 @@ def test_verdict_against_the_dimension_majority() -> None:
     ],
 )
 def test_anchor_rules(names: list[str], code: str) -> None:
-    origins = ["predefined" if flexjudge.anchors("image").count(n) else "generated" for n in names]
+    origins = ["predefined" if flexjudge.anchor_dimensions("image").count(n) else "generated" for n in names]
     dims = [_dim(n, origin=o) for n, o in zip(names, origins, strict=True)]
     assert _codes(_judgment(dims))[code] == "error"
 
@@ -109,7 +109,7 @@ def test_anchor_names_match_with_prefixes_and_case() -> None:
 
 
 def test_generated_dimensions_origin_and_count() -> None:
-    dims = [_dim(a) for a in flexjudge.anchors("image")]
+    dims = [_dim(a) for a in flexjudge.anchor_dimensions("image")]
     extra = [_dim(f"D{i}. Extra {i}", origin="generated") for i in range(3)]
     assert _codes(_judgment(dims + extra))["too_many_generated"] == "error"
     assert "too_many_generated" not in _codes(_judgment(dims + extra), max_generated=3)
@@ -118,7 +118,7 @@ def test_generated_dimensions_origin_and_count() -> None:
 
 
 def test_criteria_count_duplicates_and_empty_evidence() -> None:
-    dims = [_dim(a) for a in flexjudge.anchors("image")]
+    dims = [_dim(a) for a in flexjudge.anchor_dimensions("image")]
     dims[0] = _dim(dims[0].name, splits=((7, 3), (6, 4)))
     dims[1].criteria[1] = dims[1].criteria[0].model_copy(update={"evidence_2": "  "})
     found = _codes(_judgment(dims))
@@ -145,7 +145,7 @@ def test_think_rules_use_totals_and_skip_criteria_counts() -> None:
 
 
 def test_blank_names_and_invisible_evidence() -> None:
-    dims = [_dim(a) for a in flexjudge.anchors("image")]
+    dims = [_dim(a) for a in flexjudge.anchor_dimensions("image")]
     dims[0].criteria[0] = dims[0].criteria[0].model_copy(update={"name": "  ", "evidence_1": "\u200b"})
     found = _codes(_judgment(dims))
     assert found["empty_name"] == "warning" and found["empty_evidence"] == "warning"

@@ -275,7 +275,7 @@ def test_pointwise_round_trip_and_scale() -> None:
                     flexjudge.PointCriterion(name=f"c{i}", evidence="visible", score=4) for i in range(3)
                 ],
             )
-            for name in flexjudge.anchors("image")
+            for name in flexjudge.anchor_dimensions("image")
         ],
         verdict=flexjudge.PointVerdict(analysis="good", score=4),
     )

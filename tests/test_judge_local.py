@@ -58,8 +58,19 @@ def test_pair_judgment_is_valid_and_reproducible(judge: Judge) -> None:
         [1, 2],
         "flex",
     )
-    assert meta.template_version and meta.usage is not None and meta.usage.completion_tokens > 0
+    assert meta.usage is not None and meta.usage.completion_tokens > 0
     assert [d.origin for d in first.dimensions[:3]] == ["predefined"] * 3
+    # Enough to make it again: the template by name and content, the constraint, the sampling settings.
+    assert (meta.template, meta.engine, meta.enforced, meta.attempts) == (
+        "flex_image",
+        "llguidance",
+        "grammar",
+        1,
+    )
+    assert meta.template_digest and len(meta.template_digest) == 16 and meta.constraint_digest
+    assert meta.sampling == flexjudge.Sampling(temperature=0.0, top_p=1.0, seed=7, max_new_tokens=900)
+    assert meta.frames_per_video is None  # images
+    assert first.findings == flexjudge.check(first, prompt="a red square")
 
 
 def test_native_format_carries_intent_and_evidence(backend: TransformersBackend) -> None:
@@ -124,19 +135,25 @@ def test_video_pair_sends_eight_frames_each(judge: Judge, tmp_path: Path) -> Non
     )  # 16 frames, not 2 images
 
 
-def test_point_and_rank_modes(judge: Judge) -> None:
-    point = judge.judge("a red square", _images(1), mode="point", seed=5)
+def test_score_and_rank(judge: Judge) -> None:
+    point = judge.score("a red square", _images(1)[0], seed=5)
     assert isinstance(point, flexjudge.PointwiseJudgment)
     assert all(point.scale.low <= d.score <= point.scale.high for d in point.dimensions)
-    ranking = judge.judge("a red square", _images(3), mode="rank", seed=6)
+    assert point.findings == flexjudge.check(point, prompt="a red square")
+    assert point.meta.template == "native_point" and point.meta.sampling is not None
+    ranking = judge.rank("a red square", _images(3), seed=6)
     assert isinstance(ranking, flexjudge.Ranking)
     assert sorted(ranking.order) == [1, 2, 3] and len(ranking.pairs) == 3
     assert sum(ranking.win_rate) == pytest.approx(1.5)
+    for pair in ranking.pairs:
+        assert pair.judgment.findings == flexjudge.check(pair.judgment, prompt="a red square")
 
 
 def test_wrong_candidate_counts_and_media_are_clear_errors(judge: Judge, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="takes 2"):
+    with pytest.raises(flexjudge.UsageError, match=r"exactly 2 candidate.*got 3.*rank"):
         judge.judge("p", _images(3))
+    with pytest.raises(flexjudge.UsageError, match="at least 2"):
+        judge.rank("p", _images(1))
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
     with pytest.raises(flexjudge.MediaError):

@@ -14,7 +14,7 @@ def test_flex_prompts_name_the_anchors_and_the_split() -> None:
     for modality in ("image", "video"):
         text = render_prompt(PromptSpec(modality=modality), "a fox in snow")
         assert "a fox in snow" in text and "10" in text and "3 to 5" in text
-        for i, anchor in enumerate(flexjudge.anchors(modality)):
+        for i, anchor in enumerate(flexjudge.anchor_dimensions(modality)):
             assert f'"{"ABC"[i]}. {anchor}"' in text
 
 

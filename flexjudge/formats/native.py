@@ -19,7 +19,8 @@ from flexjudge.formats.winners import WinnerError, read_winner
 from flexjudge.schema import Judgment, JudgmentMeta
 
 FORMAT: Final = "native"
-_KEYS = frozenset(Judgment.model_fields)
+_NOT_WIRE = ("meta", "findings")  # fields of `Judgment` that a judge never writes
+_KEYS = frozenset(Judgment.model_fields) - frozenset(_NOT_WIRE)
 
 
 def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgment:
@@ -29,7 +30,7 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
         judgment = None
     exact = (
         judgment is not None
-        and "meta" not in judgment.model_fields_set
+        and not judgment.model_fields_set.intersection(_NOT_WIRE)
         and _common.winners_once(text, len(judgment.dimensions) + 1, 0)  # no duplicated winner keys
     )
     if judgment is not None and exact and modality in (None, judgment.modality):
@@ -45,8 +46,11 @@ def _strict_failure(text: str, modality: Modality | None) -> ParseError:
         value, base = _common.load_strict(text, FORMAT)
     except ParseError as exc:
         return exc
-    if isinstance(value, dict) and "meta" in value:
-        return ParseError("'meta' is not part of the native format", offset=base, path="meta", format=FORMAT)
+    for key in _NOT_WIRE:
+        if isinstance(value, dict) and key in value:
+            return ParseError(
+                f"{key!r} is not part of the native format", offset=base, path=key, format=FORMAT
+            )
     try:
         Judgment.model_validate(value, strict=True)
     except ValidationError as exc:
@@ -71,9 +75,10 @@ def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
         raise ParseError("JSON nested too deeply", offset=0, format=FORMAT) from None
     notes = list(found.notes)
     value = _common.prune(found.value, Judgment, notes)
-    if "meta" in value:
-        del value["meta"]
-        notes.append("dropped 'meta', which is not part of the native format")
+    for key in _NOT_WIRE:
+        if key in value:
+            del value[key]
+            notes.append(f"dropped {key!r}, which is not part of the native format")
     if modality is not None and value.get("modality") != modality:
         notes.append(f"modality {value.get('modality')!r} replaced by the caller's {modality!r}")
         value["modality"] = modality

@@ -13,6 +13,7 @@ from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.schema import JudgmentMeta, PointwiseJudgment
 
 FORMAT: Final = "native"
+_NOT_WIRE = ("meta", "findings")  # fields of `PointwiseJudgment` that a judge never writes
 
 
 def parse_pointwise(text: str, *, strict: bool = False) -> PointwiseJudgment:
@@ -33,20 +34,21 @@ def _parse(text: str, strict: bool) -> PointwiseJudgment:
         raw_value = value
     else:
         try:
-            found = extract_object(text, frozenset(PointwiseJudgment.model_fields))
+            found = extract_object(text, frozenset(PointwiseJudgment.model_fields) - frozenset(_NOT_WIRE))
         except NoObject as exc:
             raise ParseError(exc.reason, offset=exc.offset, format=FORMAT) from None
         notes = list(found.notes)
         value = _common.prune(found.value, PointwiseJudgment, notes)
         base, complete = found.start, found.complete
         raw_value = found.value
-    if isinstance(value, dict) and "meta" in value:
-        if strict:
-            raise ParseError(
-                "'meta' is not part of the native format", offset=base, path="meta", format=FORMAT
-            )
-        del value["meta"]
-        notes.append("dropped 'meta', which is not part of the native format")
+    for key in _NOT_WIRE:
+        if isinstance(value, dict) and key in value:
+            if strict:
+                raise ParseError(
+                    f"{key!r} is not part of the native format", offset=base, path=key, format=FORMAT
+                )
+            del value[key]
+            notes.append(f"dropped {key!r}, which is not part of the native format")
     try:
         judgment = PointwiseJudgment.model_validate(value, strict=strict)
     except ValidationError as exc:
