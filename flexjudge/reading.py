@@ -72,7 +72,10 @@ def point_request_constraint(
 
 @functools.lru_cache(maxsize=4)
 def checked_model(output_format: OutputFormat, modality: Modality) -> type[BaseModel]:
-    """The wire model plus the method's rules as a validator: what instructor re-asks against."""
+    """The wire model plus the method's rules as a validator: what instructor re-asks against.
+
+    Only its validation is used: every ask carries the request's own decoding constraint (the backend
+    sends it in place of the schema instructor would derive from this model, which is looser)."""
     from pydantic import model_validator
 
     from flexjudge.checks import check
@@ -81,12 +84,6 @@ def checked_model(output_format: OutputFormat, modality: Modality) -> type[BaseM
     base: type[BaseModel] = FlexOutput if output_format == "flex" else Judgment
 
     class Checked(base):  # type: ignore[valid-type, misc]
-        @classmethod
-        def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            # instructor sends this as the response format: the strict wire schema (exact winners,
-            # enumerated scores), not the lenient reading model's.
-            return portable_schema(modality, output_format)
-
         @model_validator(mode="after")
         def _method_rules(self) -> Any:
             try:

@@ -9,10 +9,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from flexjudge.backends._probe import PROBE_PROMPT, PROBE_TOKENS
 from flexjudge.backends.base import Backend
 from flexjudge.serve import create_app
 
@@ -20,18 +22,40 @@ from flexjudge.serve import create_app
 class FaultInjector:
     """ASGI middleware: plays scripted faults on chat requests, and records every request body.
 
-    Faults: "429" and "500" (with Retry-After: 0), "hang" (answers after `hang_s`), "garbage" (a 200
-    whose body is not JSON), "empty" (a 200 without choices), "truncate" (forwards the request with
-    max_tokens cut to 24, so the real model runs out of budget), "refuse_structured" (a 400 naming
-    response_format, as a server without structured outputs says).
+    The openai backend's capability probe (`flexjudge.backends._probe`) is told apart: its bodies go to
+    `probes` and it gets `probe_faults`; every other body goes to `bodies` and gets `faults`, one each
+    in order. Faults: "429" and "500" (with Retry-After: `retry_after`), "400" (a refusal that is about
+    the request, not its constraint), "hang" (answers after `hang_s`), "garbage" (a 200 whose body is not
+    JSON), "empty" (a 200 without choices), "truncate" (forwards the request with max_tokens cut to 24,
+    so the real model runs out of budget), "refuse_structured" (a 400 naming response_format, as a
+    server without structured outputs says).
+
+    Standing behaviours, for every request: `refuse_structured_always` (no structured outputs at all),
+    `refuse_constraints_over` (a 400 for a constraint whose JSON is longer than that many characters:
+    the probe's passes, a judgment's does not), `ignore_constraint` (the constraint is dropped and the
+    model answers free, as vLLM does with `guided_json`).
     """
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.faults: list[str] = []
+        self.probe_faults: list[str] = []
         self.bodies: list[dict[str, Any]] = []
+        self.probes: list[dict[str, Any]] = []
         self.hang_s = 3.0
+        self.retry_after = "0"
         self.refuse_structured_always = False
+        self.refuse_constraints_over: int | None = None
+        self.ignore_constraint = False
+
+    def reset(self) -> None:
+        self.faults.clear()
+        self.probe_faults.clear()
+        self.bodies.clear()
+        self.probes.clear()
+        self.hang_s, self.retry_after = 3.0, "0"
+        self.refuse_structured_always = self.ignore_constraint = False
+        self.refuse_constraints_over = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
@@ -44,14 +68,30 @@ class FaultInjector:
             if not message.get("more_body"):
                 break
         body = json.loads(raw)
-        self.bodies.append(body)
-        fault = self.faults.pop(0) if self.faults else None
-        if self.refuse_structured_always and ("response_format" in body or "structured_outputs" in body):
+        probing = (
+            body.get("messages") == [{"role": "user", "content": PROBE_PROMPT}]
+            and body.get("max_tokens") == PROBE_TOKENS
+        )
+        (self.probes if probing else self.bodies).append(body)
+        scripted = self.probe_faults if probing else self.faults
+        fault = scripted.pop(0) if scripted else None
+        constraint = {k: body[k] for k in ("response_format", "structured_outputs") if k in body}
+        if self.refuse_structured_always and constraint:
             fault = "refuse_structured"
+        over = self.refuse_constraints_over
+        if over is not None and len(json.dumps(constraint)) > over:
+            message = "the grammar compiler gave up: schema too complex"
+            await _respond(send, 400, {"error": {"message": message}})
+            return
+        if self.ignore_constraint and constraint:
+            body = {k: v for k, v in body.items() if k not in constraint}
+            raw = json.dumps(body).encode()
         if fault in ("429", "500"):
-            await _respond(
-                send, int(fault), {"error": {"message": f"injected {fault}"}}, {"retry-after": "0"}
-            )
+            headers = {"retry-after": self.retry_after}
+            await _respond(send, int(fault), {"error": {"message": f"injected {fault}"}}, headers)
+            return
+        if fault == "400":
+            await _respond(send, 400, {"error": {"message": "injected 400: the prompt is too long"}})
             return
         if fault == "refuse_structured":
             await _respond(send, 400, {"error": {"message": "response_format json_schema is not supported"}})
@@ -120,3 +160,17 @@ def running_server(
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def tiny_server(cache_dir: Path) -> Iterator[tuple[str, FaultInjector]]:
+    """The tiny random model (llguidance) behind a real server, its built artefacts under `cache_dir`;
+    the environment is restored on exit."""
+    import pytest
+
+    from flexjudge.backends.transformers import TransformersBackend
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLEXJUDGE_CACHE_DIR", str(cache_dir))
+        with running_server(TransformersBackend("tiny-random", engine="llguidance")) as served:
+            yield served

@@ -14,36 +14,29 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from served import FaultInjector, running_server
+from served import FaultInjector, tiny_server
 
 import flexjudge
-from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart
+from flexjudge.backends.base import Constraint, Message, Request, TextPart
 from flexjudge.backends.openai import OpenAIBackend
 from flexjudge.constraints import ENFORCED_FINDINGS, pair_constraint
 from flexjudge.judging import Judge
 
 pytest.importorskip("transformers")
-from flexjudge.backends.transformers import TransformersBackend
 
 BOUND = 6
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, FaultInjector]]:
-    import os
-
-    os.environ["FLEXJUDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    backend = TransformersBackend("tiny-random", engine="llguidance")
-    with running_server(backend) as served:
+    with tiny_server(tmp_path_factory.mktemp("cache")) as served:
         yield served
 
 
 @pytest.fixture
 def injector(server: tuple[str, FaultInjector]) -> FaultInjector:
     _, inj = server
-    inj.faults.clear()
-    inj.bodies.clear()
-    inj.refuse_structured_always = False
+    inj.reset()
     return inj
 
 
@@ -81,6 +74,7 @@ def test_served_judgment_is_valid_and_the_request_carries_schema_and_images(serv
     assert judgment.meta.backend == "openai" and judgment.meta.constrained is True
     assert judgment.meta.usage is not None and judgment.meta.usage.prompt_tokens > 0
     (body,) = injector.bodies
+    assert len(injector.probes) == 1  # the capability probe went first, once
     sent = body["response_format"]["json_schema"]
     assert sent["strict"] is True
     assert sent["schema"] == pair_constraint("image", "flex", max_string_length=BOUND)
@@ -125,20 +119,6 @@ def test_truncated_output_raises_with_the_partial_text(server, injector) -> None
     with pytest.raises(flexjudge.TruncatedOutput) as info, _judge(url) as judge:
         judge.judge("a red square", _images(), seed=3)
     assert info.value.partial_text.startswith("{")
-
-
-def test_server_without_structured_outputs_falls_back_and_says_so(server, injector) -> None:  # type: ignore[no-untyped-def]
-    url, _ = server
-    injector.refuse_structured_always = True
-    backend = OpenAIBackend(url, model="tiny-random", backoff_s=0.01)
-    request = Request(
-        messages=(Message("user", (TextPart("judge"), ImagePart(_images()[0]))),),
-        constraint=Constraint(schema=pair_constraint("image", "flex", max_string_length=BOUND)),
-        max_new_tokens=16,
-    )
-    (generation,) = asyncio.run(_generate_and_close(backend, request))
-    assert generation.constrained is False
-    assert "response_format" in injector.bodies[0] and "response_format" not in injector.bodies[1]
 
 
 def test_vllm_structured_outputs_field(server, injector) -> None:  # type: ignore[no-untyped-def]
@@ -188,11 +168,11 @@ def test_openai_itself_gets_the_strict_subset(server, injector) -> None:  # type
     from flexjudge.wire_schemas import flex_schema, strict_problems
 
     url, _ = server
-    with _judge(url, portable_schema=True) as judge:
-        judge.judge("a red square", _images(), seed=8)
+    with _judge(url, schema_variant="strict") as judge:
+        judgment = judge.judge("a red square", _images(), seed=8)
     sent = injector.bodies[0]["response_format"]["json_schema"]["schema"]
     assert sent == flex_schema("image") and strict_problems(sent) == []
-    assert OpenAIBackend("https://api.openai.com/v1", model="gpt", api_key="k").portable_schema
+    assert judgment.meta.constrained is True
 
 
 def _post(url: str, body: dict[str, Any]) -> tuple[int, str]:
@@ -245,21 +225,6 @@ def test_one_bad_request_does_not_fail_its_batch_mates(server, injector) -> None
 def test_concurrency_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         OpenAIBackend("http://127.0.0.1:9/v1", model="m", max_concurrency=0)
-
-
-def test_instructor_re_asks_with_the_rule_violations(server, injector) -> None:  # type: ignore[no-untyped-def]
-    url, _ = server
-    with _judge(url, instructor_retries=2) as judge:
-        judgment = judge.judge("a red square", _images(), seed=10)
-    errors = [f for f in flexjudge.check(judgment) if f.severity == "error"]
-    if not errors:  # the first answer already passed: nothing to re-ask
-        assert len(injector.bodies) == 1
-        return
-    # The random model keeps breaking rules: 1 + 2 re-asks, each telling it what was wrong.
-    assert len(injector.bodies) == 3
-    feedback = injector.bodies[1]["messages"][-1]["content"]
-    assert "breaks the method's rules" in json.dumps(feedback)
-    assert injector.bodies[1]["messages"][-2]["role"] == "assistant"
 
 
 def test_one_judge_serves_sync_and_async_callers(server: tuple[str, FaultInjector]) -> None:

@@ -1,15 +1,21 @@
 """Any OpenAI-compatible server: vLLM, SGLang, OpenAI itself, or `flexjudge serve`.
 
-Images travel as data URLs. The output constraint travels as a strict `json_schema` response format:
-the full constraint for vLLM and SGLang, OpenAI's strict subset for api.openai.com (or with
-`portable_schema=True`). With `structured="structured_outputs"` it goes as vLLM's
-`extra_body={"structured_outputs": {"json": ...}}`, and with `grammar=True` as well judgment constraints go
-as `{"grammar": ...}`, the Lark form in which winners follow the scores (`flexjudge.grammar`), for a vLLM
-server running the guidance backend (`--structured-outputs-config.backend guidance`). Never as the legacy
-`guided_json`, which vLLM silently ignores. Calls run on `AsyncOpenAI` under a semaphore, with our own
-retries: exponential backoff with jitter on 429, 5xx, timeouts, dropped connections and malformed
-bodies, honouring `Retry-After`. A server that refuses structured outputs (HTTP 400 naming them) is
-asked again prompt-only, and the generation says `constrained=False`.
+Images travel as data URLs. The output constraint travels as a strict `json_schema` response format, or
+with `structured="structured_outputs"` as vLLM's `extra_body={"structured_outputs": {"json": ...}}`; with
+`grammar=True` as well, constraints that have a grammar go as `{"grammar": ...}` (the Lark form in which
+a judgment's winners follow its scores, for a vLLM server running the guidance backend). Never as the
+legacy `guided_json`, which vLLM silently ignores.
+
+Which schema a server gets is `schema_variant`: "full" (the whole constraint, what vLLM and SGLang
+take), "strict" (OpenAI's strict subset, which enforces less: `check` reports the rest), or "auto":
+strict for the hosts that accept only that subset (api.openai.com and *.openai.azure.com), full for
+any other.
+
+Whether the server enforces structured outputs at all is found out once per backend by a probe
+(`_probe.py`) before the first constrained request. A server without them raises `ConstraintError`
+unless `allow_unconstrained=True`, in which case requests go prompt-only and every generation says
+`constrained=False`. A server that takes the probe but refuses a request's constraint raises
+`ConstraintError` with its message: nothing falls back. Calls retry under one policy (`_retry.py`).
 
 Scale-out is the server's business: one vLLM endpoint with tensor or data parallelism behind it.
 """
@@ -18,21 +24,34 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
-from flexjudge.backends.base import Generation, ImagePart, Message, Request, Usage
+from flexjudge.backends._probe import PROBE_CONSTRAINT, PROBE_PROMPT, PROBE_TOKENS, probe, refused
+from flexjudge.backends._retry import complete
+from flexjudge.backends.base import Constraint, Generation, ImagePart, Message, Request, Usage
 from flexjudge.errors import BackendError, ConstraintError
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
+    from openai.types.chat import ChatCompletion
 
 Structured = Literal["response_format", "structured_outputs", "none"]
-_STRUCTURED_WORDS = ("response_format", "json_schema", "structured", "guided")
+SchemaVariant = Literal["auto", "full", "strict"]
+Enforced = Literal["grammar", "schema", "strict_schema"]
+_STRICT_HOSTS = ("api.openai.com",)
+_STRICT_DOMAINS = (".openai.azure.com",)
 
-__all__ = ["OpenAIBackend"]
+__all__ = ["OpenAIBackend", "SchemaVariant", "Structured", "schema_variant_for"]
+
+
+def schema_variant_for(base_url: str) -> Literal["full", "strict"]:
+    """The automatic rule: "strict" for OpenAI's own hosts (api.openai.com, *.openai.azure.com), which
+    refuse anything outside their strict subset; "full" for any other server."""
+    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    return "strict" if host in _STRICT_HOSTS or host.endswith(_STRICT_DOMAINS) else "full"
 
 
 class OpenAIBackend:
@@ -51,7 +70,8 @@ class OpenAIBackend:
         timeout_s: float = 300.0,
         backoff_s: float = 0.5,
         structured: Structured = "response_format",
-        portable_schema: bool | None = None,
+        schema_variant: SchemaVariant = "auto",
+        allow_unconstrained: bool = False,
         instructor_retries: int = 0,
         grammar: bool = False,
         client: AsyncOpenAI | None = None,
@@ -65,16 +85,20 @@ class OpenAIBackend:
             ) from exc
         if max_concurrency < 1 or max_attempts < 1:
             raise ValueError("max_concurrency and max_attempts must be at least 1")
-        self.model = model
-        self.base_url = base_url
         if grammar and structured != "structured_outputs":
             raise ValueError(
                 "grammar=True sends structured_outputs.grammar: it needs structured='structured_outputs'"
             )
+        if schema_variant not in ("auto", "full", "strict"):
+            raise ValueError(f"schema_variant must be 'auto', 'full' or 'strict', not {schema_variant!r}")
+        self.model = model
+        self.base_url = base_url
         self.structured: Structured = structured
         self.grammar = grammar
-        # OpenAI itself accepts only the strict subset of JSON Schema; vLLM and SGLang take it all.
-        self.portable_schema = "api.openai.com" in base_url if portable_schema is None else portable_schema
+        self.schema_variant: Literal["full", "strict"] = (
+            schema_variant_for(base_url) if schema_variant == "auto" else schema_variant
+        )
+        self.allow_unconstrained = allow_unconstrained
         self.max_attempts = max_attempts
         self.instructor_retries = instructor_retries
         self.backoff_s = backoff_s
@@ -83,11 +107,16 @@ class OpenAIBackend:
         self._client_options: dict[str, Any] = {
             "base_url": base_url,
             "api_key": api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
-            "max_retries": 0,  # retries are ours: one policy, visible in one place
+            "max_retries": 0,  # retries are ours (_retry.py): one policy, malformed bodies included
             "timeout": timeout_s,
         }
-        # Connection pools and semaphores belong to one event loop: each loop that calls this backend
-        # (a Judge's sync facade runs its own) gets its own client and concurrency bound.
+        self._no_structured: str | None = None
+        """Why the server does not enforce structured outputs, once the probe found out."""
+        self._probed = False
+        self._refused: dict[str, str] = {}
+        """Digests of constraints the server refused, with its message: refused again without a call."""
+        # Connection pools, semaphores and locks belong to one event loop: each loop that calls this
+        # backend (a Judge's sync facade runs its own) gets its own.
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -126,128 +155,167 @@ class OpenAIBackend:
             "messages": messages,
             "max_tokens": request.max_new_tokens,
             "temperature": request.temperature,
+            "top_p": request.top_p,
         }
         if request.seed is not None:
             body["seed"] = request.seed
-        given = request.constraint
-        if given is not None and given.schema is None and self.structured != "structured_outputs":
-            raise ConstraintError(
-                "a grammar travels only as structured_outputs: set structured='structured_outputs'"
-            )
-        constrained = given is not None and self.structured != "none"
-        enforced: Literal["grammar", "schema", "strict_schema"] | None = None
-        if constrained:
-            assert given is not None
-            if (
-                self.structured == "structured_outputs"
-                and given.grammar is not None
-                and (self.grammar or given.schema is None)
-            ):
-                body["extra_body"] = {"structured_outputs": {"grammar": given.grammar}}
-                enforced = "grammar"
-            elif self.portable_schema and given.strict_schema is not None:
-                body.update(_structured_body(self.structured, given.strict_schema))
-                enforced = "strict_schema"
-            else:
-                assert given.schema is not None
-                body.update(_structured_body(self.structured, given.schema))
-                enforced = "schema"
-        if self.instructor_retries > 0 and request.response_model is not None:
-            async with self._state().semaphore:
-                return await self._with_instructor(body, request.response_model)
+        if request.chat_template_kwargs:
+            body["extra_body"] = {"chat_template_kwargs": dict(request.chat_template_kwargs)}
+        fields, enforced = await self._constraint_fields(request)
         async with self._state().semaphore:
-            try:
-                response = await self._call(body)
-            except BackendError as exc:
-                if not (constrained and exc.status_code == 400 and _about_structured(exc)):
-                    raise
-                # The server has no structured outputs: prompt-only, lenient parsing, and say so.
-                for key in ("response_format", "extra_body"):
-                    body.pop(key, None)
-                constrained, enforced = False, None
-                response = await self._call(body)
-        generation = _generation(response, constrained, self.model)
-        if constrained:
+            if self.instructor_retries > 0 and request.response_model is not None:
+                generation = await self._with_instructor(body, fields, request)
+            else:
+                generation = _generation(await self._send(body, fields, request.constraint), bool(fields))
+        generation.model = generation.model or self.model
+        if fields:
             generation.engine, generation.enforced = "server", enforced
         return generation
 
-    async def _with_instructor(self, body: dict[str, Any], response_model: Any) -> Generation:
-        """Re-ask with the validation errors (instructor, Mode.JSON_SCHEMA) until the output passes.
+    async def _constraint_fields(self, request: Request) -> tuple[dict[str, Any], Enforced | None]:
+        """The body fields that carry the request's constraint, and which form of it they carry; none
+        when the request is free text or unconstrained requests were chosen."""
+        given = request.constraint
+        if given is None or self.structured == "none":
+            return {}, None
+        if given.schema is None and self.structured != "structured_outputs":
+            raise ConstraintError(
+                "a grammar travels only as structured_outputs: set structured='structured_outputs'"
+            )
+        if given.digest in self._refused:
+            raise ConstraintError(self._refused[given.digest])
+        if not await self._enforces_structured(request):
+            if self.allow_unconstrained:
+                return {}, None
+            raise ConstraintError(
+                f"{self.base_url} does not enforce structured outputs (sent as {self.structured}): "
+                f"{self._no_structured}. Judgments from it would not be valid by construction; pass "
+                "backend_options={'allow_unconstrained': True} to judge unconstrained anyway (each "
+                "judgment then says meta.constrained=False), or serve the model with structured outputs"
+            )
+        return self._fields(given)
 
-        instructor sends the response model's own JSON Schema as the response format. When every
-        attempt fails, the last output is returned as it is: the caller's checks report what is wrong.
+    def _fields(self, given: Constraint) -> tuple[dict[str, Any], Enforced]:
+        grammar = given.grammar if self.grammar or given.schema is None else None
+        if self.structured == "structured_outputs" and grammar is not None:
+            return {"extra_body": {"structured_outputs": {"grammar": grammar}}}, "grammar"
+        enforced: Enforced
+        if self.schema_variant == "strict" and given.strict_schema is not None:
+            schema, enforced = given.strict_schema, "strict_schema"
+        else:
+            assert given.schema is not None  # a grammar-only constraint returned above
+            schema, enforced = given.schema, "schema"
+        if self.structured == "structured_outputs":
+            return {"extra_body": {"structured_outputs": {"json": schema}}}, enforced
+        strict = {"name": "judgment", "schema": schema, "strict": True}
+        return {"response_format": {"type": "json_schema", "json_schema": strict}}, enforced
+
+    async def _enforces_structured(self, request: Request) -> bool:
+        """Probe the server once per backend; concurrent first requests wait for one probe."""
+        if not self._probed:
+            async with self._state().probe_lock:
+                if not self._probed:
+                    body: dict[str, Any] = {
+                        "model": self.model,
+                        "messages": [{"role": "user", "content": PROBE_PROMPT}],
+                        "max_tokens": PROBE_TOKENS,
+                        "temperature": 0.0,
+                    }
+                    if request.chat_template_kwargs:  # a thinking model must answer within the budget
+                        body["extra_body"] = {"chat_template_kwargs": dict(request.chat_template_kwargs)}
+                    fields, _ = self._fields(PROBE_CONSTRAINT)
+                    self._no_structured = await probe(self._call, _merged(body, fields))
+                    self._probed = True
+        return self._no_structured is None
+
+    async def _send(
+        self, body: dict[str, Any], fields: dict[str, Any], constraint: Constraint | None
+    ) -> ChatCompletion:
+        """One completion; a refusal of the constraint (not of the request) is a `ConstraintError`."""
+        try:
+            return await self._call(_merged(body, fields))
+        except BackendError as exc:
+            if not fields or constraint is None or not refused(exc):
+                raise
+            # The refusal may be about the prompt (too long, too many images): the same constraint on a
+            # one-token request tells which, by what the server does.
+            check = {"model": self.model, "messages": [{"role": "user", "content": PROBE_PROMPT}]}
+            try:
+                await self._call(_merged({**check, "max_tokens": 1, "temperature": 0.0}, fields))
+            except BackendError as again:
+                if not refused(again):
+                    raise exc from None
+                message = f"{self.base_url} takes structured outputs but refuses this constraint: {exc}"
+                self._refused[constraint.digest] = message
+                raise ConstraintError(message, original=exc) from exc
+            raise
+
+    async def _call(self, body: dict[str, Any]) -> ChatCompletion:
+        client = self._state().client
+        return await complete(
+            client, body, url=self.base_url, attempts=self.max_attempts, backoff_s=self.backoff_s
+        )
+
+    async def _with_instructor(
+        self, body: dict[str, Any], fields: dict[str, Any], request: Request
+    ) -> Generation:
+        """Re-ask with the rule violations (instructor, Mode.JSON_SCHEMA) until the output passes.
+
+        Every ask carries the request's own constraint (the fields the plain path sends), in place of the
+        schema instructor derives from the response model, and goes through `_send` and so through the
+        retry policy. When the re-asks run out, the last answer comes back with `validated=False` in
+        `extra`; a truncated answer comes back with finish_reason "length", which reading reports as
+        `TruncatedOutput`. Failures of ours or of the server propagate as they are.
         """
         import instructor
-        from instructor.core.exceptions import InstructorRetryException
+        from instructor.core.exceptions import InstructorError
+        from pydantic import ValidationError
 
-        client = instructor.from_openai(self._state().client, mode=instructor.Mode.JSON_SCHEMA)
-        kwargs = {k: v for k, v in body.items() if k not in ("response_format", "extra_body")}
-        try:
-            _, completion = await client.chat.completions.create_with_completion(
-                response_model=response_model, max_retries=self.instructor_retries, **kwargs
-            )
-            attempts, passed = None, True
-        except InstructorRetryException as exc:
-            completion, attempts, passed = exc.last_completion, exc.n_attempts, False
-        if completion is None:
-            raise BackendError("instructor returned no completion", retryable=True)
-        generation = _generation(completion, True, self.model)
-        generation.extra.update({"validated": passed, "attempts": attempts})
-        return generation
+        answers: list[ChatCompletion] = []
+        failures: list[BaseException] = []
 
-    async def _call(self, body: dict[str, Any]) -> Any:
-        import openai
-
-        for attempt in range(1, self.max_attempts + 1):
+        async def create(**kwargs: Any) -> ChatCompletion:
+            kwargs.pop("response_format", None)  # instructor's, from the response model's looser schema
             try:
-                response = await self._state().client.chat.completions.create(**body)
-                if not getattr(response, "choices", None):
-                    raise _Malformed("the response has no choices")
-                return response
-            except (openai.RateLimitError, openai.InternalServerError) as exc:
-                error = _translate(exc, retryable=True)
-                wait = _retry_after(exc)
-            except (
-                openai.APITimeoutError,
-                openai.APIConnectionError,
-                _Malformed,
-                openai.APIResponseValidationError,
-            ) as exc:
-                error = _translate(exc, retryable=True)
-                wait = None
-            except openai.APIStatusError as exc:
-                if exc.status_code >= 500:
-                    error, wait = _translate(exc, retryable=True), _retry_after(exc)
-                else:
-                    raise _translate(exc, retryable=False) from exc
-            except (ValueError, TypeError, KeyError) as exc:  # a body the client could not read
-                error, wait = _translate(exc, retryable=True), None
-            if attempt == self.max_attempts:
-                raise error
-            delay = wait if wait is not None else self.backoff_s * 2 ** (attempt - 1)
-            await asyncio.sleep(delay * (1 + 0.25 * random.random()))  # jitter spreads synchronized retries
-        raise AssertionError("unreachable")  # pragma: no cover
+                answer = await self._send(kwargs, fields, request.constraint)
+            except BaseException as exc:  # instructor wraps it; it is re-raised as it was below
+                failures.append(exc)
+                raise
+            answers.append(answer)
+            return answer
 
-
-class _Malformed(Exception):
-    """A 2xx answer that is not a usable chat completion."""
+        patched = instructor.patch(create=create, mode=instructor.Mode.JSON_SCHEMA)
+        try:
+            await patched(response_model=request.response_model, max_retries=self.instructor_retries, **body)
+            validated = True
+        except (InstructorError, ValidationError) as exc:
+            if failures:
+                raise failures[-1] from None
+            if not answers:
+                raise BackendError(f"instructor failed before any answer: {exc}", retryable=False) from exc
+            # Re-asks ran out, or the answer was cut short (IncompleteOutputException): the last answer
+            # goes back to be read, marked as not passing the response model's checks.
+            validated = False
+        generation = _generation(answers[-1], bool(fields))
+        generation.attempts = len(answers)
+        generation.extra["validated"] = validated
+        return generation
 
 
 @dataclass
 class _LoopState:
     client: AsyncOpenAI
     semaphore: asyncio.Semaphore
+    probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def _structured_body(mode: Structured, schema: dict[str, Any]) -> dict[str, Any]:
-    if mode == "structured_outputs":
-        return {"extra_body": {"structured_outputs": {"json": schema}}}
-    return {
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": "judgment", "schema": schema, "strict": True},
-        }
-    }
+def _merged(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """`body` with the constraint `fields`; both may carry `extra_body` (template options, structured
+    outputs), which are merged rather than replaced."""
+    out = {**body, **fields}
+    if "extra_body" in body and "extra_body" in fields:
+        out["extra_body"] = {**body["extra_body"], **fields["extra_body"]}
+    return out
 
 
 def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
@@ -265,38 +333,18 @@ def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
     return out
 
 
-def _generation(response: Any, constrained: bool, model: str) -> Generation:
+def _generation(response: ChatCompletion, constrained: bool) -> Generation:
     choice = response.choices[0]
     text = choice.message.content
     if not isinstance(text, str):
         raise BackendError("the server returned a choice without text content", retryable=False)
     usage = None
-    reported = getattr(response, "usage", None)
+    reported = response.usage
     prompt_tokens = getattr(reported, "prompt_tokens", None)
     completion_tokens = getattr(reported, "completion_tokens", None)
     if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):  # null counts: no usage
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     finish: Literal["stop", "length"] = "length" if choice.finish_reason == "length" else "stop"
     return Generation(
-        text=text, finish_reason=finish, constrained=constrained, usage=usage, model=response.model or model
+        text=text, finish_reason=finish, constrained=constrained, usage=usage, model=response.model or ""
     )
-
-
-def _translate(exc: BaseException, *, retryable: bool) -> BackendError:
-    status = getattr(exc, "status_code", None)
-    detail = str(exc).strip() or type(exc).__name__
-    where = f"HTTP {status}: " if status is not None else ""
-    return BackendError(f"{where}{detail}", retryable=retryable, status_code=status, original=exc)
-
-
-def _retry_after(exc: Any) -> float | None:
-    response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return min(float(value), 60.0) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _about_structured(exc: BackendError) -> bool:
-    return any(word in str(exc).lower() for word in _STRUCTURED_WORDS)

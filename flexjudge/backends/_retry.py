@@ -1,0 +1,104 @@
+"""The openai backend's one retry policy (tenacity): which failures are the server's, and how long to wait.
+
+A call is retried when the server was at fault or unreachable: HTTP 408, 409, 429 and 5xx (honouring
+`Retry-After`), timeouts, dropped connections, and a 2xx body that is not a chat completion. Everything
+else propagates at once: a 4xx is the request's fault, and an exception from our own code (a TypeError
+while building the body, say) is a bug, never a server error to retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from flexjudge.errors import BackendError
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+    from openai.types.chat import ChatCompletion
+
+RETRY_AFTER_CAP_S = 60.0
+_RETRIED_STATUS = frozenset({408, 409, 429})  # a timeout, a lock conflict, a rate limit; plus any 5xx
+
+__all__ = ["RETRY_AFTER_CAP_S", "complete"]
+
+
+async def complete(
+    client: AsyncOpenAI, body: dict[str, Any], *, url: str, attempts: int, backoff_s: float
+) -> ChatCompletion:
+    """One chat completion under the retry policy; a failure that remains is a `BackendError`."""
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=_wait(backoff_s),
+        retry=retry_if_exception(lambda exc: isinstance(exc, BackendError) and exc.retryable),
+        reraise=True,
+    )
+    return await retrying(_once, client, body, url)
+
+
+async def _once(client: AsyncOpenAI, body: dict[str, Any], url: str) -> ChatCompletion:
+    import openai
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+
+    try:
+        raw = await client.chat.completions.with_raw_response.create(**body)
+    except openai.APIStatusError as exc:
+        status = exc.status_code
+        retryable = status in _RETRIED_STATUS or status >= 500
+        raise BackendError(
+            f"HTTP {status} from {url}: {exc.message}", retryable=retryable, status_code=status, original=exc
+        ) from exc
+    except openai.APIConnectionError as exc:  # timeouts included
+        raise BackendError(f"cannot reach {url}: {exc}", retryable=True, original=exc) from exc
+    try:
+        # Reading the body happens here and only here: JSON that does not parse and bytes that do not
+        # decode raise ValueError (JSONDecodeError, UnicodeDecodeError), a body the client rejects
+        # APIResponseValidationError. Both are the server's fault, worth asking again.
+        response = raw.parse()
+    except (ValueError, openai.APIResponseValidationError) as exc:
+        raise BackendError(
+            f"{url} answered with a body that is not JSON: {exc}", retryable=True, original=exc
+        ) from exc
+    # The client reads bodies leniently: a non-JSON content type comes back as text, and a JSON object of
+    # another shape as a ChatCompletion with missing or raw fields.
+    choices = getattr(response, "choices", None)
+    if (
+        not isinstance(response, ChatCompletion)
+        or not isinstance(choices, list)
+        or not choices
+        or not isinstance(getattr(choices[0], "message", None), ChatCompletionMessage)
+    ):
+        raise BackendError(f"{url} answered with a body that is not a chat completion", retryable=True)
+    return response
+
+
+def _wait(backoff_s: float) -> Callable[[RetryCallState], float]:
+    # Exponential backoff; the jitter spreads retries that a shared outage synchronized.
+    backoff = wait_exponential_jitter(multiplier=backoff_s, jitter=backoff_s, max=30.0)
+
+    def wait(state: RetryCallState) -> float:
+        failure = state.outcome.exception() if state.outcome is not None else None
+        after = _retry_after(getattr(failure, "original", None))
+        return after if after is not None else backoff(state)
+
+    return wait
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    """The wait a server asked for (`retry-after-ms` or `Retry-After` in seconds), capped."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        try:
+            seconds = float(value) * scale if value is not None else None
+        except ValueError:  # an HTTP date: the backoff applies instead
+            seconds = None
+        if seconds is not None and seconds >= 0:
+            return min(seconds, RETRY_AFTER_CAP_S)
+    return None
