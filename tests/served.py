@@ -24,11 +24,11 @@ class FaultInjector:
 
     The openai backend's capability probe (`flexjudge.backends._probe`) is told apart: its bodies go to
     `probes` and it gets `probe_faults`; every other body goes to `bodies` and gets `faults`, one each
-    in order. Faults: "429" and "500" (with Retry-After: `retry_after`), "400" (a refusal that is about
-    the request, not its constraint), "hang" (answers after `hang_s`), "garbage" (a 200 whose body is not
-    JSON), "empty" (a 200 without choices), "truncate" (forwards the request with max_tokens cut to 24,
-    so the real model runs out of budget), "refuse_structured" (a 400 naming response_format, as a
-    server without structured outputs says).
+    in order. Faults: an HTTP status such as "429", "500" or "401" (with Retry-After: `retry_after`),
+    "400" (a refusal that is about the request, not its constraint), "hang" (answers after `hang_s`),
+    "garbage" (a 200 whose body is not JSON), "empty" (a 200 without choices), "truncate" (forwards
+    the request with max_tokens cut to 24, so the real model runs out of budget), "refuse_structured"
+    (a 400 naming response_format, as a server without structured outputs says).
 
     Standing behaviours, for every request: `refuse_structured_always` (no structured outputs at all),
     `refuse_constraints_over` (a 400 for a constraint whose JSON is longer than that many characters:
@@ -86,12 +86,12 @@ class FaultInjector:
         if self.ignore_constraint and constraint:
             body = {k: v for k, v in body.items() if k not in constraint}
             raw = json.dumps(body).encode()
-        if fault in ("429", "500"):
-            headers = {"retry-after": self.retry_after}
-            await _respond(send, int(fault), {"error": {"message": f"injected {fault}"}}, headers)
-            return
         if fault == "400":
             await _respond(send, 400, {"error": {"message": "injected 400: the prompt is too long"}})
+            return
+        if fault is not None and fault.isdigit():
+            headers = {"retry-after": self.retry_after}
+            await _respond(send, int(fault), {"error": {"message": f"injected {fault}"}}, headers)
             return
         if fault == "refuse_structured":
             await _respond(send, 400, {"error": {"message": "response_format json_schema is not supported"}})

@@ -162,6 +162,20 @@ def test_a_probe_the_server_could_not_answer_is_not_a_verdict(url: str, injector
     assert generation.constrained and len(injector.probes) == 4
 
 
+@pytest.mark.parametrize("status", ["401", "403", "404"])
+def test_a_probe_refused_for_access_is_a_backend_error(
+    url: str, injector: FaultInjector, status: str
+) -> None:
+    injector.probe_faults = [status]
+    backend = _backend(url)
+    with pytest.raises(flexjudge.BackendError) as info:
+        _run(backend, _request())
+    assert not isinstance(info.value, flexjudge.ConstraintError) and info.value.status_code == int(status)
+    assert not info.value.retryable and len(injector.probes) == 1
+    (generation,) = _run(backend, _request())  # not a verdict on structured outputs: probed again
+    assert generation.constrained and len(injector.probes) == 2
+
+
 # -- a server that takes the probe but refuses the judgment's schema -----------------------------
 
 

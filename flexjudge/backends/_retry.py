@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
+from tenacity.wait import wait_exponential, wait_random
 
 from flexjudge.errors import BackendError
 
@@ -77,7 +77,7 @@ async def _once(client: AsyncOpenAI, body: dict[str, Any], url: str) -> ChatComp
 
 def _wait(backoff_s: float) -> Callable[[RetryCallState], float]:
     # Exponential backoff; the jitter spreads retries that a shared outage synchronized.
-    backoff = wait_exponential_jitter(multiplier=backoff_s, jitter=backoff_s, max=30.0)
+    backoff = wait_exponential(multiplier=backoff_s, max=30.0) + wait_random(0, backoff_s)
 
     def wait(state: RetryCallState) -> float:
         failure = state.outcome.exception() if state.outcome is not None else None
