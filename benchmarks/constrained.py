@@ -120,7 +120,7 @@ def _requests(schema: dict[str, Any] | None, batch: int, tokens: int) -> list[An
     return [
         Request(
             messages=(message,),
-            constraint=Constraint(schema=schema),
+            constraint=Constraint(schema=schema) if schema is not None else None,
             max_new_tokens=tokens,
             temperature=1.0,
             seed=0,

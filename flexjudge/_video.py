@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from flexjudge.errors import MediaError
-from flexjudge.media import (
+from flexjudge._images import (
     DEFAULT_LIMITS,
     ImageSource,
     Limits,
@@ -21,6 +20,7 @@ from flexjudge.media import (
     _open_bytes,
     load_image,
 )
+from flexjudge.errors import MediaError
 
 if TYPE_CHECKING:
     from av.container import InputContainer

@@ -203,3 +203,19 @@ def test_criterion_names_stay_unique_while_decoding(backend: TransformersBackend
 
     assert repeats(TransformersBackend("tiny-random", unique_names=False)) == list(seeds)
     assert repeats(backend) == []
+
+
+def test_chat_template_options_reach_the_model(backend: TransformersBackend) -> None:
+    prompt_tokens = {}
+    for kwargs in (None, {"add_vision_id": True}):
+        with Judge(
+            "tiny-random",
+            backend=backend,
+            max_string_length=6,
+            max_new_tokens=900,
+            chat_template_kwargs=kwargs,
+        ) as judge:
+            usage = judge.judge("a red square", _images(), seed=7).meta.usage
+        assert usage is not None
+        prompt_tokens[kwargs is not None] = usage.prompt_tokens
+    assert prompt_tokens[True] > prompt_tokens[False]  # the template wrote "Picture 1: ", "Picture 2: "

@@ -350,3 +350,17 @@ def test_connection_errors_name_the_url() -> None:
     with pytest.raises(flexjudge.BackendError, match=f"cannot reach {dead}") as info:
         _run(_backend(dead, max_attempts=2), _request(constraint=None))
     assert info.value.retryable
+
+
+def test_chat_template_options_go_to_servers_that_take_them_but_not_to_openai() -> None:
+    from flexjudge.backends.base import Message, Request, TextPart
+
+    request = Request(
+        messages=(Message("user", (TextPart("hi"),)),), chat_template_kwargs={"enable_thinking": False}
+    )
+    vllm = OpenAIBackend("http://127.0.0.1:8000/v1", model="m")
+    assert vllm._template_fields(request) == {
+        "extra_body": {"chat_template_kwargs": {"enable_thinking": False}}
+    }
+    for url in ("https://api.openai.com/v1", "https://me.openai.azure.com/openai"):
+        assert OpenAIBackend(url, model="m", api_key="k")._template_fields(request) == {}

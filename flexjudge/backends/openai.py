@@ -159,8 +159,7 @@ class OpenAIBackend:
         }
         if request.seed is not None:
             body["seed"] = request.seed
-        if request.chat_template_kwargs:
-            body["extra_body"] = {"chat_template_kwargs": dict(request.chat_template_kwargs)}
+        body.update(self._template_fields(request))
         fields, enforced = await self._constraint_fields(request)
         async with self._state().semaphore:
             if self.instructor_retries > 0 and request.response_model is not None:
@@ -171,6 +170,13 @@ class OpenAIBackend:
         if fields:
             generation.engine, generation.enforced = "server", enforced
         return generation
+
+    def _template_fields(self, request: Request) -> dict[str, Any]:
+        """Chat-template options as vLLM and SGLang take them (`chat_template_kwargs`); never to OpenAI's own
+        hosts (api.openai.com, *.openai.azure.com), which refuse fields they do not know."""
+        if not request.chat_template_kwargs or schema_variant_for(self.base_url) == "strict":
+            return {}
+        return {"extra_body": {"chat_template_kwargs": dict(request.chat_template_kwargs)}}
 
     async def _constraint_fields(self, request: Request) -> tuple[dict[str, Any], Enforced | None]:
         """The body fields that carry the request's constraint, and which form of it they carry; none
@@ -221,8 +227,7 @@ class OpenAIBackend:
                         "max_tokens": PROBE_TOKENS,
                         "temperature": 0.0,
                     }
-                    if request.chat_template_kwargs:  # a thinking model must answer within the budget
-                        body["extra_body"] = {"chat_template_kwargs": dict(request.chat_template_kwargs)}
+                    body.update(self._template_fields(request))  # a thinking model must answer in budget
                     fields, _ = self._fields(PROBE_CONSTRAINT)
                     self._no_structured = await probe(self._call, _merged(body, fields))
                     self._probed = True
