@@ -70,7 +70,7 @@ EngineName = Annotated[
 ]
 Seed = Annotated[int | None, typer.Option(help="Sampling seed, for reproducible runs.", show_default=False)]
 Temperature = Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 decodes greedily.")]
-TopP = Annotated[float, typer.Option(min=0.0, min_open=True, max=1.0, help="Nucleus sampling mass.")]
+TopP = Annotated[float, typer.Option(max=1.0, help="Nucleus sampling mass, in (0, 1].")]
 FramesPerVideo = Annotated[int, typer.Option(min=1, help="Frames sampled from each video.")]
 MaxNewTokens = Annotated[int, typer.Option(min=1, help="Token budget of the judgment.")]
 MaxStringLength = Annotated[
@@ -164,6 +164,8 @@ def _check_settings(settings: dict[str, Any]) -> str | None:
         usage(f"--format must be flex or native, not {settings['output_format']!r}")
     if not math.isfinite(settings["temperature"]):
         usage(f"--temperature must be a finite number, not {settings['temperature']}")
+    if not 0 < settings["top_p"] <= 1:
+        usage(f"--top-p must be above 0 and at most 1, not {settings['top_p']}")
     check_device(settings["device"], settings["dtype"])
     url: str | None = settings["base_url"]
     flag = "--base-url"

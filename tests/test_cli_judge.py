@@ -143,6 +143,8 @@ def test_every_judging_command_has_the_shared_flags() -> None:
         (("--frames-per-video", "0"), "--frames-per-video"),
         (("--temperature", "-1"), "--temperature"),
         (("--top-p", "2"), "--top-p"),
+        (("--top-p", "0"), "--top-p"),
+        (("--temperature", "nan"), "--temperature"),
         (("--max-new-tokens", "0"), "--max-new-tokens"),
         (("--device", "tpu"), "--device"),
         (("--dtype", "fp8"), "--dtype"),
