@@ -24,8 +24,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    # Click's plain help wraps at the terminal's width and never cuts an option name; rich's panels
-    # truncated long flags ("--max-new-toke…") at 80 columns.
+    # Click's plain help wraps at the terminal's width and never cuts an option name; rich's panels cut
+    # long flags at 80 columns ("--weighted-ver…" beside its --no- twin) and read "[...]" in help as markup.
     rich_markup_mode=None,
 )
 
@@ -326,7 +326,7 @@ def _print_summary(out: Console, file: Path, summary: Summary) -> None:
 
 
 def _fail(message: str, code: int = cj.USAGE_EXIT) -> NoReturn:
-    Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(message)}")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code)
 
 
