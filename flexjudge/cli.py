@@ -1,18 +1,19 @@
-"""The `flexjudge` command: `validate` teacher traces, export `schemas`."""
+"""The `flexjudge` command: `judge`, `score` and `rank` candidates (`_cli_judge`), `validate` teacher
+traces, `serve` a local model, export `schemas`."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn, cast
+from typing import Annotated, Any, Literal, NoReturn, cast
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from flexjudge import _cli_judge as cj
 from flexjudge.errors import TraceFileError
 from flexjudge.formats import Format
 from flexjudge.traces import DEFAULT_MAX_LINE_BYTES, LineReport, Summary, iter_reports
@@ -23,8 +24,178 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help wraps at the terminal's width and never cuts an option name; rich's panels cut
+    # long flags at 80 columns ("--weighted-ver…" beside its --no- twin) and read "[...]" in help as markup.
+    rich_markup_mode=None,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from flexjudge import __version__
+
+        typer.echo(f"flexjudge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Personalized, interpretable judging of generated images and videos."""
+
+
 _FORMATS = ("auto", "flex", "think", "native")
+
+
+def _settings(
+    model: str | None,
+    backend: str,
+    base_url: str | None,
+    device: str | None,
+    dtype: str | None,
+    output_format: str,
+    engine: str | None,
+    frames_per_video: int,
+    max_new_tokens: int,
+    max_string_length: int | None,
+    temperature: float,
+    top_p: float,
+) -> dict[str, Any]:
+    """The `Judge(...)` settings of a judging command, by the library's own names."""
+    return {
+        "model": model,
+        "backend": backend,
+        "base_url": base_url,
+        "device": device,
+        "dtype": dtype,
+        "output_format": output_format,
+        "engine": engine,
+        "frames_per_video": frames_per_video,
+        "max_new_tokens": max_new_tokens,
+        "max_string_length": max_string_length,
+        "temperature": temperature,
+        "top_p": top_p,
+    }
+
+
+@app.command(name="judge")
+def judge_command(
+    files: cj.Files,
+    prompt: cj.Prompt,
+    model: cj.Model = None,
+    base_url: cj.BaseUrl = None,
+    backend: cj.BackendName = "auto",
+    device: cj.Device = None,
+    dtype: cj.Dtype = None,
+    output_format: cj.OutputFormat = "flex",
+    engine: cj.EngineName = None,
+    swap: cj.Swap = False,
+    seed: cj.Seed = None,
+    temperature: cj.Temperature = 0.0,
+    top_p: cj.TopP = 1.0,
+    frames_per_video: cj.FramesPerVideo = 8,
+    max_new_tokens: cj.MaxNewTokens = 4096,
+    max_string_length: cj.MaxStringLength = None,
+    preferences: cj.Profile = None,
+    custom_dimension: cj.CustomDimension = None,
+    weight: cj.Weight = None,
+    weighted_verdict: cj.WeightedVerdict = False,
+    as_json: cj.AsJson = False,
+) -> None:
+    """Compare two candidates for a prompt.
+
+    Prints the judgment: dimensions, criteria with their scores, winners, the verdict. Candidates are
+    image or video files.
+
+    Exit status: 0 judged, 1 the judge failed (model, server, output), 2 a wrong command line (flag,
+    file, candidate count), found before any model loads.
+    """
+    settings = _settings(
+        model, backend, base_url, device, dtype, output_format, engine,
+        frames_per_video, max_new_tokens, max_string_length, temperature, top_p,
+    )  # fmt: skip
+    prefs = (preferences, weight, custom_dimension, weighted_verdict)
+    cj.run("judge", files, prompt, settings, {"swap": swap, "seed": seed}, prefs, as_json)
+
+
+@app.command(name="score")
+def score_command(
+    files: cj.Files,
+    prompt: cj.Prompt,
+    model: cj.Model = None,
+    base_url: cj.BaseUrl = None,
+    backend: cj.BackendName = "auto",
+    device: cj.Device = None,
+    dtype: cj.Dtype = None,
+    engine: cj.EngineName = None,
+    scale: cj.Scale = "1..10",
+    seed: cj.Seed = None,
+    temperature: cj.Temperature = 0.0,
+    top_p: cj.TopP = 1.0,
+    frames_per_video: cj.FramesPerVideo = 8,
+    max_new_tokens: cj.MaxNewTokens = 4096,
+    max_string_length: cj.MaxStringLength = None,
+    preferences: cj.Profile = None,
+    custom_dimension: cj.CustomDimension = None,
+    weight: cj.Weight = None,
+    as_json: cj.AsJson = False,
+) -> None:
+    """Score one candidate for a prompt.
+
+    Prints its scores on an absolute scale (--scale), per criterion, dimension and overall.
+
+    Exit status: 0 scored, 1 the judge failed (model, server, output), 2 a wrong command line (flag,
+    file, candidate count), found before any model loads.
+    """
+    settings = _settings(
+        model, backend, base_url, device, dtype, "flex", engine,
+        frames_per_video, max_new_tokens, max_string_length, temperature, top_p,
+    )  # fmt: skip
+    prefs = (preferences, weight, custom_dimension, False)
+    cj.run("score", files, prompt, settings, {"seed": seed, **cj.parse_scale(scale)}, prefs, as_json)
+
+
+@app.command(name="rank")
+def rank_command(
+    files: cj.Files,
+    prompt: cj.Prompt,
+    model: cj.Model = None,
+    base_url: cj.BaseUrl = None,
+    backend: cj.BackendName = "auto",
+    device: cj.Device = None,
+    dtype: cj.Dtype = None,
+    output_format: cj.OutputFormat = "flex",
+    engine: cj.EngineName = None,
+    swap: cj.Swap = False,
+    seed: cj.Seed = None,
+    temperature: cj.Temperature = 0.0,
+    top_p: cj.TopP = 1.0,
+    frames_per_video: cj.FramesPerVideo = 8,
+    max_new_tokens: cj.MaxNewTokens = 4096,
+    max_string_length: cj.MaxStringLength = None,
+    preferences: cj.Profile = None,
+    custom_dimension: cj.CustomDimension = None,
+    weight: cj.Weight = None,
+    weighted_verdict: cj.WeightedVerdict = False,
+    as_json: cj.AsJson = False,
+) -> None:
+    """Rank two or more candidates for a prompt.
+
+    Every pair is judged; candidates are ranked by their pairwise win rate.
+
+    Exit status: 0 ranked, 1 the judge failed (model, server, output), 2 a wrong command line (flag,
+    file, candidate count), found before any model loads.
+    """
+    settings = _settings(
+        model, backend, base_url, device, dtype, output_format, engine,
+        frames_per_video, max_new_tokens, max_string_length, temperature, top_p,
+    )  # fmt: skip
+    prefs = (preferences, weight, custom_dimension, weighted_verdict)
+    cj.run("rank", files, prompt, settings, {"swap": swap, "seed": seed}, prefs, as_json)
 
 
 @app.command()
@@ -46,7 +217,9 @@ def validate(
         int, typer.Option(min=1, help="Longer lines are reported and skipped")
     ] = DEFAULT_MAX_LINE_BYTES,
 ) -> None:
-    """Check every trace in FILE; exit 0 only when every line is valid."""
+    """Check a file of teacher traces.
+
+    Every trace in FILE is read and checked; exit 0 only when every line is valid."""
     if format not in _FORMATS:
         _fail(f"--format must be one of {', '.join(_FORMATS)}, not {format!r}")
     if fail_on not in ("error", "warning"):
@@ -75,115 +248,29 @@ def validate(
     raise typer.Exit(0 if summary.invalid == 0 else 1)
 
 
-@app.command(name="judge")
-def judge_command(
-    files: Annotated[list[Path], typer.Argument(help="Candidates: 2 for pair, 1 for point, N for rank")],
-    prompt: Annotated[str, typer.Option("--prompt", help="The generation prompt")],
-    model: Annotated[
-        str | None, typer.Option(help="Model path or name; 'tiny-random' for a smoke test")
-    ] = None,
-    backend: Annotated[str, typer.Option(help="auto, transformers or openai")] = "auto",
-    base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible server (or FLEXJUDGE_BASE_URL)")
-    ] = None,
-    mode: Annotated[str, typer.Option(help="pair, point or rank")] = "pair",
-    swap: Annotated[bool, typer.Option("--swap", help="Judge both orders and merge them")] = False,
-    seed: Annotated[int | None, typer.Option(help="Sampling seed (reproducible runs)")] = None,
-    output_format: Annotated[
-        str, typer.Option("--format", help="Wire format asked for: flex or native")
-    ] = "flex",
-    engine: Annotated[str | None, typer.Option(help="Constraint engine for local models")] = None,
-    preferences: Annotated[str | None, typer.Option(help="Your preferences, in words")] = None,
-    custom_dimension: Annotated[
-        list[str] | None, typer.Option("--custom-dimension", help="Required extra dimension")
-    ] = None,
-    weight: Annotated[list[str] | None, typer.Option("--weight", help="NAME=WEIGHT for a dimension")] = None,
-    weighted_verdict: Annotated[
-        bool, typer.Option(help="Decide the verdict by weighted dimension votes")
-    ] = False,
-    frames: Annotated[int, typer.Option(help="Frames sampled per video")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="Token budget of the judgment")] = 4096,
-    max_string_length: Annotated[
-        int | None, typer.Option(help="Bound every string (random test models)")
-    ] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 for greedy decoding")] = 0.0,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object (native format plus metadata)")
-    ] = False,
-) -> None:
-    """Judge candidate images or videos for a prompt and print the hierarchy."""
-    import flexjudge
-    from flexjudge.render_tree import judgment_tree, pointwise_tree, ranking_tree
-
-    if mode not in ("pair", "point", "rank"):
-        _fail(f"--mode must be pair, point or rank, not {mode!r}")
-    if output_format not in ("flex", "native"):
-        _fail(f"--format must be flex or native, not {output_format!r}")
-    try:
-        weights = {name: float(value) for name, _, value in (w.partition("=") for w in weight or [])}
-        prefs = flexjudge.Preferences(
-            profile=preferences or "",
-            weights=weights,
-            custom_dimensions=tuple(custom_dimension or ()),
-            weighted_verdict=weighted_verdict,
-        )
-    except ValueError as exc:
-        _fail(f"bad preferences: {exc}")
-    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "frames_per_video": frames}
-    if backend == "transformers" or (
-        backend == "auto" and not (base_url or os.environ.get("FLEXJUDGE_BASE_URL"))
-    ):
-        _quiet_loading()
-    try:
-        with flexjudge.Judge(
-            model,
-            backend=backend,
-            base_url=base_url,
-            output_format=output_format,  # type: ignore[arg-type]
-            engine=engine,
-            max_string_length=max_string_length,
-            **options,  # type: ignore[arg-type]
-        ) as judge:
-            paths = [str(f) for f in files]
-            result: flexjudge.Judgment | flexjudge.PointwiseJudgment | flexjudge.Ranking
-            if mode == "point":
-                (path,) = paths
-                result = judge.score(prompt, path, preferences=prefs, seed=seed)
-            elif mode == "rank":
-                result = judge.rank(prompt, paths, preferences=prefs, swap=swap, seed=seed)
-            else:
-                result = judge.judge(prompt, paths, preferences=prefs, swap=swap, seed=seed)
-    except (flexjudge.FlexjudgeError, ValueError) as exc:
-        _fail(str(exc))
-    if as_json:
-        print(json.dumps(result.model_dump(mode="json")))
-        return
-    out = Console(highlight=False)
-    if isinstance(result, flexjudge.Ranking):
-        out.print(ranking_tree(result))
-    elif isinstance(result, flexjudge.PointwiseJudgment):
-        out.print(pointwise_tree(result, flexjudge.check(result, prompt=prompt)))
-    else:
-        out.print(judgment_tree(result, flexjudge.check(result, prompt=prompt)))
-
-
 @app.command(name="serve")
 def serve_command(
-    model: Annotated[str, typer.Option(help="Model path or name; 'tiny-random' for a smoke test")],
-    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
-    engine: Annotated[str | None, typer.Option(help="Constraint engine")] = None,
+    model: Annotated[str, typer.Option(help="Model directory or hub id ('tiny-random': a test model).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    engine: cj.EngineName = None,
+    device: cj.Device = None,
+    dtype: cj.Dtype = None,
 ) -> None:
-    """Serve a local model behind an OpenAI-compatible /v1/chat/completions endpoint."""
+    """Serve a local model to OpenAI-compatible clients.
+
+    The endpoint is /v1/chat/completions; concurrent requests are batched."""
     from flexjudge.errors import FlexjudgeError
     from flexjudge.serve import serve
 
+    cj.check_device(device, dtype)
+    placement = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     try:
         from flexjudge.backends.transformers import TransformersBackend
 
-        backend = TransformersBackend(model, engine=engine)  # type: ignore[arg-type]
-    except FlexjudgeError as exc:
-        _fail(str(exc))
+        backend = TransformersBackend(model, engine=engine, **placement)  # type: ignore[arg-type]
+    except (FlexjudgeError, ValueError) as exc:
+        _fail(f"could not load --model {model}: {exc}", code=cj.FAILURE_EXIT)
     serve(backend, model_name=model, host=host, port=port)
 
 
@@ -193,7 +280,9 @@ def schemas(
         "schemas"
     ),
 ) -> None:
-    """Write the wire JSON Schemas (pairwise, pointwise, released flex; image and video)."""
+    """Write the wire JSON Schemas.
+
+    Pairwise, pointwise and the released flex format; image and video."""
     from flexjudge.wire_schemas import all_schemas
 
     out.mkdir(parents=True, exist_ok=True)
@@ -216,16 +305,6 @@ def _print_line(out: Console, report: LineReport, fail_on: str) -> None:
         out.print(f"line {report.line}{ident}{where}  {severity} {p.code}: {escape(_printable(p.message))}")
 
 
-def _quiet_loading() -> None:
-    """The command prints a judgment; transformers' weight-loading progress bar is noise around it."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # the served path needs no transformers
-        return
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-
-
 def _printable(text: str) -> str:
     """Lone surrogates and other unencodable characters, escaped instead of crashing the terminal."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -246,15 +325,15 @@ def _print_summary(out: Console, file: Path, summary: Summary) -> None:
     out.print(table)
 
 
-def _fail(message: str) -> NoReturn:
-    Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(2)
+def _fail(message: str, code: int = cj.USAGE_EXIT) -> NoReturn:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(code)
 
 
 def main() -> None:
     """Console-script entry point."""
     try:
-        app()
+        app(prog_name="flexjudge")
     except KeyboardInterrupt:
         sys.exit(130)
 

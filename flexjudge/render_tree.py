@@ -22,7 +22,19 @@ def _who(winner: int | None) -> str:
     return "tie" if winner is None else f"candidate {winner}"
 
 
-def judgment_tree(judgment: Judgment, findings: list[Finding]) -> RenderableType:
+def _title(prompt: str) -> str:
+    """The prompt the user gave, on one line: the tree's title. A judgment's own `prompt` is what the
+    judge echoed (the released format asks for it), which a weak or random model gets wrong."""
+    from rich.markup import escape
+
+    line = " ".join(prompt.split())
+    return escape(line if len(line) <= 80 else line[:79] + "…")
+
+
+def judgment_tree(
+    judgment: Judgment, findings: list[Finding], *, prompt: str | None = None
+) -> RenderableType:
+    """`prompt` (the prompt given to the judge) titles the tree; without it, the echoed prompt does."""
     from rich.markup import escape
     from rich.tree import Tree
 
@@ -37,7 +49,7 @@ def judgment_tree(judgment: Judgment, findings: list[Finding]) -> RenderableType
         if x
     )
     details = f"{judgment.modality}, {judgment.scoring}" + (f"; {escape(how)}" if how else "")
-    root = Tree(f"[bold]{escape(judgment.prompt[:80])}[/bold]  ({details})")
+    root = Tree(f"[bold]{_title(judgment.prompt if prompt is None else prompt)}[/bold]  ({details})")
     for dim in judgment.dimensions:
         one, two = dim.totals
         title = f"[bold]{escape(dim.name)}[/bold] [dim]({dim.origin})[/dim]"
@@ -59,12 +71,16 @@ def judgment_tree(judgment: Judgment, findings: list[Finding]) -> RenderableType
     return root
 
 
-def pointwise_tree(judgment: PointwiseJudgment, findings: list[Finding]) -> RenderableType:
+def pointwise_tree(
+    judgment: PointwiseJudgment, findings: list[Finding], *, prompt: str | None = None
+) -> RenderableType:
+    """`prompt` (the prompt given to the judge) titles the tree; without it, the echoed prompt does."""
     from rich.markup import escape
     from rich.tree import Tree
 
     low, high = judgment.scale.low, judgment.scale.high
-    root = Tree(f"[bold]{escape(judgment.prompt[:80])}[/bold]  ({judgment.modality}, scale {low}..{high})")
+    title = _title(judgment.prompt if prompt is None else prompt)
+    root = Tree(f"[bold]{title}[/bold]  ({judgment.modality}, scale {low}..{high})")
     for dim in judgment.dimensions:
         branch = root.add(f"[bold]{escape(dim.name)}[/bold]  {dim.score} {_bar(dim.score - low, high - low)}")
         for crit in dim.criteria:
@@ -75,10 +91,12 @@ def pointwise_tree(judgment: PointwiseJudgment, findings: list[Finding]) -> Rend
     return root
 
 
-def ranking_tree(ranking: Ranking) -> RenderableType:
+def ranking_tree(ranking: Ranking, *, prompt: str | None = None) -> RenderableType:
+    """`prompt` (the prompt given to the judge) titles the tree."""
     from rich.tree import Tree
 
-    root = Tree("[bold]Ranking[/bold] (pairwise win rate)")
+    title = "Ranking" if prompt is None else _title(prompt)
+    root = Tree(f"[bold]{title}[/bold]  (ranked by pairwise win rate)")
     for place, candidate in enumerate(ranking.order, 1):
         rate = ranking.win_rate[candidate - 1]
         root.add(f"{place}. candidate {candidate}  {rate:.2f} {_bar(round(rate * 10))}")

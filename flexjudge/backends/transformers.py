@@ -25,6 +25,7 @@ Choices, and why (the engine side lives in `_engines.py`):
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -238,10 +239,22 @@ class TransformersBackend:
                     content.append({"type": "image"})
                     images.append(part.image)
             conversation.append({"role": message.role, "content": content})
+        options = {k: v for k, v in (request.chat_template_kwargs or {}).items() if k in self._template_reads}
         text = self._processor.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True, **(request.chat_template_kwargs or {})
+            conversation, tokenize=False, add_generation_prompt=True, **options
         )
         return str(text), images
+
+    @functools.cached_property
+    def _template_reads(self) -> frozenset[str]:
+        """The variables the chat template reads. An option it does not read (`enable_thinking` on a
+        Qwen2.5-VL template) means nothing to it, and transformers would pass it on to the processor with
+        a warning; this is the rule transformers itself uses to tell the two apart."""
+        from transformers.utils.chat_template_utils import _get_template_variables
+
+        template = self._processor.chat_template
+        texts = template.values() if isinstance(template, dict) else [template]
+        return frozenset().union(*(_get_template_variables(t) for t in texts if t))
 
     def _run_batch(self, requests: Sequence[Request], *, digest: str | None) -> list[Generation]:
         """One batch of requests sharing a constraint (`digest`: its `_schema_hash`) and sampling."""
