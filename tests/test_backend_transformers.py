@@ -4,10 +4,15 @@ real constrained decoding under every installed engine. No network, no hub."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +25,19 @@ jsonschema = pytest.importorskip("jsonschema")
 from PIL import Image  # noqa: E402
 
 from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart  # noqa: E402
+from flexjudge.backends.engines import constraint_form, engine_names, get_engine  # noqa: E402
 from flexjudge.backends.tiny import build_tiny_model, tiny_model_dir  # noqa: E402
 from flexjudge.backends.transformers import (  # noqa: E402
     TransformersBackend,
     available_engines,
     compile_cache_stats,
+    set_compile_cache_size,
 )
 from flexjudge.errors import BackendError  # noqa: E402
+
+CUDA = pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)"
+)
 
 ENGINES = [
     pytest.param(e, marks=pytest.mark.skipif(e not in available_engines(), reason=f"{e} not installed"))
@@ -433,3 +444,340 @@ def test_a_grammar_constrains_the_output_on_llguidance_only(tiny_dir: Path) -> N
     if other:
         with pytest.raises(BackendError, match="llguidance"):
             _generate(TransformersBackend(tiny_dir, engine=other[0]), [request])
+
+
+# ------------------------------------------------------------------ engines: one protocol, one module each
+
+
+def test_every_engine_gets_the_form_of_the_constraint_it_takes() -> None:
+    grammar = 'start: "{\\"ok\\":" ("1" | "2") "}"'
+    both = Constraint(schema=SCHEMA, grammar=grammar)
+    assert set(engine_names()) >= {"llguidance", "outlines_core", "xgrammar"}
+    for name in engine_names():
+        engine = get_engine(name)
+        expected = (grammar, "grammar") if engine.takes_grammars else (SCHEMA, "schema")
+        assert constraint_form(engine, both) == expected, name
+        assert constraint_form(engine, Constraint(schema=SCHEMA)) == (SCHEMA, "schema")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_generation_records_the_engine_and_the_form_it_enforced(tiny_dir: Path, engine: str) -> None:
+    grammar = 'start: "{\\"summary\\":\\"g\\",\\"winner\\":\\"Image 1\\",\\"criteria\\":[]}"'
+    request = dataclasses.replace(_request(), constraint=Constraint(schema=SCHEMA, grammar=grammar))
+    backend = TransformersBackend(tiny_dir, engine=engine)
+    (generation,) = _generate(backend, [request])
+    assert generation.engine == engine and generation.constrained
+    if get_engine(engine).takes_grammars:
+        assert generation.enforced == "grammar" and json.loads(generation.text)["criteria"] == []
+    else:
+        assert generation.enforced == "schema"
+        jsonschema.validate(json.loads(generation.text), SCHEMA)
+    (free,) = _generate(backend, [_request(schema=None, max_new_tokens=4)])
+    assert free.engine is None and free.enforced is None and not free.constrained
+
+
+# ------------------------------------------------------------------ the compile cache, bounded
+
+
+@pytest.fixture
+def blocked_compiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, list[str]]]:
+    """llguidance compiles of schemas described "blocked" wait for the event; every compile is logged."""
+    engine = get_engine("llguidance")
+    release, calls = threading.Event(), []
+    real = engine.compile
+
+    def compile(table: Any, constraint: dict[str, Any] | str) -> Any:
+        description = constraint.get("description", "") if isinstance(constraint, dict) else ""
+        calls.append(description)
+        if description.startswith("blocked"):
+            assert release.wait(30), "never released"
+        return real(table, constraint)
+
+    monkeypatch.setattr(engine, "compile", compile)
+    yield release, calls
+    release.set()
+
+
+def _wait_for(condition: Any, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "the threads never got there"
+        time.sleep(0.005)
+
+
+def test_a_schema_requested_twice_at_once_compiles_once(
+    backends: dict[str, TransformersBackend], blocked_compiles: tuple[threading.Event, list[str]]
+) -> None:
+    from flexjudge.backends.engines import _compiled
+
+    release, calls = blocked_compiles
+    backend = backends["llguidance"]
+    schema = dict(SCHEMA, description="blocked: twice at once")
+    before = compile_cache_stats()
+    seconds: list[float] = []
+    threads = [threading.Thread(target=lambda: seconds.append(backend.compile(schema))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    # Both threads are in: one compiling (held by the event), one waiting on that key's lock.
+    _wait_for(lambda: any(w.users == 2 for w in _compiled._compiled._building.values()))
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    after = compile_cache_stats()
+    assert calls.count(schema["description"]) == 1
+    assert (after.compiles - before.compiles, after.hits - before.hits) == (1, 1)
+    assert sorted(s == 0.0 for s in seconds) == [False, True]  # the second got the first's result
+
+
+def test_an_unrelated_compile_does_not_wait_for_another(
+    backends: dict[str, TransformersBackend], blocked_compiles: tuple[threading.Event, list[str]]
+) -> None:
+    release, calls = blocked_compiles
+    backend = backends["llguidance"]
+    backend.compile(SCHEMA)  # the tokenizer table exists: only the compiles themselves remain
+    slow = threading.Thread(target=backend.compile, args=(dict(SCHEMA, description="blocked: slow"),))
+    slow.start()
+    _wait_for(lambda: "blocked: slow" in calls)
+    assert backend.compile(dict(SCHEMA, description="unrelated")) > 0
+    assert slow.is_alive()  # the blocked compile is still in progress
+    release.set()
+    slow.join(30)
+    assert not slow.is_alive()
+
+
+def test_compiled_constraints_are_evicted_past_the_bound(backends: dict[str, TransformersBackend]) -> None:
+    backend = backends["llguidance"]
+    limit = compile_cache_stats().limit
+    schemas = [dict(SCHEMA, description=f"evicted {i}") for i in range(3)]
+    try:
+        set_compile_cache_size(2)
+        before = compile_cache_stats()
+        for schema in schemas:
+            assert backend.compile(schema) > 0
+        middle = compile_cache_stats()
+        assert middle.entries == 2 and middle.evictions >= before.evictions + 1
+        assert backend.compile(schemas[2]) == 0.0  # still held
+        assert backend.compile(schemas[0]) > 0  # the least recently used was dropped: compiled again
+        assert compile_cache_stats().compiles == middle.compiles + 1
+    finally:
+        set_compile_cache_size(limit)
+
+
+# ------------------------------------------------------------------ unique names, as the constraint says
+
+
+def _pointwise_schema() -> dict[str, Any]:
+    """The pointwise shape (dimensions holding criteria) with names of one to three letters from a-d, so
+    that a random model repeats them often when nothing stops it."""
+    criterion = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-d]{1,3}$"},
+            "evidence": {"type": "string", "maxLength": 2},
+            "score": {"enum": [1, 2, 3]},
+        },
+        "required": ["name", "evidence", "score"],
+        "additionalProperties": False,
+    }
+    dimension = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 3},
+            "criteria": {"type": "array", "items": criterion, "minItems": 5, "maxItems": 5},
+            "score": {"enum": [1, 2, 3]},
+        },
+        "required": ["name", "criteria", "score"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"dimensions": {"type": "array", "items": dimension, "minItems": 1, "maxItems": 1}},
+        "required": ["dimensions"],
+        "additionalProperties": False,
+    }
+
+
+def test_pointwise_criterion_names_stay_unique_when_the_constraint_asks(tiny_dir: Path) -> None:
+    from flexjudge.anchors import canonical_name
+
+    backend = TransformersBackend(tiny_dir, closing_bias=15.0)  # short names: repeats come quickly
+    schema = _pointwise_schema()
+
+    def repeats(unique: frozenset[str]) -> list[int]:
+        requests = [
+            dataclasses.replace(
+                _request(schema=None, max_new_tokens=300, temperature=1.0, seed=1),
+                constraint=Constraint(schema=schema, unique_names=unique),
+            )
+            for _ in range(4)
+        ]
+        counts = []
+        for generation in _generate(backend, requests):
+            assert generation.finish_reason == "stop"
+            (dimension,) = json.loads(generation.text)["dimensions"]
+            names = [canonical_name(c["name"]) for c in dimension["criteria"]]
+            counts.append(len(names) - len(set(names)))
+        return counts
+
+    assert sum(repeats(frozenset())) > 0  # nothing asked: the random model repeats itself
+    assert repeats(frozenset({"dims"})) == repeats(frozenset())  # another array's key changes nothing
+    assert repeats(frozenset({"criteria"})) == [0, 0, 0, 0]
+
+
+# ------------------------------------------------------------------ hub ids: the cache first, no waiting
+
+
+HUB_ID = "CodeGoat24/UnifiedReward-Flex-qwen3vl-8b"
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def _online(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+
+
+def _assert_points_elsewhere(error: BackendError) -> None:
+    message = str(error)
+    assert HUB_ID in message and not error.retryable
+    assert "base_url=" in message and "--base-url" in message and "local directory" in message
+
+
+def test_an_uncached_hub_id_offline_fails_at_once(empty_hub_cache: Path) -> None:
+    with pytest.raises(BackendError) as caught:
+        TransformersBackend(HUB_ID)
+    _assert_points_elsewhere(caught.value)
+    assert "HF_HUB_OFFLINE" in str(caught.value)
+
+
+def test_an_uncached_hub_id_with_the_hub_refusing_connections_fails_at_once(
+    empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: connections are refused
+    _online(monkeypatch, f"http://127.0.0.1:{port}")
+    with pytest.raises(BackendError) as caught:
+        TransformersBackend(HUB_ID)
+    _assert_points_elsewhere(caught.value)
+    assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+def test_an_uncached_hub_id_with_a_silent_hub_fails_at_once(
+    empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub that accepts connections and never answers (a proxy or firewall that holds them)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        _online(monkeypatch, f"http://127.0.0.1:{silent.getsockname()[1]}")
+        with pytest.raises(BackendError) as caught:
+            TransformersBackend(HUB_ID)
+    _assert_points_elsewhere(caught.value)
+
+
+def test_a_cached_hub_id_loads_from_the_cache(
+    empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch, tiny_dir: Path
+) -> None:
+    import shutil
+
+    repo = empty_hub_cache / "models--flexjudge-tests--cached-tiny"
+    shutil.copytree(tiny_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    with socket.socket() as hub:  # a hub that would take connections: none may come
+        hub.bind(("127.0.0.1", 0))
+        hub.listen(8)
+        hub.setblocking(False)
+        _online(monkeypatch, f"http://127.0.0.1:{hub.getsockname()[1]}")
+        backend = TransformersBackend("flexjudge-tests/cached-tiny")
+        with pytest.raises(BlockingIOError):
+            hub.accept()  # nobody asked the hub
+    (generation,) = _generate(backend, [_request(max_new_tokens=300)])
+    jsonschema.validate(json.loads(generation.text), SCHEMA)
+
+
+# ------------------------------------------------------------------ devices and dtypes
+
+
+def test_device_and_dtype_default_to_the_machine(tiny_dir: Path) -> None:
+    import torch
+
+    backend = TransformersBackend(tiny_dir)
+    expected = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    assert (backend.device.split(":")[0], backend.dtype) == expected
+    assert next(backend._model.parameters()).dtype == expected[1]
+
+
+def test_bfloat16_loads_and_decodes_under_a_schema(tiny_dir: Path) -> None:
+    import torch
+
+    backend = TransformersBackend(tiny_dir, device="cpu", dtype="bfloat16")
+    assert next(backend._model.parameters()).dtype == torch.bfloat16
+    (generation,) = _generate(backend, [_request(images=2)])
+    jsonschema.validate(json.loads(generation.text), SCHEMA)
+
+
+def test_an_unknown_dtype_is_refused(tiny_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unknown dtype"):
+        TransformersBackend(tiny_dir, dtype="float7")
+
+
+# ------------------------------------------------------------------ CUDA branches (benchmarks/gpu_check.sh)
+
+
+@CUDA
+def test_bitmask_apply_on_cuda_matches_the_cpu() -> None:
+    import torch
+
+    from flexjudge.backends.engines._masking import apply_bitmask
+
+    generator = torch.Generator().manual_seed(0)
+    vocab = 1000
+    words = (3, (vocab + 31) // 32)
+    bitmask = torch.randint(-(2**31), 2**31 - 1, words, dtype=torch.int32, generator=generator)
+    scores = torch.randn(3, vocab, generator=generator)
+    on_cpu, on_gpu = scores.clone(), scores.cuda()
+    apply_bitmask(on_cpu, bitmask)
+    apply_bitmask(on_gpu, bitmask)
+    assert torch.equal(on_gpu.cpu(), on_cpu)
+    allowed = [bool(int(bitmask[1, t >> 5]) >> (t & 31) & 1) for t in range(vocab)]
+    assert [bool(torch.isfinite(on_cpu[1, t])) for t in range(vocab)] == allowed
+
+
+@CUDA
+@pytest.mark.parametrize("engine", ENGINES)
+def test_overlapped_masks_on_cuda_give_the_same_tokens(tiny_dir: Path, engine: str) -> None:
+    outputs = {}
+    for overlap in (False, True):
+        backend = TransformersBackend(tiny_dir, engine=engine, device="cuda", overlap_masks=overlap)
+        requests = [_request(f"prompt {i}", images=2, temperature=1.0, seed=5) for i in range(3)]
+        generations = _generate(backend, requests)
+        steps = max(g.usage.completion_tokens for g in generations)
+        assert generations[0].extra["mask_overlapped_steps"] == (steps if overlap else 0)
+        outputs[overlap] = [g.text for g in generations]
+        for generation in generations:
+            assert generation.constrained
+            jsonschema.validate(json.loads(generation.text), SCHEMA)
+    assert outputs[True] == outputs[False]
+
+
+@CUDA
+def test_bfloat16_is_the_default_on_a_gpu(tiny_dir: Path) -> None:
+    import torch
+
+    backend = TransformersBackend(tiny_dir)
+    assert backend.device == "cuda" and backend.overlap_masks
+    if torch.cuda.is_bf16_supported():
+        assert next(backend._model.parameters()).dtype == torch.bfloat16
+    (generation,) = _generate(backend, [_request(images=2)])
+    jsonschema.validate(json.loads(generation.text), SCHEMA)

@@ -13,6 +13,8 @@ torch = pytest.importorskip("torch")
 
 from flexjudge.backends._names import Closers, NameGuard, _Cursor, _decoded, closers  # noqa: E402
 
+DIMS = frozenset({"dims"})  # the flex format's criteria arrays, as its constraint names them
+
 FLEX = {
     "prompt": "p",
     "categories": [
@@ -50,7 +52,7 @@ def _pieces(text: str, seed: int) -> list[str]:
 @pytest.mark.parametrize("seed", range(5))
 def test_cursor_collects_names_per_dimension_whatever_the_token_boundaries(seed: int) -> None:
     text = json.dumps(FLEX, separators=(",", ":"))
-    cursor = _Cursor()
+    cursor = _Cursor(DIMS)
     seen: list[Any] = []
     for piece in _pieces(text, seed):
         cursor.feed(piece.encode())
@@ -77,8 +79,8 @@ def _table(texts: list[str | bytes]) -> Closers:
     return closers(("test", tuple(data)), lambda: data)
 
 
-def _mask_after(texts: list[str | bytes], fed: list[int]) -> list[bool]:
-    guard = NameGuard(_table(texts), 1)
+def _mask_after(texts: list[str | bytes], fed: list[int], keys: frozenset[str] = DIMS) -> list[bool]:
+    guard = NameGuard(_table(texts), 1, keys)
     for token in fed:
         guard.feed(0, token)
     bitmask = torch.full((1, (len(texts) + 31) // 32), -1, dtype=torch.int32)
@@ -119,7 +121,7 @@ def test_guard_masks_names_without_a_word() -> None:
 
 def test_guard_leaves_a_row_it_would_empty() -> None:
     texts: list[str | bytes] = ['{"dims":[{"name":"', "ab", '","score_1":5}', ',{"name":"', '"']
-    guard = NameGuard(_table(texts), 1)
+    guard = NameGuard(_table(texts), 1, DIMS)
     for token in (0, 1, 2, 3, 1):
         guard.feed(0, token)
     bitmask = torch.zeros((1, 1), dtype=torch.int32)
@@ -177,3 +179,12 @@ def test_punctuation_cannot_pad_a_repeat_towards_a_length_bound() -> None:
     assert allowed[5] and allowed[6]  # letters change the name
     fresh = _mask_after(texts, [0, 1, 2, 3])  # second name still empty: punctuation may open it
     assert fresh[4]
+
+
+def test_the_guard_watches_only_the_arrays_it_is_given() -> None:
+    """The key set comes from the constraint (`Constraint.unique_names`); other arrays' names may repeat."""
+    texts: list[str | bytes] = ['{"criteria":[{"name":"', "ab", '","score":5}', ',{"name":"', '"']
+    second_ab = [0, 1, 2, 3, 1]  # a second criterion named "ab" so far
+    assert _mask_after(texts, second_ab, frozenset({"criteria"}))[4] is False
+    assert _mask_after(texts, second_ab, DIMS)[4] is True
+    assert _mask_after(texts, second_ab, frozenset())[4] is True

@@ -1,9 +1,11 @@
 """Unique criterion names, enforced while decoding.
 
 No grammar can say "differs from the strings before it" about free text, so this runs beside the engine's
-mask: each row's output is followed as it grows (compact JSON, the shape the judgment constraints fix), and
-while a criterion name is open, the tokens that would close it as a repeat of an earlier criterion name of
-the same dimension, or as a name without a single word character, are masked out. Names are compared as
+mask: each row's output is followed as it grows (compact JSON, the shape the constraints fix), and while
+the `name` of an item of an array named in the key set (`Constraint.unique_names`: "dims" for flex,
+"criteria" for native pairs and pointwise judgments) is open, the tokens that would close it as a repeat of
+an earlier name of the same array, or as a name without a single word character, are masked out. The
+guard knows no judgment fields of its own: the constraint says which arrays it watches. Names are compared as
 `check` compares them (`canonical_name`: case, punctuation and enumerators aside). Nothing else is
 touched; if masking would leave a row no token at all (a name at its length bound), that row is left as it
 is and `check` reports the repeat.
@@ -13,13 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flexjudge.anchors import _canonical  # the unmemoised form: trial names must not fill the memo
-from flexjudge.grammar import WINNER_AFTER
+from flexjudge.backends._cache import BoundedCache
 
 if TYPE_CHECKING:
     import torch
@@ -44,38 +45,40 @@ class Closers:
     """ASCII tokens with no quote, letter or digit ("-", "],"): they leave a name's words as they are."""
 
 
-_cache: dict[tuple[Any, ...], Closers] = {}
-_lock = threading.Lock()
+_cache: BoundedCache[tuple[Any, ...], Closers] = BoundedCache(4)  # one per tokenizer in use
 
 
 def closers(key: tuple[Any, ...], read_tokens: Callable[[], list[bytes]]) -> Closers:
     """The `Closers` of a tokenizer whose tokens' bytes (by id) `read_tokens` lists; read and built once
     per `key` (a pass over the whole vocabulary, not repeated for a second backend)."""
-    with _lock:
-        if key not in _cache:
-            token_bytes = read_tokens()
-            quoted: dict[bytes, list[int]] = {}
-            for token_id, data in enumerate(token_bytes):
-                before, quote, _ = data.partition(b'"')
-                if quote and b"\\" not in before:  # a backslash could escape the quote: left alone
-                    quoted.setdefault(before, []).append(token_id)
-            paired = [token_id for token_id, data in enumerate(token_bytes) if data.count(b'"') >= 2]
-            wordless = [
-                token_id
-                for token_id, data in enumerate(token_bytes)
-                if data and data.isascii() and b'"' not in data and not any(chr(b).isalnum() for b in data)
-            ]
-            _cache[key] = Closers(token_bytes=token_bytes, quoted=quoted, paired=paired, wordless=wordless)
-        return _cache[key]
+
+    def build() -> Closers:
+        token_bytes = read_tokens()
+        quoted: dict[bytes, list[int]] = {}
+        for token_id, data in enumerate(token_bytes):
+            before, quote, _ = data.partition(b'"')
+            if quote and b"\\" not in before:  # a backslash could escape the quote: left alone
+                quoted.setdefault(before, []).append(token_id)
+        paired = [token_id for token_id, data in enumerate(token_bytes) if data.count(b'"') >= 2]
+        wordless = [
+            token_id
+            for token_id, data in enumerate(token_bytes)
+            if data and data.isascii() and b'"' not in data and not any(chr(b).isalnum() for b in data)
+        ]
+        return Closers(token_bytes=token_bytes, quoted=quoted, paired=paired, wordless=wordless)
+
+    return _cache.get_or_build(key, build)[0]
 
 
 class _Cursor:
     """Where a row's compact JSON output stands: the open containers, and the string being written.
+    `keys` names the arrays whose items' names are watched.
 
     It reads bytes: a token may hold part of a character, and JSON's structure is all ASCII, which no
     byte of a multi-byte UTF-8 character can be mistaken for."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: frozenset[str]) -> None:
+        self.keys = keys
         self.stack: list[list[Any]] = []  # ["{", current key] or ["[", array key, names closed so far]
         self.in_string = self.escape = self.is_key = False
         self.buffer = bytearray()
@@ -84,7 +87,7 @@ class _Cursor:
         """A criterion name closed as a repeat of an earlier one of its dimension, or without a word."""
 
     def copy(self) -> _Cursor:
-        other = _Cursor()
+        other = _Cursor(self.keys)
         other.stack = [
             [*frame[:2], list(frame[2])] if frame[0] == "[" else list(frame) for frame in self.stack
         ]
@@ -99,9 +102,9 @@ class _Cursor:
             return False
         top = self.stack[-1]
         if top[0] == "[":
-            return bool(top[1] in WINNER_AFTER)
+            return top[1] in self.keys
         below = self.stack[-2] if len(self.stack) > 1 else None
-        return below is not None and below[0] == "[" and below[1] in WINNER_AFTER and top[1] in (None, "name")
+        return below is not None and below[0] == "[" and below[1] in self.keys and top[1] in (None, "name")
 
     def feed(self, data: bytes) -> None:
         for byte in data:
@@ -139,7 +142,7 @@ class _Cursor:
         if len(self.stack) < 2 or self.is_key:
             return None
         top, below = self.stack[-1], self.stack[-2]
-        if top[0] == "{" and top[1] == "name" and below[0] == "[" and below[1] in WINNER_AFTER:
+        if top[0] == "{" and top[1] == "name" and below[0] == "[" and below[1] in self.keys:
             names: list[str] = below[2]
             return names
         return None
@@ -192,11 +195,12 @@ def _letters(name: str) -> str:
 
 
 class NameGuard:
-    """One cursor per batch row; `feed` each accepted token, `restrict` each filled mask."""
+    """One cursor per batch row; `feed` each accepted token, `restrict` each filled mask. `keys`: the JSON
+    keys of the arrays whose items' names must stay distinct (`Constraint.unique_names`)."""
 
-    def __init__(self, table: Closers, batch: int) -> None:
+    def __init__(self, table: Closers, batch: int, keys: frozenset[str]) -> None:
         self.table = table
-        self.cursors = [_Cursor() for _ in range(batch)]
+        self.cursors = [_Cursor(frozenset(keys)) for _ in range(batch)]
         self.masked = [0] * batch
         """Closing tokens masked out so far, per row."""
 

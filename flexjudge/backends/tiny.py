@@ -3,22 +3,23 @@
 `build_tiny_model` writes a complete model directory (weights, config, a byte-level BPE tokenizer trained
 here, the Qwen chat template, an image processor capped at 16 image tokens per image, and a processor
 without a video processor) that `AutoProcessor` / `AutoModelForImageTextToText.from_pretrained` load
-once this module is imported. It exists to test the machinery (prompting, images, constrained decoding,
-batching) on machines without weights; its judgments mean nothing.
+once `register_processors()` has run (building or locating a tiny model runs it). It exists to test the
+machinery (prompting, images, constrained decoding, batching) on machines without weights; its judgments
+mean nothing.
 
 Why a processor subclass: the stock Qwen-VL processors build a video processor that needs torchvision,
-which cannot be installed beside a CPU-only torch from the registry. Importing this module registers the
-image-only subclasses with `AutoProcessor`; without that registration `AutoProcessor.from_pretrained`
-silently returns a bare tokenizer.
+which cannot be installed beside a CPU-only torch from the registry. `register_processors()` registers the
+image-only subclasses with `AutoProcessor` (explicitly, never as a side effect of an import); without that
+registration `AutoProcessor.from_pretrained` silently returns a bare tokenizer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ from transformers.models.qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl import Qwen2VLProcessor
 from transformers.models.qwen3_vl import Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
+
+from flexjudge.backends._cache import cache_root
 
 __all__ = [
     "TINY_VERSION",
@@ -37,6 +40,7 @@ __all__ = [
     "build_tiny_model",
     "cache_root",
     "image_only_processor_class",
+    "register_processors",
     "tiny_model_dir",
 ]
 
@@ -234,17 +238,26 @@ def image_only_processor_class(model_type: str) -> type[ProcessorMixin] | None:
     return _IMAGE_ONLY.get(model_type)
 
 
-def _register() -> None:
-    # Each class is registered under a private config class of its own: `AutoProcessor` resolves a saved
-    # `processor_class` name through the registry, and the stock Qwen configs keep their own processors.
-    for cls in dict.fromkeys(_IMAGE_ONLY.values()):
-        marker = type(
-            f"_{cls.__name__}Config", (PretrainedConfig,), {"model_type": f"flexjudge_{cls.__name__}"}
-        )
-        AutoProcessor.register(marker, cls, exist_ok=True)  # type: ignore[no-untyped-call]
+_registered = threading.Event()
+_register_lock = threading.Lock()
 
 
-_register()
+def register_processors() -> None:
+    """Make `AutoProcessor` know the image-only processors, which saved tiny models (and stock Qwen-VL
+    checkpoints loaded by flexjudge) name; idempotent and cheap after the first call."""
+    if _registered.is_set():
+        return
+    with _register_lock:
+        if _registered.is_set():
+            return
+        # Each class is registered under a private config class of its own: `AutoProcessor` resolves a
+        # saved `processor_class` name through the registry, and the stock Qwen configs keep their own.
+        for cls in dict.fromkeys(_IMAGE_ONLY.values()):
+            marker = type(
+                f"_{cls.__name__}Config", (PretrainedConfig,), {"model_type": f"flexjudge_{cls.__name__}"}
+            )
+            AutoProcessor.register(marker, cls, exist_ok=True)  # type: ignore[no-untyped-call]
+        _registered.set()
 
 
 def _build_processor(tokenizer: PreTrainedTokenizerFast, arch: TinyArch) -> ProcessorMixin:
@@ -359,15 +372,17 @@ def build_tiny_model(
 
     The same `arch` and `seed` give byte-identical weights and tokenizer. Load it with
     `AutoProcessor.from_pretrained(directory)` and `AutoModelForImageTextToText.from_pretrained(directory)`
-    after importing this module. `tokenizer` replaces the one trained here (benchmarks use a realistic
-    ~150k-token vocabulary); it must hold the Qwen special tokens. `text_overrides` changes the language
-    model's config (benchmarks give it a real model's width and depth: `hidden_size`, `num_hidden_layers`,
-    `intermediate_size`, heads, `mrope_section`). Returns the directory.
+    (this registers the image-only processors they need). `tokenizer` replaces the one trained here
+    (benchmarks use a realistic ~150k-token vocabulary); it must hold the Qwen special tokens.
+    `text_overrides` changes the language model's config (benchmarks give it a real model's width and
+    depth: `hidden_size`, `num_hidden_layers`, `intermediate_size`, heads, `mrope_section`). Returns the
+    directory.
     """
     from transformers.utils import logging
 
     hf_logging: Any = logging  # untyped module
 
+    register_processors()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer or _build_tokenizer()
@@ -386,23 +401,13 @@ def build_tiny_model(
     return directory
 
 
-def cache_root() -> Path:
-    """Where flexjudge keeps built artefacts: `$FLEXJUDGE_CACHE_DIR`, else `$XDG_CACHE_HOME/flexjudge`,
-    else `~/.cache/flexjudge`."""
-    explicit = os.environ.get("FLEXJUDGE_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "flexjudge"
-
-
 def tiny_model_dir(seed: int = 0, *, arch: TinyArch = "qwen2_5_vl") -> Path:
     """The tiny model for `seed`, built once into the cache and reused afterwards.
 
     The build goes to a temporary directory next to the final one and is renamed into place, so a
     crashed or concurrent build never leaves a half-written model where a reader would take it.
     """
+    register_processors()
     root = cache_root()
     final = root / f"tiny-{arch}-{seed}-v{TINY_VERSION}"
     if final.is_dir():

@@ -1,55 +1,57 @@
 """Local vision-language models through transformers, with constrained decoding.
 
-`TransformersBackend` loads a model and its processor (`AutoModelForImageTextToText`, `AutoProcessor`),
-renders each request with the model's chat template (images where their parts sit), and runs batched HF
-`generate`.
-A request with a JSON Schema is decoded under a token mask from one of three constraint engines:
-llguidance (the default), outlines-core or xgrammar.
+`TransformersBackend` loads a model and its processor (`AutoModelForImageTextToText`, `AutoProcessor`;
+see `_loading.py` for hub ids, devices and dtypes), renders each request with the model's chat template
+(images where their parts sit), and runs batched HF `generate`. A request with a constraint is decoded
+under a token mask from one of the constraint engines (`engines/`: llguidance, the default,
+outlines-core or xgrammar), under the constraint's grammar where the engine takes grammars and the
+constraint has one, else under its JSON Schema (`engines.constraint_form`).
 
-Choices, and why (the engine side lives in `_engines.py`):
-- Compiled constraints are cached per process, keyed by (engine, tokenizer fingerprint, schema hash): a second
-  backend on the same tokenizer never compiles the same schema again. `compile_cache_stats` counts.
+Choices, and why:
+- Compiled constraints are cached per process in a bounded LRU, keyed by (engine, tokenizer fingerprint,
+  constraint hash): a second backend on the same tokenizer never compiles the same schema again, and a
+  schema asked for twice at once is compiled once. `compile_cache_stats` counts.
 - The engines are driven directly, one mask per batch row, filled for the whole batch per step and applied
-  eagerly. Outlines' own logits processors compile their mask kernel with `torch.compile` (15-20 s on the
-  first call in a process on CPU) and its llguidance processor feeds padding to finished rows, which warns
-  on every batch whose rows end at different steps. The outlines-core vocabulary is still built the way
-  Outlines builds it.
-- JSON whitespace is bounded on every engine (llguidance `whitespace_flexible` off unless the schema sets
-  it, xgrammar `any_whitespace=False`, outlines-core's single optional space): a model that likes
-  whitespace, a random one above all, otherwise emits it until the budget runs out.
-- Under a schema, tokens holding control characters are banned: JSON strings cannot carry them raw, and
-  xgrammar lets them through in length-bounded strings. Special tokens other than the stop tokens are
-  banned everywhere.
+  eagerly (`engines/_masking.py` says why not Outlines' processors).
+- JSON whitespace is bounded on every engine: a model that likes whitespace, a random one above all,
+  otherwise emits it until the budget runs out.
+- Under a constraint, tokens holding control characters are banned, and special tokens other than the
+  stop tokens are banned everywhere (`_tokens.biases`).
+- Names that must stay distinct (`Constraint.unique_names`) are kept so by `_names.NameGuard` beside the
+  engine's mask: no grammar can say it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
-from flexjudge.backends._engines import (
-    _ENGINE_MODULES,
+from flexjudge.backends._loading import TINY_ALIASES, auto_device, auto_dtype, load, resolve
+from flexjudge.backends._names import closers
+from flexjudge.backends._tokens import biases, token_bytes
+from flexjudge.backends.base import Generation, ImagePart, Request, TextPart, Usage
+from flexjudge.backends.engines import (
     DEFAULT_ENGINE,
-    CompileCacheStats,
     Engine,
-    _AddBias,
-    _cache_lock,
-    _compile,
-    _ConstraintProcessor,
-    _fingerprint,
-    _schema_hash,
-    _TokenizerView,
+    TokenizerView,
     available_engines,
+    constraint_form,
+    fingerprint,
+    get_engine,
+)
+from flexjudge.backends.engines._compiled import (
+    CompileCacheStats,
     clear_compile_cache,
     compile_cache_stats,
+    compiled,
+    constraint_hash,
+    set_compile_cache_size,
 )
-from flexjudge.backends._names import closers
-from flexjudge.backends.base import Generation, ImagePart, Request, TextPart, Usage
+from flexjudge.backends.engines._masking import AddBias, ConstraintProcessor
 from flexjudge.errors import BackendError
 
 if TYPE_CHECKING:
@@ -63,20 +65,8 @@ __all__ = [
     "available_engines",
     "clear_compile_cache",
     "compile_cache_stats",
+    "set_compile_cache_size",
 ]
-
-_TINY_ALIASES: dict[str, Literal["qwen2_5_vl", "qwen3_vl"]] = {
-    "tiny-random": "qwen2_5_vl",
-    "tiny-random-qwen2.5-vl": "qwen2_5_vl",
-    "tiny-random-qwen3-vl": "qwen3_vl",
-}
-_LOAD_HINT = (
-    "Point `model=` at a local directory holding the weights (config.json, *.safetensors and the processor "
-    "files), or at a hub id already in the local cache (`hf download <id>` on a machine with network "
-    "access, then copy the cache); `model='tiny-random'` runs a tiny random-weight model to test the "
-    "machinery."
-)
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 # --------------------------------------------------------------------------- the backend
@@ -85,20 +75,26 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 class TransformersBackend:
     """A local vision-language model (Qwen2.5-VL, Qwen3-VL, ...) run with transformers.
 
-    `model` is a local directory or a hub id already in the local cache; `"tiny-random"` (or
+    `model` is a local directory or a hub id (looked up in the local cache first; without hub access an
+    uncached id fails at once, saying how to point at weights or a server); `"tiny-random"` (or
     `"tiny-random-qwen3-vl"`) builds a tiny random-weight model, a smoke test of the machinery with
-    meaningless output. `engine` picks the constraint engine (default: llguidance). `closing_bias` adds
+    meaningless output. `engine` picks the constraint engine (default: llguidance). `device` None means
+    the first GPU when torch sees one, else the CPU; `dtype` None means bfloat16 on a GPU that supports
+    it (float16 on an older one), float32 on the CPU, and "auto" the checkpoint's own. `closing_bias` adds
     that much to the logits of tokens starting with `"` (and a third of it to `]` / `}`) under a schema,
     so random-weight models close strings and containers early; None means on (15) for tiny-random, off
     otherwise. Loading happens here, synchronously; `generate` runs off the event loop.
 
-    `unique_names` keeps the criterion names of a dimension distinct while decoding a judgment (see
-    `_names.py`: no grammar can); `Generation.extra["name_guard_masked"]` counts the tokens it masked.
+    `unique_names` (on by default) keeps the item names of the arrays a constraint lists in its
+    `unique_names` distinct while decoding (see `_names.py`: no grammar can);
+    `Generation.extra["name_guard_masked"]` counts the tokens it masked.
     `overlap_masks` computes each step's mask on a worker thread while the forward pass runs (see
-    `_ConstraintProcessor`); off, after the forward pass, as Outlines does. None (the default): on for
-    accelerators, off on CPU, as measured (`benchmarks/constrained.py`).
+    `engines._masking.ConstraintProcessor`); off, after the forward pass, as Outlines does. None (the
+    default): on for accelerators, off on CPU, as measured (`benchmarks/constrained.py`).
 
-    Each `Generation.extra` holds `engine` (None for free text) and, under a schema, `compile_s`,
+    Each `Generation` records the engine and the form of the constraint it enforced (`enforced`:
+    "grammar" or "schema"; None, and `constrained` False, when the engine refused a token). Its `extra`
+    holds `engine` (None for free text) and, under a constraint, `compile_s`,
     `compile_cached`, `mask_ms_per_step` (the grammar's own work per decode step),
     `mask_wait_ms_per_step` (what the decode loop paid for it per step), `mask_overlapped_steps` and, if
     the engine refused a token, `constraint_error` (then `constrained` is False: the text is not valid by
@@ -114,45 +110,43 @@ class TransformersBackend:
         model: str | Path,
         *,
         engine: Engine | None = None,
-        device: str = "cpu",
+        device: str | None = None,
         dtype: str | torch.dtype | None = None,
         max_batch_size: int = 8,
         closing_bias: float | None = None,
         overlap_masks: bool | None = None,
         unique_names: bool = True,
     ) -> None:
-        if engine is not None and engine not in get_args(Engine):
-            raise ValueError(
-                f"unknown constraint engine {engine!r}: use one of {', '.join(get_args(Engine))}"
-            )
+        self._engine = get_engine(engine or DEFAULT_ENGINE)
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
-        self.engine: Engine = engine or DEFAULT_ENGINE
+        self.engine: Engine = self._engine.name
         if self.engine not in available_engines():
             raise BackendError(
                 f"the {self.engine} constraint engine is not installed: `pip install "
-                f"{_ENGINE_MODULES[self.engine]}` or pick one of: {', '.join(available_engines()) or 'none'}",
+                f"{self._engine.requires}` or pick one of: {', '.join(available_engines()) or 'none'}",
                 retryable=False,
             )
         self.model = str(model)
-        self.device = device
+        path = resolve(self.model)  # before torch looks for a GPU: a missing model fails at once
+        self.device = auto_device(device)
+        self.dtype = auto_dtype(self.device, dtype)
         self.max_batch_size = max_batch_size
         # Measured on 2 CPU cores: no gain on a compute-bound CPU model (1.02x either way at 150k tokens)
         # and a loss on the tiny one (the worker fights the forward pass for the GIL); on an accelerator
         # the host is free while the forward pass runs, which is what overlapping uses.
-        self.overlap_masks = overlap_masks if overlap_masks is not None else device != "cpu"
+        self.overlap_masks = overlap_masks if overlap_masks is not None else self.device != "cpu"
         self._lock = threading.Lock()
-        path = self._resolve(self.model)
-        self._processor, self._model = _load(self.model, path, device, dtype)
+        self._processor, self._model = load(self.model, path, self.device, self.dtype)
         tokenizer = self._processor.tokenizer
         generation = self._model.generation_config
         configured = generation.eos_token_id
         stops = {tokenizer.eos_token_id} | set(configured if isinstance(configured, list) else [configured])
         stops.discard(None)
         width = int(self._model.get_output_embeddings().weight.shape[0])
-        self._tok = _TokenizerView(
+        self._tok = TokenizerView(
             hf=tokenizer,
-            key=_fingerprint(tokenizer),
+            key=fingerprint(tokenizer),
             width=width,
             eos=int(tokenizer.eos_token_id),
             stops=tuple(sorted(stops)),
@@ -161,28 +155,16 @@ class TransformersBackend:
         pad = generation.pad_token_id if generation.pad_token_id is not None else tokenizer.pad_token_id
         self._pad = int(pad if pad is not None else self._tok.eos)
         if closing_bias is None:
-            closing_bias = 15.0 if self.model in _TINY_ALIASES else 0.0
-        self._free_bias, self._json_bias = _biases(self._tok, closing_bias)
+            closing_bias = 15.0 if self.model in TINY_ALIASES else 0.0
+        self._free_bias, self._json_bias = biases(self._tok, closing_bias)
         self.unique_names = unique_names
-        self._closers = closers((self._tok.key, self._tok.width), lambda: _token_bytes(self._tok))
+        self._closers = closers((self._tok.key, self._tok.width), lambda: token_bytes(self._tok))
 
-    @staticmethod
-    def _resolve(model: str) -> Path | str:
-        if model in _TINY_ALIASES:
-            from flexjudge.backends.tiny import tiny_model_dir
-
-            return tiny_model_dir(0, arch=_TINY_ALIASES[model])
-        path = Path(model).expanduser()
-        if path.exists():
-            return path
-        if _HUB_ID.fullmatch(model) and not model.startswith("."):
-            return model
-        raise BackendError(f"no model directory at {model}. {_LOAD_HINT}", retryable=False)
-
-    def compile(self, schema: dict[str, Any]) -> float:
-        """Compile `schema` for this backend's engine and tokenizer ahead of time; returns the seconds it
-        took (0 when it was cached). `generate` compiles on first use anyway."""
-        _, seconds, cached = _compile(self.engine, self._tok, schema)
+    def compile(self, constraint: dict[str, Any] | str) -> float:
+        """Compile a JSON Schema (or a grammar, on an engine that takes grammars) for this backend's engine
+        and tokenizer ahead of time; returns the seconds it took (0 when it was cached). `generate`
+        compiles on first use anyway."""
+        _, seconds, cached = compiled(self._engine, self._tok, constraint)
         return 0.0 if cached else seconds
 
     async def generate(self, requests: list[Request]) -> list[Generation]:
@@ -205,9 +187,9 @@ class TransformersBackend:
         digests: dict[int, str] = {}  # requests usually share one constraint object: hash it once
         for i, r in enumerate(requests):
             sampled = r.temperature > 0
-            constraint = _constraint(r, self.engine)
+            constraint = None if r.constraint is None else constraint_form(self._engine, r.constraint)[0]
             if constraint is not None and id(constraint) not in digests:
-                digests[id(constraint)] = _schema_hash(constraint)
+                digests[id(constraint)] = constraint_hash(constraint)
             key = (
                 None if constraint is None else digests[id(constraint)],
                 r.constraint.unique_names if r.constraint is not None else None,
@@ -257,7 +239,7 @@ class TransformersBackend:
         return frozenset().union(*(_get_template_variables(t) for t in texts if t))
 
     def _run_batch(self, requests: Sequence[Request], *, digest: str | None) -> list[Generation]:
-        """One batch of requests sharing a constraint (`digest`: its `_schema_hash`) and sampling."""
+        """One batch of requests sharing a constraint (`digest`: its `constraint_hash`) and sampling."""
         import torch
 
         first = requests[0]
@@ -270,27 +252,27 @@ class TransformersBackend:
         inputs = inputs.to(self._model.device)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
 
-        constraint: _ConstraintProcessor | None = None
+        constraint: ConstraintProcessor | None = None
         extra: dict[str, Any] = {"engine": None}
         processors: list[Callable[..., Any]] = []
-        constraint_spec = _constraint(first, self.engine)
-        if constraint_spec is not None:
-            digest = digest or _schema_hash(constraint_spec)
-            artefact, seconds, cached = _compile(self.engine, self._tok, constraint_spec, digest=digest)
-            constraint = _ConstraintProcessor(
-                self.engine,
+        form = None
+        if first.constraint is not None:
+            spec, form = constraint_form(self._engine, first.constraint)
+            digest = digest or constraint_hash(spec)
+            artefact, seconds, cached = compiled(self._engine, self._tok, spec, digest=digest)
+            unique = first.constraint.unique_names if self.unique_names else frozenset()
+            constraint = ConstraintProcessor(
+                self._engine,
                 artefact,
                 self._tok.width,
                 frozenset(self._tok.stops),
                 overlap=self.overlap_masks,
-                names=self._closers
-                if self.unique_names and first.constraint is not None and first.constraint.unique_names
-                else None,
+                names=(self._closers, unique) if unique else None,
             )
-            processors = [_AddBias(self._json_bias), constraint]
+            processors = [AddBias(self._json_bias), constraint]
             extra = {"engine": self.engine, "compile_s": 0.0 if cached else seconds, "compile_cached": cached}
         else:
-            processors = [_AddBias(self._free_bias)]
+            processors = [AddBias(self._free_bias)]
 
         from transformers import LogitsProcessorList
 
@@ -339,11 +321,9 @@ class TransformersBackend:
                 Generation(
                     text=self._tok.hf.decode(kept, skip_special_tokens=True),
                     finish_reason="length" if stop_at is None else "stop",
-                    constrained=constraint_spec is not None and error is None,
-                    engine=self.engine if constraint_spec is not None else None,
-                    enforced=None
-                    if constraint_spec is None or error is not None
-                    else ("grammar" if isinstance(constraint_spec, str) else "schema"),
+                    constrained=constraint is not None and error is None,
+                    engine=self.engine if constraint is not None else None,
+                    enforced=form if error is None else None,
                     usage=Usage(
                         prompt_tokens=int(prompt_tokens[i]),
                         completion_tokens=len(kept) + (stop_at is not None),
@@ -353,144 +333,3 @@ class TransformersBackend:
                 )
             )
         return generations
-
-
-def _constraint(request: Request, engine: Engine) -> dict[str, Any] | str | None:
-    """What this engine decodes a request under: the constraint's grammar where the engine takes Lark
-    grammars (llguidance) and it has one, else its JSON Schema."""
-    constraint = request.constraint
-    if constraint is None:
-        return None
-    if constraint.grammar is not None and (engine == "llguidance" or constraint.schema is None):
-        return constraint.grammar
-    return constraint.schema
-
-
-_bias_cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-_text_cache: dict[tuple[Any, ...], list[str]] = {}
-
-
-def _token_texts(tok: _TokenizerView) -> list[str]:
-    """Each token's text by id ("" for special tokens and ids past the tokenizer), built once."""
-    key = (tok.key, tok.width)
-    with _cache_lock:
-        if key in _text_cache:
-            return _text_cache[key]
-    texts = [""] * tok.width
-    for token, token_id in tok.hf.get_vocab().items():
-        if token_id < tok.width and token_id not in tok.special:
-            texts[token_id] = tok.hf.convert_tokens_to_string([token])
-    with _cache_lock:
-        _text_cache[key] = texts
-    return texts
-
-
-def _token_bytes(tok: _TokenizerView) -> list[bytes]:
-    """Each token's bytes by id (b"" for special tokens). Byte-level BPE vocabularies (Qwen, GPT-2,
-    Llama 3) spell bytes as printable characters, so a token may hold part of a character: its text
-    would be a replacement character. SentencePiece byte tokens are "<0xNN>"."""
-    backend = getattr(tok.hf, "backend_tokenizer", None)
-    byte_level = backend is not None and type(backend.decoder).__name__ == "ByteLevel"
-    to_byte = _byte_level_decoder() if byte_level else {}
-    added = set(tok.hf.get_added_vocab())
-    texts = _token_texts(tok)
-    out = [b""] * tok.width
-    for token, token_id in tok.hf.get_vocab().items():
-        if token_id >= tok.width or token_id in tok.special:
-            continue
-        if byte_level and token not in added and all(c in to_byte for c in token):
-            out[token_id] = bytes(to_byte[c] for c in token)
-        elif _BYTE_TOKEN.fullmatch(token):
-            out[token_id] = bytes([int(token[3:5], 16)])
-        else:
-            out[token_id] = texts[token_id].encode()
-    return out
-
-
-_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
-
-
-def _byte_level_decoder() -> dict[str, int]:
-    """Byte-level BPE's printable character -> byte table (the inverse of GPT-2's `bytes_to_unicode`)."""
-    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    shifted = [b for b in range(256) if b not in kept]
-    table = {chr(b): b for b in kept}
-    table.update({chr(256 + i): b for i, b in enumerate(shifted)})
-    return table
-
-
-def _biases(tok: _TokenizerView, closing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Additive logit vectors (free text, under a schema), built once per tokenizer and bias."""
-    import torch
-
-    key = (tok.key, tok.width, tok.stops, closing)
-    with _cache_lock:
-        if key in _bias_cache:
-            return _bias_cache[key]
-    inf = float("-inf")
-    # Ids past the tokenizer (a padded embedding matrix) are no tokens at all; special tokens other
-    # than the stop tokens never belong in an answer.
-    free = [inf] * tok.width
-    schema = [inf] * tok.width
-    texts = _token_texts(tok)
-    for token_id in tok.hf.get_vocab().values():
-        if token_id >= tok.width:
-            continue
-        if token_id in tok.stops or token_id not in tok.special:
-            free[token_id] = schema[token_id] = 0.0
-        if token_id in tok.special:
-            continue
-        text = texts[token_id]
-        if any(ord(c) < 0x20 for c in text):
-            schema[token_id] = inf
-        elif closing and text.startswith('"'):
-            schema[token_id] = closing
-        elif closing and text[:1] in ("]", "}"):
-            schema[token_id] = closing / 3
-    result = torch.tensor(free), torch.tensor(schema)
-    with _cache_lock:
-        _bias_cache[key] = result
-    return result
-
-
-def _load(name: str, path: Path | str, device: str, dtype: str | torch.dtype | None) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    import flexjudge.backends.tiny as tiny  # registers the image-only processors
-
-    if dtype is None:
-        dtype = torch.float32 if device == "cpu" else "auto"
-    elif isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    auto_model: Any = AutoModelForImageTextToText  # untyped
-    auto_processor: Any = AutoProcessor
-    try:
-        model = auto_model.from_pretrained(
-            path, dtype=dtype, device_map=None if device == "cpu" else device
-        ).eval()
-    except Exception as exc:  # transformers and the hub raise OSError, ValueError, KeyError, ...
-        reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-        raise BackendError(
-            f"cannot load model {name!r}: {reason}. {_LOAD_HINT}", retryable=False, original=exc
-        ) from None
-    processor: Any = None
-    try:
-        processor = auto_processor.from_pretrained(path)
-    except Exception:  # stock Qwen-VL processors need torchvision for their video processor
-        processor = None
-    if processor is None or not hasattr(processor, "image_processor"):
-        image_only = tiny.image_only_processor_class(getattr(model.config, "model_type", ""))
-        try:
-            processor = image_only.from_pretrained(path) if image_only is not None else None
-        except Exception as exc:
-            raise BackendError(
-                f"cannot load the processor of {name!r}: {exc}", retryable=False, original=exc
-            ) from None
-    if processor is None:
-        raise BackendError(
-            f"{name!r} has no image processor: flexjudge needs a vision-language model. {_LOAD_HINT}",
-            retryable=False,
-        )
-    processor.tokenizer.padding_side = "left"  # batched generation continues every row from its end
-    return processor, model
