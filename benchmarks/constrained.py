@@ -138,6 +138,7 @@ def child(
     max_length: int,
     device: str,
     compile_only: bool = False,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """One engine in this (fresh) process; returns the measurements."""
     from flexjudge.backends.transformers import TransformersBackend
@@ -148,9 +149,10 @@ def child(
     pair = pair_constraint("image", "flex", max_string_length=bound)
     point = point_constraint("image", PointScale(), max_string_length=bound)
     start = time.perf_counter()
-    backend = TransformersBackend(model, engine=engine, closing_bias=0.0, device=device)  # type: ignore[arg-type]
+    backend = TransformersBackend(model, engine=engine, closing_bias=0.0, device=device, dtype=dtype)
     row: dict[str, Any] = {
         "engine": engine,
+        "dtype": str(backend.dtype).removeprefix("torch."),
         "vocab": backend._tok.width,
         "init_s": time.perf_counter() - start,
     }
@@ -207,6 +209,8 @@ def _child_process(
     command = [sys.executable, __file__, "--child", engine, "--model", str(model), *extra]
     command += ["--tokens", str(args.tokens), "--repeat", str(args.repeat), "--batches", args.batches]
     command += ["--max-length", str(args.max_length), "--device", args.device]
+    if args.dtype:
+        command += ["--dtype", args.dtype]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode < 0:  # outlines-core on bounded strings at 150k tokens: OOM-killed past 23 GB here
         return {"engine": engine, "error": f"killed by signal {-done.returncode} (out of memory?)"}
@@ -249,6 +253,9 @@ def main() -> None:
         "--models", default="tiny,150k", help=f"comma-separated, from: {', '.join(MODELS)} (see above)"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--dtype", default=None, help="bfloat16, float16, float32, auto; default: bf16 on a GPU, else float32"
+    )
     parser.add_argument("--tokens", type=int, default=128, help="max new tokens per decode run")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batches", default="1,8")
@@ -272,6 +279,7 @@ def main() -> None:
             args.max_length,
             args.device,
             args.compile_only,
+            args.dtype,
         )
         print(json.dumps(row))
         return
@@ -281,6 +289,7 @@ def main() -> None:
 
     engines = args.engines.split(",") if args.engines else available_engines()
     sections = []
+    all_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["FLEXJUDGE_CACHE_DIR"] = str(Path(scratch) / "cache")  # cold means cold; children inherit
         for name in args.models.split(","):
@@ -296,6 +305,7 @@ def main() -> None:
             for engine in engines:
                 rows.append(_run_child(engine, model, args))
                 print(f"  {engine}: {json.dumps(rows[-1])}", file=sys.stderr)
+            all_rows += rows
             sections.append(f"### model: {name} ({MODEL_NOTES[name]})\n\n{_table(rows, batches)}")
     import torch
     import transformers
@@ -304,6 +314,8 @@ def main() -> None:
     machine = f"{platform.platform()}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     versions = f"Python {platform.python_version()}; torch {torch.__version__}"
     versions += f"; transformers {transformers.__version__}; device {args.device}"
+    dtypes = sorted({row["dtype"] for row in all_rows if "dtype" in row})
+    versions += f", dtype {'/'.join(dtypes) or '?'}"
     if args.device == "cuda":
         versions += f" ({torch.cuda.get_device_name()})"
     settings = f"`--tokens {args.tokens} --repeat {args.repeat} --batches {args.batches}"
