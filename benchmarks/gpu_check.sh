@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
     platforms=()
-    for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do
+    for p in manylinux_2_{17,24,27,28,31,34}_x86_64 manylinux2014_x86_64; do
         platforms+=(--platform "$p")
     done
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
