@@ -20,7 +20,7 @@ from flexjudge._images import (
     _open_bytes,
     load_image,
 )
-from flexjudge.errors import MediaError
+from flexjudge.errors import MediaError, UsageError
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -39,9 +39,9 @@ def sample_frame_indices(n_frames: int, k: int = 8) -> list[int]:
     and its copies sit next to it (5 frames, k=8: ``[0, 1, 1, 2, 2, 3, 3, 4]``; 1 frame: k zeros).
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise UsageError(f"k must be at least 1, got {k}")
     if n_frames < 0:
-        raise ValueError(f"n_frames must not be negative, got {n_frames}")
+        raise UsageError(f"n_frames must not be negative, got {n_frames}")
     if n_frames == 0:
         raise MediaError("a video with no frames cannot be sampled", source="<video>")
     if k == 1:
@@ -64,7 +64,7 @@ def load_video(source: VideoSource, *, frames: int = 8, limits: Limits = DEFAULT
     from PIL import Image
 
     if frames < 1:
-        raise ValueError(f"frames must be at least 1, got {frames}")
+        raise UsageError(f"frames must be at least 1, got {frames}")
     what = _describe(source)
     if isinstance(source, (list, tuple)):
         return _sample_frames(source, len(source), frames, limits, what)

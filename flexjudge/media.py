@@ -43,7 +43,7 @@ from flexjudge._images import (
     load_image,
 )
 from flexjudge._video import load_video, sample_frame_indices
-from flexjudge.errors import MediaError
+from flexjudge.errors import MediaError, UsageError
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -163,9 +163,9 @@ def load_candidate(
 def to_data_url(image: PILImage, *, format: Literal["PNG", "JPEG"] = "PNG", quality: int = 90) -> str:
     """A base64 ``data:`` URL for OpenAI-compatible servers. `quality` (1..95) applies to JPEG only."""
     if format not in ("PNG", "JPEG"):
-        raise ValueError(f"format must be 'PNG' or 'JPEG', got {format!r}")
+        raise UsageError(f"format must be 'PNG' or 'JPEG', got {format!r}")
     if not 1 <= quality <= 95:
-        raise ValueError(f"quality must be in 1..95, got {quality}")
+        raise UsageError(f"quality must be in 1..95, got {quality}")
     buffer = io.BytesIO()
     if format == "JPEG":
         rgb = image if image.mode in ("RGB", "L") else _to_rgb(image, "<image>")

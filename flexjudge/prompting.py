@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flexjudge.anchors import Modality
 from flexjudge.constraints import OutputFormat, anchor_names, custom_names
+from flexjudge.errors import UsageError
 from flexjudge.prompts import load_template
 from flexjudge.schema import Preferences
 
@@ -84,7 +85,7 @@ def render_prompt(
     used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
     unknown = used - fields.keys()
     if unknown:
-        raise ValueError(f"template uses unknown field(s) {sorted(unknown)}; available: {sorted(fields)}")
+        raise UsageError(f"template uses unknown field(s) {sorted(unknown)}; available: {sorted(fields)}")
     return template.format_map(fields)
 
 

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from flexjudge.errors import BackendError
+from flexjudge.errors import BackendError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -132,7 +132,7 @@ def auto_dtype(device: str, dtype: str | torch.dtype | None) -> torch.dtype | Li
         return "auto"
     chosen = getattr(torch, str(dtype), None)
     if not isinstance(chosen, torch.dtype):
-        raise ValueError(
+        raise UsageError(
             f"unknown dtype {dtype!r}: use 'bfloat16', 'float16', 'float32', 'auto' or None (automatic)"
         )
     return chosen

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from flexjudge.errors import UsageError
+
 if TYPE_CHECKING:  # Pillow is imported by the media loader and the backends, never by `import flexjudge`
     from PIL.Image import Image as PILImage
 
@@ -59,7 +61,7 @@ class Constraint:
 
     def __post_init__(self) -> None:
         if self.schema is None and self.grammar is None:
-            raise ValueError("a Constraint needs a schema, a grammar or both")
+            raise UsageError("a Constraint needs a schema, a grammar or both")
         payload = json.dumps(
             [self.schema, self.strict_schema, self.grammar, sorted(self.unique_names)],
             sort_keys=True,

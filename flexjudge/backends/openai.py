@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from flexjudge.backends._probe import PROBE_CONSTRAINT, PROBE_PROMPT, PROBE_TOKENS, probe, refused
 from flexjudge.backends._retry import complete
 from flexjudge.backends.base import Constraint, Generation, ImagePart, Message, Request, Usage
-from flexjudge.errors import BackendError, ConstraintError
+from flexjudge.errors import BackendError, ConstraintError, UsageError
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -84,13 +84,13 @@ class OpenAIBackend:
                 retryable=False,
             ) from exc
         if max_concurrency < 1 or max_attempts < 1:
-            raise ValueError("max_concurrency and max_attempts must be at least 1")
+            raise UsageError("max_concurrency and max_attempts must be at least 1")
         if grammar and structured != "structured_outputs":
-            raise ValueError(
+            raise UsageError(
                 "grammar=True sends structured_outputs.grammar: it needs structured='structured_outputs'"
             )
         if schema_variant not in ("auto", "full", "strict"):
-            raise ValueError(f"schema_variant must be 'auto', 'full' or 'strict', not {schema_variant!r}")
+            raise UsageError(f"schema_variant must be 'auto', 'full' or 'strict', not {schema_variant!r}")
         self.model = model
         self.base_url = base_url
         self.structured: Structured = structured

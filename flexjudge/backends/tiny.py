@@ -30,6 +30,7 @@ from transformers.models.qwen3_vl import Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from flexjudge.backends._cache import cache_root
+from flexjudge.errors import UsageError
 
 __all__ = [
     "TINY_VERSION",
@@ -347,7 +348,7 @@ def _build_model(
         config = Qwen3VLConfig(text_config=text, vision_config=vision, **common)
         model_cls = Qwen3VLForConditionalGeneration
     else:
-        raise ValueError(f"unknown tiny architecture {arch!r}: use 'qwen2_5_vl' or 'qwen3_vl'")
+        raise UsageError(f"unknown tiny architecture {arch!r}: use 'qwen2_5_vl' or 'qwen3_vl'")
 
     # A private RNG stream: the same seed gives the same weights whatever the caller did to torch's RNG.
     with torch.random.fork_rng(devices=[]):

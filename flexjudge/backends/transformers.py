@@ -52,7 +52,7 @@ from flexjudge.backends.engines._compiled import (
     set_compile_cache_size,
 )
 from flexjudge.backends.engines._masking import AddBias, ConstraintProcessor
-from flexjudge.errors import BackendError
+from flexjudge.errors import BackendError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +119,7 @@ class TransformersBackend:
     ) -> None:
         self._engine = get_engine(engine or DEFAULT_ENGINE)
         if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
+            raise UsageError("max_batch_size must be at least 1")
         self.engine: Engine = self._engine.name
         if self.engine not in available_engines():
             raise BackendError(

@@ -22,7 +22,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from flexjudge.errors import ConstraintError
+from flexjudge.errors import ConstraintError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -138,7 +138,7 @@ def _load(module: str) -> ConstraintEngine:
 def get_engine(name: str) -> ConstraintEngine:
     """The engine called `name`; a `ValueError` naming the others when there is none."""
     if name not in engine_names():
-        raise ValueError(f"unknown constraint engine {name!r}: use one of {', '.join(engine_names())}")
+        raise UsageError(f"unknown constraint engine {name!r}: use one of {', '.join(engine_names())}")
     return _load(name)
 
 
