@@ -23,8 +23,8 @@ def parse_pointwise(text: str, *, strict: bool = False, scale: PointScale | None
     scores are read against it."""
     try:
         return _parse(text, strict, scale)
-    except Exception as exc:  # the contract: nothing but ParseError escapes
-        raise _common.as_parse_error(exc, FORMAT) from exc
+    except RecursionError:  # only expected failures become ParseError: a bug surfaces as itself
+        raise ParseError("nested too deeply", offset=0, format=FORMAT) from None
 
 
 def _parse(text: str, strict: bool, scale: PointScale | None) -> PointwiseJudgment:
