@@ -25,6 +25,7 @@ import copy
 from typing import Any, Literal
 
 from flexjudge.anchors import MAX_GENERATED, Modality, anchors
+from flexjudge.errors import UsageError
 from flexjudge.formats.winners import winner_text
 from flexjudge.schema import PointScale
 from flexjudge.wire_schemas import (
@@ -120,7 +121,7 @@ def pair_constraint(
 ) -> Schema:
     """The full decoding constraint for a pairwise judgment in `output_format`."""
     if len(custom_dimensions) > max_generated:
-        raise ValueError(f"{len(custom_dimensions)} custom dimensions; at most {max_generated} fit")
+        raise UsageError(f"{len(custom_dimensions)} custom dimensions; at most {max_generated} fit")
     if output_format == "flex":
         schema = _flex(modality, custom_dimensions, max_generated)
     else:
@@ -142,7 +143,7 @@ def point_constraint(
     "predefined"), then the user's custom dimensions and at most `max_generated` in all of their own
     (origin "generated"), 3 to 5 criteria with non-empty names, every score enumerated on `scale`."""
     if len(custom_dimensions) > max_generated:
-        raise ValueError(f"{len(custom_dimensions)} custom dimensions; at most {max_generated} fit")
+        raise UsageError(f"{len(custom_dimensions)} custom dimensions; at most {max_generated} fit")
     base = native_point_schema(modality, scale or PointScale())
     defs = base.pop("$defs")
     base["properties"]["intent"] = defs["Intent"]

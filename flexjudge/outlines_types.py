@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from flexjudge.anchors import Modality
 from flexjudge.constraints import OutputFormat, pair_constraint, point_constraint
+from flexjudge.errors import UsageError
 from flexjudge.grammar import lark_grammar
 from flexjudge.schema import PointScale
 
@@ -49,20 +50,20 @@ def outlines_type(
     from outlines.types import CFG, JsonSchema  # imported on use: `import flexjudge` stays light
 
     if mode not in ("pair", "point"):
-        raise ValueError(f"mode must be 'pair' or 'point', got {mode!r} (a ranking is judged in pairs)")
+        raise UsageError(f"mode must be 'pair' or 'point', got {mode!r} (a ranking is judged in pairs)")
     if modality not in ("image", "video"):
-        raise ValueError(f"modality must be 'image' or 'video', got {modality!r}")
+        raise UsageError(f"modality must be 'image' or 'video', got {modality!r}")
     fmt = output_format or ("flex" if mode == "pair" else "native")
     if fmt not in ("flex", "native") or (mode == "point" and fmt != "native"):
         allowed = "'flex' or 'native'" if mode == "pair" else "'native' (the one pointwise format)"
-        raise ValueError(f"output_format for mode={mode!r} must be {allowed}, got {output_format!r}")
+        raise UsageError(f"output_format for mode={mode!r} must be {allowed}, got {output_format!r}")
     if mode == "pair":
         schema = pair_constraint(
             modality, fmt, custom_dimensions=custom_dimensions, max_string_length=max_string_length
         )
     else:
         if scale is not None and not isinstance(scale, PointScale):
-            raise ValueError(f"scale must be a flexjudge.PointScale, got {type(scale).__name__}")
+            raise UsageError(f"scale must be a flexjudge.PointScale, got {type(scale).__name__}")
         schema = point_constraint(
             modality, scale, custom_dimensions=custom_dimensions, max_string_length=max_string_length
         )

@@ -269,3 +269,18 @@ def test_tiny_model_pointwise_judgments_keep_every_enforced_rule(tiny: Any, cust
         assert not codes & enforced_findings("llguidance", mode="point"), codes
         texts.add(generation.text)
     assert len(texts) == len(generations)  # temperature 1, one seed each: different judgments
+
+
+def test_score_through_the_public_api_keeps_the_anchors(tiny: Any) -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    with flexjudge.Judge(
+        "tiny-random", backend=tiny, temperature=1.0, max_string_length=8, max_new_tokens=1500
+    ) as judge:
+        for seed in range(2):
+            judgment = judge.score("a red square", image, seed=seed)
+            assert [d.name for d in judgment.dimensions[:3]] == list(anchors("image"))
+            assert all(3 <= len(d.criteria) <= 5 for d in judgment.dimensions)
+            codes = {f.code for f in judgment.findings}
+            assert not codes & enforced_findings("llguidance", mode="point"), codes

@@ -51,7 +51,7 @@ def test_the_grammar_by_default_json_schema_on_request() -> None:
     ],
 )
 def test_wrong_arguments_say_what_to_pass(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(flexjudge.UsageError):
         outlines_type(**kwargs)
 
 
