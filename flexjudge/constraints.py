@@ -25,6 +25,7 @@ import copy
 from typing import Any, Literal
 
 from flexjudge.anchors import MAX_GENERATED, Modality, anchors
+from flexjudge.errors import UsageError
 from flexjudge.formats.winners import winner_text
 from flexjudge.schema import PointScale
 from flexjudge.wire_schemas import (
@@ -38,30 +39,76 @@ from flexjudge.wire_schemas import (
 Schema = dict[str, Any]
 OutputFormat = Literal["flex", "native"]
 
-ENFORCED_FINDINGS = frozenset(
-    {
-        "split_sum",
-        "score_range",
-        "anchor_missing",
-        "anchor_renamed",
-        "anchor_out_of_order",
-        "criteria_count",
-        "too_many_generated",
-        "origin_mismatch",
-    }
-)
-"""`check` finding codes that output decoded under `pair_constraint` cannot produce. The rest (unique
-criterion names, winners that follow the scores, evidence that is not blank) is beyond JSON Schema and is
-left to `check`."""
+Mode = Literal["pair", "point"]
+Applied = Literal["grammar", "schema", "strict_schema"]
+"""Which form of a request's constraint was decoded under (`Generation.enforced`)."""
+
+_SHAPE = frozenset({"anchor_missing", "anchor_renamed", "anchor_out_of_order", "criteria_count"})
+ENFORCED_FINDINGS = _SHAPE | {"split_sum", "score_range", "too_many_generated"}
+"""`check` codes that a pairwise judgment decoded under `pair_constraint` (as JSON Schema, by any engine)
+cannot produce. Beyond it, left to `check`: unique names (the transformers backend's name guard keeps
+criterion names distinct), winners that follow the scores (the grammar), evidence that is not blank, and
+`origin_mismatch` in the native format: a generated dimension may repeat an anchor's name in a spelling
+`check` reads as the anchor (no schema can forbid a name in every such spelling); it is then also a
+`duplicate_name`. Flex writes no origins (they are read from the names), so there it cannot mismatch."""
+
+POINT_ENFORCED_FINDINGS = _SHAPE | {"too_many_generated"}
+"""`check` codes that a pointwise judgment decoded under `point_constraint` cannot produce (scores off the
+scale cannot be decoded either; `parse` would refuse them). Left to `check`: as for pairs, and
+`dimension_score_outside_criteria` unless decoded under the grammar."""
 
 GRAMMAR_ENFORCED_FINDINGS = ENFORCED_FINDINGS | {"dimension_winner_contradicts_scores"}
-"""What the llguidance engine enforces on top: it decodes `pair_constraint` as a grammar
-(`flexjudge.grammar`) in which each dimension winner follows its scores."""
+"""What the judgment grammar (`flexjudge.grammar`) adds for pairs: each dimension winner follows its
+scores."""
+
+POINT_GRAMMAR_ENFORCED_FINDINGS = POINT_ENFORCED_FINDINGS | {"dimension_score_outside_criteria"}
+"""What the grammar adds for pointwise judgments (scales of up to 11 values): each dimension score lies
+between its lowest and highest criterion score."""
+
+_STRICT_ENFORCED: dict[Mode, frozenset[str]] = {
+    "pair": frozenset({"criteria_count", "score_range"}),
+    "point": frozenset({"criteria_count"}),
+}
+"""What OpenAI's strict subset (`Constraint.strict_schema`: no `const`, no `prefixItems`) still enforces:
+3-5 criteria (minItems / maxItems), scores enumerated, split scoring."""
+
+PATHS: dict[str, Applied] = {
+    "llguidance": "grammar",
+    "outlines_core": "schema",
+    "xgrammar": "schema",
+    "vllm_json_schema": "schema",
+    "vllm_guidance_grammar": "grammar",
+    "openai_strict": "strict_schema",
+    "serve_json_schema": "schema",
+    "serve_grammar": "grammar",
+}
+"""Each way a judgment gets decoded, and the form of the constraint it applies: the local engines of the
+transformers backend (llguidance takes the grammar), vLLM / SGLang given the full JSON Schema, vLLM's
+guidance backend given the grammar (`OpenAIBackend(grammar=True)`), OpenAI itself (the strict subset), and
+`flexjudge serve` given a JSON Schema or a grammar."""
 
 
-def enforced_findings(engine: str | None) -> frozenset[str]:
-    """The `check` codes a judgment decoded under `pair_constraint` by `engine` cannot produce."""
-    return frozenset(GRAMMAR_ENFORCED_FINDINGS) if engine == "llguidance" else ENFORCED_FINDINGS
+def applied_findings(
+    applied: Applied | None, mode: Mode = "pair", output_format: OutputFormat = "native"
+) -> frozenset[str]:
+    """The `check` codes a judgment cannot produce when decoded under this form of its constraint (None:
+    unconstrained, nothing is enforced). A pointwise grammar exists on scales of up to 11 values."""
+    if applied is None:
+        return frozenset()
+    if applied == "strict_schema":
+        return _STRICT_ENFORCED[mode]
+    if mode == "point":
+        return POINT_GRAMMAR_ENFORCED_FINDINGS if applied == "grammar" else POINT_ENFORCED_FINDINGS
+    found = GRAMMAR_ENFORCED_FINDINGS if applied == "grammar" else ENFORCED_FINDINGS
+    return found | {"origin_mismatch"} if output_format == "flex" else found
+
+
+def enforced_findings(
+    engine: str | None, *, mode: Mode = "pair", output_format: OutputFormat = "native"
+) -> frozenset[str]:
+    """The `check` codes a judgment decoded by `engine` (a local engine or a name in `PATHS`) cannot
+    produce; None or an unknown name: the JSON Schema's."""
+    return applied_findings(PATHS.get(engine or "", "schema"), mode, output_format)
 
 
 def pair_constraint(
@@ -74,7 +121,7 @@ def pair_constraint(
 ) -> Schema:
     """The full decoding constraint for a pairwise judgment in `output_format`."""
     if len(custom_dimensions) > max_generated:
-        raise ValueError(f"{len(custom_dimensions)} custom dimensions; at most {max_generated} fit")
+        raise UsageError(f"{len(custom_dimensions)} custom dimensions; at most {max_generated} fit")
     if output_format == "flex":
         schema = _flex(modality, custom_dimensions, max_generated)
     else:
@@ -85,13 +132,36 @@ def pair_constraint(
 
 
 def point_constraint(
-    modality: Modality, scale: PointScale, *, max_string_length: int | None = None
+    modality: Modality,
+    scale: PointScale | None = None,
+    *,
+    custom_dimensions: tuple[str, ...] = (),
+    max_generated: int = MAX_GENERATED,
+    max_string_length: int | None = None,
 ) -> Schema:
-    """The decoding constraint for a pointwise judgment: scores enumerated on `scale`."""
-    schema = native_point_schema(modality, scale)
+    """The full decoding constraint for a pointwise judgment: the anchors by name and in order (origin
+    "predefined"), then the user's custom dimensions and at most `max_generated` in all of their own
+    (origin "generated"), 3 to 5 criteria with non-empty names, every score enumerated on `scale`."""
+    if len(custom_dimensions) > max_generated:
+        raise UsageError(f"{len(custom_dimensions)} custom dimensions; at most {max_generated} fit")
+    base = native_point_schema(modality, scale or PointScale())
+    defs = base.pop("$defs")
+    base["properties"]["intent"] = defs["Intent"]
+    base["properties"]["observations"]["minItems"] = 1  # observed before scoring: at least one
+    criterion = copy.deepcopy(defs["PointCriterion"])
+    criterion["properties"]["name"]["minLength"] = 1
+    dimension = copy.deepcopy(defs["PointDimension"])
+    dimension["properties"]["criteria"] = {
+        "type": "array",
+        "items": criterion,
+        "minItems": MIN_CRITERIA,
+        "maxItems": MAX_CRITERIA,
+    }
+    base["properties"]["verdict"] = defs["PointVerdict"]
+    base["properties"]["dimensions"] = _dimensions(modality, dimension, custom_dimensions, max_generated)
     if max_string_length is not None:
-        _bound_strings(schema, max_string_length)
-    return schema
+        _bound_strings(base, max_string_length)
+    return base
 
 
 def anchor_names(modality: Modality, output_format: OutputFormat) -> list[str]:
@@ -149,7 +219,7 @@ def _flex(modality: Modality, custom: tuple[str, ...], max_generated: int) -> Sc
     base["properties"]["categories"] = {
         "type": "array",
         "prefixItems": _dimension_items(category, fixed, "name", {}),
-        "items": category,
+        "items": _named(category),
         "minItems": len(fixed),
         "maxItems": 3 + max_generated,
     }
@@ -176,20 +246,33 @@ def _native(modality: Modality, custom: tuple[str, ...], max_generated: int) -> 
         "maxItems": MAX_CRITERIA,
     }
     base["properties"]["verdict"] = defs["Verdict"]
+    base["properties"]["dimensions"] = _dimensions(modality, dimension, custom, max_generated)
+    return base
+
+
+def _dimensions(modality: Modality, dimension: Schema, custom: tuple[str, ...], max_generated: int) -> Schema:
+    """Native dimensions: the anchors (predefined) by name and in order, the custom ones right after them,
+    then free generated ones up to `max_generated` beyond the anchors."""
     predefined = {"origin": {"type": "string", "const": "predefined"}}
     generated = {"origin": {"type": "string", "const": "generated"}}
     items = _dimension_items(dimension, anchor_names(modality, "native"), "name", predefined)
     items += _dimension_items(dimension, custom_names(custom, "native"), "name", generated)
     free = copy.deepcopy(dimension)
     free["properties"].update(generated)
-    base["properties"]["dimensions"] = {
+    return {
         "type": "array",
         "prefixItems": items,
-        "items": free,
+        "items": _named(free),
         "minItems": len(items),
         "maxItems": 3 + max_generated,
     }
-    return base
+
+
+def _named(dimension: Schema) -> Schema:
+    """A generated dimension whose name is not empty (an empty one says nothing)."""
+    out = copy.deepcopy(dimension)
+    out["properties"]["name"] = {**out["properties"]["name"], "minLength": 1}
+    return out
 
 
 def _with_const(schema: Schema, key: str, value: Any) -> Schema:

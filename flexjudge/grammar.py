@@ -36,7 +36,7 @@ _CHAR = r"/(\\([\"\\\/bfnrt]|u[a-fA-F0-9]{4})|[^\"\\\x00-\x1F])/"  # JSON: any c
 def lark_grammar(schema: dict[str, Any]) -> str | None:
     """The Lark grammar for `schema` with winners that follow the scores, or None when `schema` holds no
     split criteria (nothing to add to JSON Schema)."""
-    if not has_split_criteria(schema):
+    if not has_split_criteria(schema) and not has_point_criteria(schema):
         return None
     builder = _Builder()
     start = builder.value(schema)
@@ -52,6 +52,23 @@ def has_split_criteria(node: Any) -> bool:
     return False
 
 
+def has_point_criteria(node: Any) -> bool:
+    """Whether a schema holds pointwise criteria on a scale the grammar handles (the pointwise
+    constraint does, on scales of up to 11 values)."""
+    if isinstance(node, dict):
+        properties = node.get("properties")
+        if (
+            isinstance(properties, dict)
+            and "score" in properties
+            and _point_values(properties.get("criteria")) is not None
+        ):
+            return True
+        return any(has_point_criteria(v) for v in node.values())
+    if isinstance(node, list):
+        return any(has_point_criteria(v) for v in node)
+    return False
+
+
 def _split_shares(items: Any) -> list[tuple[int, dict[str, Any]]] | None:
     """For `anyOf` criterion alternatives with constant scores summing to 10: (score_1, alternative) each."""
     if not isinstance(items, dict) or set(items) != {"anyOf"}:
@@ -64,6 +81,23 @@ def _split_shares(items: Any) -> list[tuple[int, dict[str, Any]]] | None:
             return None
         shares.append((consts[0], option))
     return shares
+
+
+_MAX_POINT_VALUES = 11
+"""Scales up to this many values (1..10, 0..10) get the dimension-score rule; its states grow with the
+square of the scale, so wider scales are left to JSON Schema (and `check`)."""
+
+
+def _point_values(array: Any) -> list[int] | None:
+    """For a pointwise criteria array (objects ending in an enumerated integer `score`): the scores."""
+    items = array.get("items") if isinstance(array, dict) else None
+    properties = items.get("properties") if isinstance(items, dict) else None
+    if not isinstance(properties, dict) or list(properties)[-1:] != ["score"]:
+        return None
+    values = properties["score"].get("enum")
+    if not isinstance(values, list) or not all(type(v) is int for v in values):
+        return None
+    return values if 1 < len(values) <= _MAX_POINT_VALUES else None
 
 
 def _literal(json_text: str) -> str:
@@ -147,6 +181,12 @@ class _Builder:
             raise ValueError("only objects with every property required and no others are supported")
         keys = list(properties)
         for i, key in enumerate(keys):
+            values = _point_values(properties[key]) if key == "criteria" else None
+            if values is not None and "score" in keys[i + 1 :]:
+                before = self._members(properties, keys[:i], first=True)
+                label = _literal(("," if i else "") + _json(key) + ":")
+                criteria = self._scored_criteria(properties[key], values, properties, keys[i + 1 :])
+                return " ".join(['"{"', *before, label, criteria])
             winner = WINNER_AFTER.get(key)
             shares = _split_shares(properties[key].get("items")) if winner else None
             if shares is not None and winner in keys[i + 1 :]:
@@ -216,6 +256,66 @@ class _Builder:
                     alternatives.append('"]" ' + endings[(margin > 0) - (margin < 0)])
                 self.rules.append(f"{state(count, margin)}: " + " | ".join(alternatives))
         return name
+
+    def _scored_criteria(
+        self, array: dict[str, Any], values: list[int], properties: dict[str, Any], rest: list[str]
+    ) -> str:
+        """`[criteria]` and every property after it, the dimension score kept between the lowest and the
+        highest criterion score (the running minimum and maximum are the state)."""
+        low, high = int(array.get("minItems", 1)), int(array.get("maxItems", 5))
+        if low < 1 or high > 8:
+            raise ValueError("scored criteria arrays need 1 to 8 items")
+        name, new = self._name({"scored criteria": array, "rest": {k: properties[k] for k in rest}})
+        if not new:
+            return name
+        item = array["items"]
+        keys = list(item["properties"])
+        head, _ = self._name({"criterion head": {k: item["properties"][k] for k in keys[:-1]}})
+        self.rules.append(f'{head}: "{{" ' + " ".join(self._members(item["properties"], keys[:-1], True)))
+        sep = "," if len(keys) > 1 else ""
+        tails = [(v, _literal(f'{sep}"score":{_json(v)}}}')) for v in values]
+        ordered = sorted(values)
+        endings: dict[tuple[int, int], str] = {}
+
+        def ending(lo: int, hi: int) -> str:
+            if (lo, hi) not in endings:
+                allowed = [v for v in ordered if lo <= v <= hi]
+                endings[lo, hi] = f"{name}_end_{ordered.index(lo)}_{ordered.index(hi)}"
+                self.rules.append(f"{endings[lo, hi]}: " + self._rest_scored(properties, rest, allowed))
+            return endings[lo, hi]
+
+        def state(count: int, lo: int, hi: int) -> str:
+            return f"{name}_{count}_{ordered.index(lo)}_{ordered.index(hi)}"
+
+        def step(count: int, lo: int | None, hi: int | None) -> str:
+            options = [
+                f"{tail} {state(count + 1, v if lo is None else min(lo, v), v if hi is None else max(hi, v))}"
+                for v, tail in tails
+            ]
+            return f"{head} ({' | '.join(options)})"
+
+        self.rules.append(f'{name}: "[" {step(0, None, None)}')
+        for count in range(1, high + 1):
+            for a, lo in enumerate(ordered):
+                for hi in ordered[a:]:
+                    if count == 1 and lo != hi:
+                        continue  # one criterion: its score is both bounds
+                    alternatives = ['"," ' + step(count, lo, hi)] if count < high else []
+                    if count >= low:
+                        alternatives.append('"]" ' + ending(lo, hi))
+                    self.rules.append(f"{state(count, lo, hi)}: " + " | ".join(alternatives))
+        return name
+
+    def _rest_scored(self, properties: dict[str, Any], rest: list[str], allowed: list[int]) -> str:
+        """The properties after pointwise criteria and the closing brace, `score` limited to `allowed`."""
+        parts = []
+        for key in rest:
+            label = _literal("," + _json(key) + ":")
+            if key == "score":
+                parts.append(f"{label} (" + " | ".join(_literal(_json(v)) for v in allowed) + ")")
+            else:
+                parts.append(f"{label} {self.value(properties[key])}")
+        return " ".join([*parts, '"}"'])
 
     def _rest(self, properties: dict[str, Any], rest: list[str], winner: str, sign: int) -> str:
         """The properties after the criteria and the closing brace, the winner limited by `sign`."""

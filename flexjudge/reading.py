@@ -58,14 +58,17 @@ def pair_request_constraint(
 
 @functools.lru_cache(maxsize=64)
 def point_request_constraint(
-    modality: Modality, low: int, high: int, max_string_length: int | None
+    modality: Modality, low: int, high: int, max_string_length: int | None, custom: tuple[str, ...] = ()
 ) -> Constraint:
-    """The constraint of a pointwise request on the scale low..high (a PointScale is not hashable)."""
+    """The constraint of a pointwise request on the scale low..high (a PointScale is not hashable): the
+    anchors, custom dimensions, criteria counts and scale fixed as for pairs, and a grammar in which each
+    dimension score lies within its criteria's scores (on scales of up to 11 values)."""
     scale = PointScale(low=low, high=high)
-    schema = point_constraint(modality, scale, max_string_length=max_string_length)
+    schema = point_constraint(modality, scale, custom_dimensions=custom, max_string_length=max_string_length)
     return Constraint(
         schema=schema,
         strict_schema=native_point_schema(modality, scale),
+        grammar=lark_grammar(schema),
         unique_names=frozenset({"criteria"}),
     )
 
@@ -106,10 +109,7 @@ def portable_schema(modality: Modality, output_format: OutputFormat) -> dict[str
 
 
 def point_with_scale(text: str, scale: PointScale) -> PointwiseJudgment:
-    judgment = parse_pointwise(text)
-    if judgment.scale != scale:  # the wire format leaves the scale out: it is the caller's
-        judgment = PointwiseJudgment.model_validate({**judgment.content(), "scale": scale.model_dump()})
-    return judgment
+    return parse_pointwise(text, scale=scale)  # the wire format leaves the scale out: it is the caller's
 
 
 def read_generation(read: Callable[[], T], generation: Generation) -> T:

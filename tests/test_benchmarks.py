@@ -43,3 +43,14 @@ def test_constrained_benchmark_runs(tmp_path: Path) -> None:
     args = ["--models", "tiny", "--quick", "--batches", "1", "--engines", available_engines()[0]]
     stdout = _run_benchmark("constrained.py", args, env=dict(os.environ, FLEXJUDGE_CACHE_DIR=str(tmp_path)))
     assert "| engine |" in stdout and "error" not in stdout
+
+
+def test_validity_benchmark_runs(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    record = tmp_path / "RESULTS.md"
+    args = ["--runs", "2", "--batch", "2", "--engines", "llguidance", "--record", str(record)]
+    stdout = _run_benchmark("validity.py", args, env=dict(os.environ, FLEXJUDGE_CACHE_DIR=str(tmp_path)))
+    for mode in ("pair", "point", "rank"):
+        assert f"llguidance, {mode}" in stdout
+    assert "ENFORCED" not in stdout  # an enforced rule broken is reported under that name
+    assert "read in strict mode" in record.read_text(encoding="utf-8")

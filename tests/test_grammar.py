@@ -25,6 +25,8 @@ SHAPES = [
     ("video", "flex", ()),
     ("image", "native", ()),
     ("image", "native", ("Text Legibility",)),
+    ("image", "point", ()),
+    ("video", "point", ("Text Legibility",)),
 ]
 
 
@@ -46,6 +48,10 @@ def table(tokenizer: Any) -> Any:
 
 def _constraint(shape: tuple[Any, ...], max_string_length: int | None = None) -> dict[str, Any]:
     modality, output_format, custom = shape
+    if output_format == "point":
+        return point_constraint(
+            modality, PointScale(), custom_dimensions=custom, max_string_length=max_string_length
+        )
     return pair_constraint(
         modality, output_format, custom_dimensions=custom, max_string_length=max_string_length
     )
@@ -116,6 +122,11 @@ def test_grammar_accepts_exactly_the_schema_with_consistent_winners(
 def _dimension_winners_consistent(value: dict[str, Any]) -> bool:
     dimensions = value.get("categories", value.get("dimensions", []))
     for dimension in dimensions:
+        if "score" in dimension:  # pointwise: the dimension score lies within its criteria's scores
+            scores = [c["score"] for c in dimension["criteria"]]
+            if not min(scores) <= dimension["score"] <= max(scores):
+                return False
+            continue
         criteria = dimension.get("dims", dimension.get("criteria"))
         winner = dimension.get("cat_winner", dimension.get("winner"))
         margin = sum(c["score_1"] - c["score_2"] for c in criteria)
@@ -165,9 +176,47 @@ def test_examples_by_hand(grammars: dict[tuple[Any, ...], _Grammar]) -> None:
     assert grammar.accepts(compact({**good, "prompt": "a\x7fb"}))  # DEL is a JSON string character
 
 
-def test_schemas_without_split_criteria_have_no_grammar() -> None:
-    assert lark_grammar(point_constraint("image", PointScale())) is None
+def test_schemas_without_scored_criteria_have_no_grammar() -> None:
     assert lark_grammar({"type": "object", "properties": {"a": {"type": "string"}}}) is None
+    # A scale too wide for the running minimum and maximum is left to JSON Schema.
+    assert lark_grammar(point_constraint("image", PointScale(low=0, high=100))) is None
+    assert lark_grammar(point_constraint("image", PointScale(low=0, high=10))) is not None
+
+
+def _point(criteria: list[list[int]], scores: list[int]) -> dict[str, Any]:
+    from flexjudge.constraints import anchor_names
+
+    dimensions = [
+        {
+            "name": name,
+            "origin": "predefined",
+            "criteria": [{"name": f"c{j}", "evidence": "e", "score": v} for j, v in enumerate(values)],
+            "analysis": "a",
+            "score": score,
+        }
+        for name, values, score in zip(anchor_names("image", "native"), criteria, scores, strict=True)
+    ]
+    intent = {k: [] for k in ("subjects", "attributes_and_actions", "constraints", "style", "preferences")}
+    return {
+        "prompt": "p",
+        "modality": "image",
+        "intent": intent,
+        "observations": ["o"],
+        "dimensions": dimensions,
+        "verdict": {"analysis": "v", "score": 7},
+    }
+
+
+def test_point_examples_by_hand(grammars: dict[tuple[Any, ...], _Grammar]) -> None:
+    grammar = grammars[("image", "point", ())]
+    good = _point([[7, 6, 5], [2, 3, 5, 5], [9, 9, 9]], [6, 2, 9])
+    assert grammar.accepts(compact(good))
+    assert not grammar.accepts(compact(_point([[7, 6, 5], [2, 3, 5, 5], [9, 9, 9]], [8, 2, 9])))
+    assert not grammar.accepts(compact(_point([[7, 6, 5], [2, 3, 5, 5], [9, 9, 9]], [6, 1, 9])))
+    assert not grammar.accepts(compact(_point([[7, 6], [2, 3, 5], [9, 9, 9]], [6, 2, 9])))  # 2 criteria
+    assert not grammar.accepts(compact(_point([[7, 6, 11], [2, 3, 5], [9, 9, 9]], [6, 2, 9])))  # off scale
+    assert not grammar.accepts(compact({**good, "dimensions": good["dimensions"][1:]}))  # anchor missing
+    assert not grammar.accepts(compact({**good, "observations": []}))
 
 
 def test_unsupported_keywords_are_refused() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -120,3 +121,111 @@ def test_check_never_raises_on_any_judgment(judgment: Judgment, prompt: str) -> 
     findings = flexjudge.check(judgment, prompt=prompt)
     assert all(f.severity in ("error", "warning", "info") and f.code and f.message for f in findings)
     assert findings == flexjudge.check(judgment, prompt=prompt)
+
+
+# ------------------------------------------------------------------ only expected failures become ParseError
+
+_JSONISH_PIECES = st.sampled_from(
+    [
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        '"',
+        "\\",
+        "null",
+        "true",
+        "false",
+        "-0",
+        "1e999",
+        "1.5",
+        "7",
+        "10",
+        "NaN",
+        "Infinity",
+        '"Image 1"',
+        '"Video 2"',
+        '"winner"',
+        '"cat_winner"',
+        '"categories"',
+        '"dims"',
+        '"dimensions"',
+        '"criteria"',
+        '"verdict"',
+        '"score"',
+        '"score_1"',
+        '"score_2"',
+        '"name"',
+        '"meta"',
+        '"modality"',
+        '"image"',
+        '"origin"',
+        '"predefined"',
+        '"observations"',
+        '"scale"',
+        "```json",
+        "\n",
+        "<think>",
+        "</think>",
+        "<answer>",
+        "Image 1 (7/10)",
+        "\\u00e9",
+        "\\ud800",
+        "😀",
+        " ",
+    ]
+)
+_RANDOM_INPUT = (
+    st.text(max_size=300)
+    | st.lists(_JSONISH_PIECES | st.text(max_size=4), max_size=60).map("".join)
+    | st.binary(max_size=300).map(lambda b: b.decode("utf-8", errors="replace"))
+    | st.binary(max_size=300).map(lambda b: b.decode("latin-1"))
+)
+
+
+def _read_or_parse_error(read: Any) -> None:
+    """`read()` returns a judgment or raises ParseError; anything else (a bug) fails the test as itself."""
+    try:
+        result = read()
+    except ParseError as exc:
+        _no_internal_error(exc)
+    else:
+        assert isinstance(result, Judgment | flexjudge.PointwiseJudgment)
+
+
+@given(_RANDOM_INPUT, st.sampled_from(["auto", "flex", "native", "think"]), st.booleans())
+def test_parse_raises_only_parse_error_on_random_input(text: str, fmt: str, strict: bool) -> None:
+    _read_or_parse_error(lambda: flexjudge.parse(text, format=fmt, strict=strict))  # type: ignore[arg-type]
+
+
+@given(_RANDOM_INPUT, st.booleans())
+def test_parse_pointwise_raises_only_parse_error_on_random_input(text: str, strict: bool) -> None:
+    _read_or_parse_error(lambda: flexjudge.parse_pointwise(text, strict=strict))
+
+
+@given(st.data())
+def test_corrupted_judgments_raise_only_parse_error_in_every_mode(data: st.DataObject) -> None:
+    _, fmt, text = _rendered(data.draw)
+    cut = data.draw(st.integers(0, len(text)))
+    junk = data.draw(_JSONISH_PIECES)
+    broken = text[:cut] + junk + text[cut + data.draw(st.integers(0, 3)) :]
+    strict = data.draw(st.booleans())
+    _read_or_parse_error(lambda: flexjudge.parse(broken, format=fmt, strict=strict))  # type: ignore[arg-type]
+    _read_or_parse_error(lambda: flexjudge.parse_pointwise(broken, strict=strict))
+
+
+def test_a_bug_inside_a_codec_is_not_passed_off_as_unreadable_text(monkeypatch: Any) -> None:
+    from flexjudge.formats import flex
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(flex, "_parse_fast", broken)
+    try:
+        flexjudge.parse('{"categories": []}', format="flex")
+    except KeyError:
+        pass  # the bug surfaces as itself
+    else:
+        raise AssertionError("a KeyError inside the codec was swallowed")

@@ -1,8 +1,11 @@
 """Read and write judgments in each wire format: `flex` (released JSON), `think` (tagged text), `native`.
 
-`parse` never lets anything but a `ParseError` escape: a caller can always tell "unreadable" (and where,
-and why) from a judgment. Clean text takes each format's fast path; only text that fails it pays for
-lenient recovery, and a recovered judgment says so in `meta.recovered` and `meta.recovery_notes`.
+`parse` raises `ParseError` for text that is not a judgment, and nothing else: a caller can always tell
+"unreadable" (and where, and why) from a judgment. Only expected failures become `ParseError`; a bug
+(a `TypeError`, a `KeyError`) surfaces as itself instead of passing for unreadable text, and a property
+test feeds random text, JSON-ish text and decoded bytes to every format to show there are none.
+Clean text takes each format's fast path; only text that fails it pays for lenient recovery, and a
+recovered judgment says so in `meta.recovered` and `meta.recovery_notes`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from typing import Literal
 
 from flexjudge.anchors import Modality
 from flexjudge.errors import ParseError, RenderError, TruncatedOutput
-from flexjudge.formats._common import as_parse_error
 from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.formats.flex import parse_flex, render_flex
 from flexjudge.formats.native import parse_native, render_native
@@ -88,8 +90,8 @@ def parse(
         raise ParseError(
             f"unknown format {format!r}; expected one of {', '.join(FORMATS)} or 'auto'", offset=0
         )
-    except Exception as exc:  # the contract: nothing but ParseError escapes
-        raise as_parse_error(exc, None if format == "auto" else format) from exc
+    except RecursionError:  # the one expected failure the codecs do not turn into ParseError themselves
+        raise ParseError("nested too deeply", offset=0, format=None if format == "auto" else format) from None
 
 
 def render(judgment: Judgment, format: Format) -> str:

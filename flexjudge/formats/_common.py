@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from flexjudge.errors import FlexjudgeError, ParseError, TruncatedOutput
+from flexjudge.errors import ParseError, TruncatedOutput
 from flexjudge.formats._recovery import Extracted
 
 Loc = tuple[int | str, ...]
@@ -34,19 +34,6 @@ def trusted(cls: type[M], data: dict[str, Any], fields: set[str]) -> M:
     _set(obj, "__pydantic_extra__", None)
     _set(obj, "__pydantic_private__", None)
     return obj
-
-
-def as_parse_error(exc: Exception, fmt: str | None) -> FlexjudgeError:
-    """The parser contract: whatever goes wrong inside, the caller sees a `ParseError` and nothing else.
-
-    Used as `except Exception as exc: raise as_parse_error(exc, fmt)`: a plain try costs nothing on the
-    fast path, where a context manager would cost a microsecond per call.
-    """
-    if isinstance(exc, FlexjudgeError):
-        return exc
-    if isinstance(exc, RecursionError):
-        return ParseError("nested too deeply", offset=0, format=fmt)
-    return ParseError(f"internal error while parsing: {type(exc).__name__}: {exc}", offset=0, format=fmt)
 
 
 _WINNER_KEY = re.compile(r'"winner"\s*:')

@@ -10,21 +10,24 @@ from pydantic import ValidationError
 from flexjudge.errors import ParseError
 from flexjudge.formats import _common
 from flexjudge.formats._recovery import NoObject, extract_object
-from flexjudge.schema import JudgmentMeta, PointwiseJudgment
+from flexjudge.schema import JudgmentMeta, PointScale, PointwiseJudgment
 
 FORMAT: Final = "native"
 _NOT_WIRE = ("meta", "findings")  # fields of `PointwiseJudgment` that a judge never writes
 
 
-def parse_pointwise(text: str, *, strict: bool = False) -> PointwiseJudgment:
-    """Read a pointwise judgment; raises `ParseError` (or `TruncatedOutput`) and nothing else."""
+def parse_pointwise(text: str, *, strict: bool = False, scale: PointScale | None = None) -> PointwiseJudgment:
+    """Read a pointwise judgment; raises `ParseError` (or `TruncatedOutput`) and nothing else.
+
+    `scale` is the one the judgment was asked on (the wire format leaves it out; default 1..10): its
+    scores are read against it."""
     try:
-        return _parse(text, strict)
-    except Exception as exc:  # the contract: nothing but ParseError escapes
-        raise _common.as_parse_error(exc, FORMAT) from exc
+        return _parse(text, strict, scale)
+    except RecursionError:  # only expected failures become ParseError: a bug surfaces as itself
+        raise ParseError("nested too deeply", offset=0, format=FORMAT) from None
 
 
-def _parse(text: str, strict: bool) -> PointwiseJudgment:
+def _parse(text: str, strict: bool, scale: PointScale | None) -> PointwiseJudgment:
     if not isinstance(text, str):
         raise ParseError(f"expected text, got {type(text).__name__}", offset=0)
     if strict:
@@ -49,6 +52,8 @@ def _parse(text: str, strict: bool) -> PointwiseJudgment:
                 )
             del value[key]
             notes.append(f"dropped {key!r}, which is not part of the native format")
+    if scale is not None and isinstance(value, dict):
+        value = {**value, "scale": scale}
     try:
         judgment = PointwiseJudgment.model_validate(value, strict=strict)
     except ValidationError as exc:
