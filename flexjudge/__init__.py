@@ -22,6 +22,7 @@ from flexjudge.errors import (
 from flexjudge.formats import detect_format, parse, parse_pointwise, render, render_pointwise
 from flexjudge.judging import DEFAULT_MODEL, Judge
 from flexjudge.media import Limits
+from flexjudge.outlines_types import outlines_type
 from flexjudge.ranking import RankedPair, Ranking
 from flexjudge.schema import (
     Criterion,
@@ -90,6 +91,7 @@ __all__ = [
     "check",
     "detect_format",
     "judge",
+    "outlines_type",
     "parse",
     "parse_pointwise",
     "rank",

@@ -141,6 +141,9 @@ def test_score_and_rank(judge: Judge) -> None:
     assert all(point.scale.low <= d.score <= point.scale.high for d in point.dimensions)
     assert point.findings == flexjudge.check(point, prompt="a red square")
     assert point.meta.template == "native_point" and point.meta.sampling is not None
+    custom = flexjudge.Preferences(custom_dimensions=("Kite Shape",))
+    shaped = judge.score("a red kite", _images(1)[0], preferences=custom, seed=5)
+    assert [d.name for d in shaped.dimensions[3:4]] == ["Kite Shape"]  # fixed by the constraint
     ranking = judge.rank("a red square", _images(3), seed=6)
     assert isinstance(ranking, flexjudge.Ranking)
     assert sorted(ranking.order) == [1, 2, 3] and len(ranking.pairs) == 3
