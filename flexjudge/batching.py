@@ -77,7 +77,7 @@ class BatchingBackend:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
-        self._lock = threading.Lock()  # the loops of several threads look up their state here
+        self._lock = threading.Lock()  # loops in several threads share the state table and the counts
 
     async def generate(self, requests: list[Request]) -> list[Generation]:
         """One `Generation` per request, in order; the requests may be decoded with other callers'."""
@@ -134,8 +134,9 @@ class BatchingBackend:
             while state.queue:
                 batch = await self._take(state)
                 if batch:
-                    self.batch_sizes.append(len(batch))
-                    self.batch_counts[len(batch)] += 1
+                    with self._lock:  # loops in other threads count too
+                        self.batch_sizes.append(len(batch))
+                        self.batch_counts[len(batch)] += 1
                     await self._run(batch)
                 batch = []
         except BaseException as exc:

@@ -206,3 +206,30 @@ def test_aclose_closes_the_wrapped_backend() -> None:
             await batcher.generate([_request(2)])
 
     asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_the_batching_benchmark_runs(tmp_path: Any) -> None:
+    """A smoke run of benchmarks/batching.py on 2 pairs (no time is asserted: only that it batched)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    record = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "batching.py"), "--pairs", "2", "--record", str(record)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        env=dict(os.environ, FLEXJUDGE_CACHE_DIR=str(tmp_path)),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    import re
+
+    # The row of 2 pairs: the model ran them as one batch of 2.
+    row = re.compile(r"\| tiny \| 2 \|(?: [^|]+ \|){3} 2 \|")
+    assert row.search(done.stdout) and row.search(record.read_text(encoding="utf-8"))
