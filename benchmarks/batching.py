@@ -78,6 +78,7 @@ async def _measure(
     start = time.perf_counter()
     await alone.ajudge("warm-up", images)  # compile, token tables, first-call costs
     warm_s = time.perf_counter() - start
+    print(f"  warm-up: {warm_s:.1f}s", file=sys.stderr)
     rows = []
     for count in counts:
         items = [(f"a red fox, picture {k}", images) for k in range(count)]
@@ -85,7 +86,13 @@ async def _measure(
         identical = 0
         for _ in range(repeat):  # interleaved, so drift in the machine's load hits both alike
             start = time.perf_counter()
-            sequential = [await alone.ajudge(prompt, pair) for prompt, pair in items]
+            sequential = []
+            for prompt, pair in items:
+                sequential.append(await alone.ajudge(prompt, pair))
+                print(
+                    f"    one by one: {len(sequential)}/{count}, {time.perf_counter() - start:.1f}s",
+                    file=sys.stderr,
+                )
             one_by_one.append(time.perf_counter() - start)
             prefills.clear()
             start = time.perf_counter()

@@ -188,6 +188,21 @@ def test_judge_batch_runs_its_pairs_as_one_model_batch(backend: Recorded) -> Non
     assert len(judgments) == 4 and list(batcher.batch_sizes) == [4] and backend.prefills == [4]
 
 
+def test_a_cancelled_caller_leaves_the_batch_before_it_runs(backend: Recorded) -> None:
+    batcher = BatchingBackend(backend, max_batch=8, window_s=0.5)
+
+    async def run() -> list[Any]:
+        calls = [asyncio.ensure_future(batcher.generate([_request(k)])) for k in (2, 3, 4)]
+        await asyncio.sleep(0.1)  # all three wait in the queue for the window to close
+        calls[1].cancel()
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 120)
+
+    first, cancelled, third = asyncio.run(run())
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert isinstance(first, list) and isinstance(third, list)
+    assert list(batcher.batch_sizes) == [2] and backend.prefills == [2]
+
+
 def test_settings_are_checked(backend: Recorded) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         BatchingBackend(backend, max_batch=0)
