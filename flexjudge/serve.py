@@ -2,11 +2,14 @@
 
 For machines where vLLM does not run (CPU, Apple silicon) and for tests: it speaks the subset of the
 OpenAI API the `openai` backend uses, with real constrained decoding through the local backend.
-Requests that arrive together are decoded as one batch (a short collection window). Images are
-accepted only as data URLs: a served judge never opens a path or URL named in a request.
-The legacy `guided_json` field is refused loudly rather than ignored as vLLM does. Constraints arrive as
-`response_format` json_schema, `structured_outputs.json`, or `structured_outputs.grammar` (an llguidance
-Lark grammar, as vLLM's guidance backend takes it; the local backend's engine must be llguidance).
+Requests that arrive together are decoded as one batch (`flexjudge.batching`, the mechanism local judging
+uses). Bodies are validated by typed models: anything malformed (a wrong type, an unknown field, a
+non-finite number) is a 400 with a JSON error, never a 500. Images are accepted only as data URLs: a
+served judge never opens a path or URL named in a request. The legacy `guided_json` field is refused
+loudly rather than ignored as vLLM does. Constraints arrive as `response_format` json_schema,
+`structured_outputs.json`, or `structured_outputs.grammar` (an llguidance Lark grammar, as vLLM's guidance
+backend takes it; the local backend's engine must be llguidance); `structured_outputs.unique_names`, a
+flexjudge extension, names the arrays whose items' names must stay distinct (`Constraint.unique_names`).
 """
 
 from __future__ import annotations
@@ -14,181 +17,226 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flexjudge.backends.base import Backend, Constraint, Generation, ImagePart, Message, Request, TextPart
+from flexjudge.batching import BatchingBackend
 from flexjudge.errors import ConstraintError, FlexjudgeError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["create_app", "serve"]
+__all__ = ["ChatRequest", "RequestError", "create_app", "parse_chat_request", "serve"]
+
+_GREEDY_BELOW = 1e-5  # as vLLM: a smaller temperature is greedy (dividing logits by it overflows)
+_INT32 = 2**31 - 1
+# `apply_chat_template`'s own parameters: a template variable must not rebind them.
+# fmt: off
+_RESERVED_TEMPLATE_KEYS = frozenset((
+    "conversation", "chat_template", "tools", "documents", "add_generation_prompt", "continue_final_message",
+    "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict", "tokenizer_kwargs",
+    "return_assistant_tokens_mask", "processor_kwargs", "load_audio_from_video", "sanitize_control_tokens",
+))
+# fmt: on
 
 
 class RequestError(FlexjudgeError):
     """A chat-completion request this server cannot honour (HTTP 400)."""
 
 
-@dataclass
-class _Pending:
-    request: Request
-    future: asyncio.Future[Generation] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+class _Body(BaseModel):
+    # strict: JSON types as sent ("4" is not a number, 4.0 not a token count); forbid: an option this
+    # server does not know is refused, not silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class _Batcher:
-    """Collects requests for a few milliseconds and hands them to the backend as one batch."""
-
-    def __init__(self, backend: Backend, *, max_batch: int, window_s: float) -> None:
-        self.backend = backend
-        self.max_batch = max_batch
-        self.window_s = window_s
-        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
-        self.batches: list[int] = []  # sizes of the batches run, for tests and metrics
-
-    async def submit(self, request: Request) -> Generation:
-        if self.task is None:
-            self.task = asyncio.create_task(self._run())
-        pending = _Pending(request)
-        await self.queue.put(pending)
-        return await pending.future
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            deadline = time.monotonic() + self.window_s
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(
-                        await asyncio.wait_for(self.queue.get(), max(0.0, deadline - time.monotonic()))
-                    )
-                except TimeoutError:
-                    break
-            self.batches.append(len(batch))
-            try:
-                results = await self.backend.generate([p.request for p in batch])
-            except Exception:
-                # One bad request must not fail the others that happened to share its batch:
-                # run each alone, and each waiter learns only of its own failure.
-                for pending in batch:
-                    await self._run_alone(pending)
-                continue
-            for pending, result in zip(batch, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(result)
-
-    async def _run_alone(self, pending: _Pending) -> None:
-        try:
-            (result,) = await self.backend.generate([pending.request])
-        except Exception as exc:
-            if not pending.future.done():
-                pending.future.set_exception(exc)
-            return
-        if not pending.future.done():
-            pending.future.set_result(result)
+class TextContent(_Body):
+    type: Literal["text"]
+    text: str
 
 
-def parse_chat_request(body: dict[str, Any], *, max_image_pixels: int) -> Request:
-    """An OpenAI chat-completions body -> a backend `Request` (refusing what we cannot honour)."""
+class ImageURL(_Body):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImageContent(_Body):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[Annotated[TextContent | ImageContent, Field(discriminator="type")]]
+
+
+class JsonSchemaSpec(_Body):
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(_Body):
+    type: Literal["text"]
+
+
+class JsonSchemaFormat(_Body):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+class StructuredOutputs(_Body):
+    """vLLM's `structured_outputs`: one of `json` (a JSON Schema) or `grammar` (llguidance Lark)."""
+
+    json_schema: dict[str, Any] | None = Field(None, alias="json")
+    grammar: str | None = None
+    unique_names: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_form(self) -> StructuredOutputs:
+        if (self.json_schema is None) == (self.grammar is None):
+            raise ValueError("structured_outputs takes one of 'json' or 'grammar' (llguidance Lark)")
+        return self
+
+
+_Scalar = str | int | float | bool | None
+_Temperature = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+_Tokens = Annotated[int, Field(ge=1, le=_INT32)]
+
+
+class ChatRequest(_Body):
+    """The chat-completions body this server honours."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: _Tokens | None = None
+    max_completion_tokens: _Tokens | None = None
+    temperature: _Temperature | None = None
+    top_p: _TopP | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
+    response_format: Annotated[TextFormat | JsonSchemaFormat, Field(discriminator="type")] | None = None
+    structured_outputs: StructuredOutputs | None = None
+    chat_template_kwargs: dict[str, _Scalar] | None = None
+    stream: Literal[False] | None = None
+    n: Literal[1] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_legacy_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "guided_json" in data:
+            raise ValueError(
+                "'guided_json' is not supported: send response_format json_schema or structured_outputs"
+            )
+        return data
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_variables(cls, kwargs: dict[str, _Scalar] | None) -> dict[str, _Scalar] | None:
+        for key in kwargs or {}:
+            if not key.isidentifier() or key.startswith("_") or key in _RESERVED_TEMPLATE_KEYS:
+                raise ValueError(f"{key!r} is not a chat template variable this server passes on")
+        return kwargs
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> ChatRequest:
+        if self.structured_outputs is not None and self.response_format is not None:
+            raise ValueError("send response_format or structured_outputs, not both")
+        return self
+
+
+def parse_chat_request(body: bytes | str, *, max_image_pixels: int) -> Request:
+    """A chat-completions body (raw JSON) -> a backend `Request`, or `RequestError` saying what is wrong."""
+    try:
+        chat = ChatRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestError(_describe(exc)) from None
+    return to_request(chat, max_image_pixels=max_image_pixels)
+
+
+def to_request(chat: ChatRequest, *, max_image_pixels: int) -> Request:
+    """A validated body -> a backend `Request` (decoding its images, which may be refused)."""
     from flexjudge.media import Limits, MediaError, load_image
 
-    if "guided_json" in body:
-        raise RequestError(
-            "'guided_json' is not supported: send response_format json_schema or structured_outputs"
-        )
     limits = Limits(max_pixels=max_image_pixels)
     messages = []
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
-        raise RequestError("'messages' must be a non-empty list")
-    for raw in raw_messages:
-        if not isinstance(raw, dict):
-            raise RequestError("each message must be an object with 'role' and 'content'")
-        role, content = raw.get("role"), raw.get("content")
-        if role not in ("system", "user", "assistant"):
-            raise RequestError(f"unsupported role {role!r}")
+    for message in chat.messages:
         parts: list[TextPart | ImagePart] = []
-        items = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise RequestError("message content must be a string or a list of parts")
+        content = message.content
+        items = [TextContent(type="text", text=content)] if isinstance(content, str) else content
         for item in items:
-            if item.get("type") == "text":
-                parts.append(TextPart(str(item.get("text", ""))))
-            elif item.get("type") == "image_url":
-                image_url = item.get("image_url")
-                url = image_url.get("url", "") if isinstance(image_url, dict) else image_url
-                if not isinstance(url, str) or not url.startswith("data:"):
+            if isinstance(item, TextContent):
+                parts.append(TextPart(item.text))
+            elif isinstance(item, ImageContent):
+                url = item.image_url.url
+                if not url.startswith("data:"):
                     raise RequestError("images must be sent as data URLs; this server opens no paths or URLs")
                 try:
                     parts.append(ImagePart(load_image(url, limits=limits)))
                 except MediaError as exc:
                     raise RequestError(str(exc)) from None
-            else:
-                raise RequestError(f"unsupported content part {item.get('type')!r}")
-        messages.append(Message(role=role, parts=tuple(parts)))
-    try:
-        max_new_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
-        temperature = float(1.0 if body.get("temperature") is None else body["temperature"])
-        seed = None if body.get("seed") is None else int(body["seed"])
-    except (TypeError, ValueError) as exc:
-        raise RequestError(f"bad sampling parameter: {exc}") from None
-    if max_new_tokens < 1 or temperature < 0:
-        raise RequestError("max_tokens must be at least 1 and temperature at least 0")
-    structured = body.get("structured_outputs")
-    grammar = structured.get("grammar") if isinstance(structured, dict) else None
-    if grammar is not None and (not isinstance(grammar, str) or "json" in (structured or {})):
-        raise RequestError("structured_outputs takes one of 'json' or 'grammar' (an llguidance Lark string)")
-    schema = _schema(body)
-    names = structured.get("unique_names", []) if isinstance(structured, dict) else []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise RequestError("structured_outputs.unique_names must be a list of array keys")
+        messages.append(Message(role=message.role, parts=tuple(parts)))
+    temperature = 1.0 if chat.temperature is None else chat.temperature
+    structured = chat.structured_outputs
+    schema = structured.json_schema if structured is not None else None
+    if isinstance(chat.response_format, JsonSchemaFormat):
+        schema = chat.response_format.json_schema.json_schema
+    grammar = structured.grammar if structured is not None else None
     constraint = None
     if schema is not None or grammar is not None:
-        constraint = Constraint(schema=schema, grammar=grammar, unique_names=frozenset(names))
+        names = frozenset(structured.unique_names if structured is not None else ())
+        constraint = Constraint(schema=schema, grammar=grammar, unique_names=names)
     return Request(
         messages=tuple(messages),
         constraint=constraint,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        seed=seed,
+        max_new_tokens=chat.max_completion_tokens or chat.max_tokens or 1024,
+        temperature=0.0 if temperature < _GREEDY_BELOW else temperature,
+        top_p=1.0 if chat.top_p is None else chat.top_p,
+        seed=chat.seed,
+        chat_template_kwargs=chat.chat_template_kwargs,
     )
 
 
-def _schema(body: dict[str, Any]) -> dict[str, Any] | None:
-    structured = body.get("structured_outputs")
-    fmt = body.get("response_format")
-    if structured is not None and fmt is not None:
-        raise RequestError("send response_format or structured_outputs, not both")
-    if isinstance(structured, dict) and isinstance(structured.get("json"), dict):
-        json_schema: dict[str, Any] = structured["json"]
-        return json_schema
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise RequestError("response_format json_schema needs a 'schema' object")
-        return dict(schema)
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise RequestError(f"unsupported response_format {fmt!r}")
-    return None
+def _describe(exc: ValidationError) -> str:
+    """pydantic's errors as `where: what`, without echoing the input back or naming union branches."""
+    problems: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"] if not _branch(p)) or "body"
+        what = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+        if f"{where}: {what}" not in problems:
+            problems.append(f"{where}: {what}")
+    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "invalid request: " + "; ".join(problems[:3]) + more
+
+
+def _branch(part: str | int) -> bool:
+    """A union's branch in an error location: a type name ("str", "list[...]"), not a field."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
 
 
 def create_app(
     backend: Backend,
     *,
     model_name: str,
-    max_batch: int = 8,
+    max_batch: int | None = None,
     window_s: float = 0.01,
     max_image_pixels: int = 40_000_000,
 ) -> FastAPI:
-    """The ASGI app; run it with uvicorn (see `serve`)."""
+    """The ASGI app; run it with uvicorn (see `serve`). `max_batch` defaults to the backend's
+    `max_batch_size` (8 when it has none); `app.state.batcher` is the `BatchingBackend` in front of it."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
+    from starlette.requests import Request as HTTPRequest
 
     app = FastAPI(title="flexjudge judge server")
-    batcher = _Batcher(backend, max_batch=max_batch, window_s=window_s)
+    if isinstance(backend, BatchingBackend):
+        batcher = backend
+    else:
+        batch = max_batch if max_batch is not None else int(getattr(backend, "max_batch_size", 8))
+        batcher = BatchingBackend(backend, max_batch=batch, window_s=window_s)
     app.state.batcher = batcher
 
     def error(status: int, message: str, kind: str) -> JSONResponse:
@@ -198,41 +246,50 @@ def create_app(
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "flexjudge"}]}
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
+    async def chat(http: HTTPRequest) -> JSONResponse:
+        # A plain Starlette endpoint: the body is validated here, so that every refusal is this server's
+        # 400 (FastAPI's own validation would answer 422 with its own error shape).
         try:
-            request = await asyncio.to_thread(parse_chat_request, body, max_image_pixels=max_image_pixels)
+            raw = await http.body()
+            request = await asyncio.to_thread(parse_chat_request, raw, max_image_pixels=max_image_pixels)
         except RequestError as exc:
             return error(400, str(exc), "invalid_request_error")
+        except Exception as exc:  # our own bug: still a JSON error body, never a bare 500 page
+            return error(500, f"{type(exc).__name__}: {exc}", "server_error")
         try:
-            generation = await batcher.submit(request)
-        except ValueError as exc:  # the backend refused the request's settings
-            return error(400, str(exc), "invalid_request_error")
+            (generation,) = await batcher.generate([request])
         except ConstraintError as exc:  # a schema or grammar this backend cannot compile
             return error(400, str(exc), "invalid_request_error")
-        except Exception as exc:  # a JSON error body, never a bare 500 page
+        except Exception as exc:
             return error(500, f"{type(exc).__name__}: {exc}", "server_error")
-        usage = generation.usage
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model_name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": generation.text},
-                    "finish_reason": generation.finish_reason,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens if usage else 0,
-                "completion_tokens": usage.completion_tokens if usage else 0,
-                "total_tokens": (usage.prompt_tokens + usage.completion_tokens) if usage else 0,
-            },
-        }
+        return JSONResponse(_completion(generation, model_name))
 
+    app.router.add_route("/v1/chat/completions", chat, methods=["POST"])
     return app
+
+
+def _completion(generation: Generation, model_name: str) -> dict[str, Any]:
+    usage = generation.usage
+    prompt_tokens = usage.prompt_tokens if usage else 0
+    completion_tokens = usage.completion_tokens if usage else 0
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": generation.text},
+                "finish_reason": generation.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 def serve(backend: Backend, *, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:
