@@ -27,7 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from flexjudge.backends.base import Backend, Generation, Request
-from flexjudge.errors import BackendError
+from flexjudge.errors import BackendError, UsageError
 
 __all__ = ["BatchingBackend"]
 
@@ -64,9 +64,9 @@ class BatchingBackend:
 
     def __init__(self, backend: Backend, *, max_batch: int = 8, window_s: float = 0.01) -> None:
         if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+            raise UsageError(f"max_batch must be at least 1, got {max_batch}")
         if not window_s >= 0:  # also refuses NaN
-            raise ValueError(f"window_s must be a non-negative number of seconds, got {window_s}")
+            raise UsageError(f"window_s must be a non-negative number of seconds, got {window_s}")
         self.backend = backend
         self.name = backend.name
         self.model = backend.model

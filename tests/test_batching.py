@@ -248,3 +248,35 @@ def test_the_batching_benchmark_runs(tmp_path: Any) -> None:
     # The row of 2 pairs: the model ran them as one batch of 2.
     row = re.compile(r"\| tiny \| 2 \|(?: [^|]+ \|){3} 2 \|")
     assert row.search(done.stdout) and row.search(record.read_text(encoding="utf-8"))
+
+
+def test_a_local_judge_batches_by_default() -> None:
+    """`Judge("tiny-random")` wraps its model in the batcher: a batch of pairs, and concurrent calls from
+    several threads, reach the model as model batches, not one by one."""
+    import threading
+
+    images = [Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
+    with Judge("tiny-random", backend="transformers", max_string_length=6, max_new_tokens=700) as judge:
+        assert isinstance(judge.backend, BatchingBackend)
+        local = judge.backend.backend
+        assert isinstance(local, TransformersBackend) and local._model is not None
+        prefills: list[int] = []
+
+        def seen(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+            if kwargs["input_ids"].shape[1] > 1:  # decode steps feed one token per row
+                prefills.append(int(kwargs["input_ids"].shape[0]))
+
+        hook = local._model.register_forward_pre_hook(seen, with_kwargs=True)
+        judgments = judge.batch([(f"picture number {k}", images) for k in range(6)])
+        assert len(judgments) == 6 and prefills == [6]
+        prefills.clear()
+        threads = [
+            threading.Thread(target=judge.judge, args=(f"thread {k}", images), kwargs={"seed": k})
+            for k in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        hook.remove()
+        assert sum(prefills) == 3 and len(prefills) < 3  # at least two of the three decoded together

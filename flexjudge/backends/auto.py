@@ -1,5 +1,6 @@
 """Backend selection: `backend="auto"` uses a server when a base URL is set, else a local model.
 
+A local model is wrapped in `BatchingBackend`, so concurrent calls decode together in model batches.
 Options are checked against the chosen backend's constructor before it is built, so a misspelt
 `backend_options` key or a local-only setting sent to a server is a `UsageError` naming the fix.
 """
@@ -51,7 +52,12 @@ def make_backend(
 
     _check_options(TransformersBackend.__init__, options, "transformers")
     local: dict[str, Any] = {"engine": engine, "device": device, "dtype": dtype}
-    return TransformersBackend(model, **{k: v for k, v in local.items() if v is not None}, **options)
+    from flexjudge.batching import BatchingBackend
+
+    # Concurrent calls (a batch's items, parallel judge() calls) coalesce into model batches; a server
+    # needs no wrapper: it already receives a batch's requests concurrently.
+    loaded = TransformersBackend(model, **{k: v for k, v in local.items() if v is not None}, **options)
+    return BatchingBackend(loaded, max_batch=loaded.max_batch_size)
 
 
 def _refuse(names: list[str], what: str) -> None:
