@@ -137,16 +137,17 @@ def test_video_pair_sends_eight_frames_each(judge: Judge, tmp_path: Path) -> Non
 
 def test_score_and_rank(judge: Judge) -> None:
     point = judge.score("a red square", _images(1)[0], seed=5)
-    assert isinstance(point, flexjudge.PointwiseJudgment)
-    assert all(point.scale.low <= d.score <= point.scale.high for d in point.dimensions)
+    # The pointwise constraint fixes the anchors in order and 3-5 criteria per dimension.
+    assert [d.name for d in point.dimensions[:3]] == list(flexjudge.anchor_dimensions("image"))
+    assert all(3 <= len(d.criteria) <= 5 for d in point.dimensions) and len(point.dimensions) <= 5
     assert point.findings == flexjudge.check(point, prompt="a red square")
     assert point.meta.template == "native_point" and point.meta.sampling is not None
     custom = flexjudge.Preferences(custom_dimensions=("Kite Shape",))
     shaped = judge.score("a red kite", _images(1)[0], preferences=custom, seed=5)
     assert [d.name for d in shaped.dimensions[3:4]] == ["Kite Shape"]  # fixed by the constraint
     ranking = judge.rank("a red square", _images(3), seed=6)
-    assert isinstance(ranking, flexjudge.Ranking)
-    assert sorted(ranking.order) == [1, 2, 3] and len(ranking.pairs) == 3
+    assert sorted(ranking.order) == [1, 2, 3]
+    assert [(p.first, p.second) for p in ranking.pairs] == [(1, 2), (1, 3), (2, 3)]
     assert sum(ranking.win_rate) == pytest.approx(1.5)
     for pair in ranking.pairs:
         assert pair.judgment.findings == flexjudge.check(pair.judgment, prompt="a red square")
