@@ -224,7 +224,7 @@ def _preferences(
 def _load_media(files: list[Path], frames: int) -> tuple[Modality, list[Any]]:
     """Every candidate decoded and size-checked before the model loads, so a missing or broken file costs
     nothing; the decoded frames are what the judge gets, so nothing is read twice."""
-    from flexjudge.judging import load_candidates
+    from flexjudge._preflight import load_candidates
 
     try:
         loaded, modality = asyncio.run(load_candidates([str(f) for f in files], None, frames, None))

@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
 
+from flexjudge._preflight import Candidate, Frames, check_call, check_settings, load_candidates
 from flexjudge._sync import LoopThread, run_sync
 from flexjudge.anchors import Modality
 from flexjudge.backends.auto import make_backend
@@ -50,8 +50,6 @@ from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Sampling, 
 from flexjudge.swap import merge_swapped, unswap
 
 if TYPE_CHECKING:
-    from PIL.Image import Image as PILImage
-
     from flexjudge.media import Limits
 
 DEFAULT_MODEL = "CodeGoat24/UnifiedReward-Flex-qwen3vl-8b"
@@ -59,9 +57,6 @@ THINKING_OFF: dict[str, Any] = {"enable_thinking": False}
 """The chat-template arguments sent by default: the released Qwen3.5-based judge is served with thinking
 off, and templates without the switch ignore it."""
 
-Candidate = Any
-"""A path, PIL image, encoded bytes, numpy array, or (a video) a list of frames."""
-Frames = list["PILImage"]
 T = TypeVar("T")
 Judged = TypeVar("Judged", Judgment, PointwiseJudgment)
 
@@ -417,74 +412,6 @@ class Judge:
             "usage": usage,
             "preferences": call.preferences,
         }
-
-
-async def load_candidates(
-    candidates: Sequence[Candidate], modality: Modality | None, frames: int, limits: Limits | None
-) -> tuple[list[Frames], Modality]:
-    """Decode and size-check candidates in worker threads; they must all be images or all videos."""
-    from flexjudge import media
-
-    bounds = limits or media.DEFAULT_LIMITS
-    if modality is None:
-        kinds = {media.guess_modality(c) for c in candidates}
-        if len(kinds) != 1:
-            raise media.MediaError("candidates mix images and videos", source="candidates")
-        modality = kinds.pop()
-    elif modality not in ("image", "video"):
-        raise UsageError(f"modality must be 'image' or 'video', not {modality!r}")
-    loaded = await asyncio.gather(
-        *(
-            asyncio.to_thread(media.load_candidate, c, modality=modality, frames=frames, limits=bounds)
-            for c in candidates
-        )
-    )
-    return list(loaded), modality
-
-
-def check_call(
-    verb: str,
-    prompt: str,
-    candidates: Sequence[Candidate],
-    low: int,
-    high: int | None,
-) -> None:
-    """Refuse, before anything loads, a call that cannot be judged as written."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise UsageError(f"{verb}() needs a non-empty prompt: the text the candidates were generated from")
-    if isinstance(candidates, str | bytes) or not isinstance(candidates, Sequence):
-        raise UsageError(f"{verb}() takes its candidates as a list, e.g. [first, second]")
-    count = len(candidates)
-    if (count < low) if high is None else (count != low):
-        what = f"at least {low}" if high is None else f"exactly {low}"
-        raise UsageError(f"{verb}() takes {what} candidate(s), got {count}: {_VERB_FOR.get(count, _RANK)}")
-
-
-_RANK = "flexjudge.rank(prompt, candidates) ranks two or more"
-_VERB_FOR = {
-    0: "pass the candidates as a list",
-    1: "flexjudge.score(prompt, candidate) scores a single candidate",
-    2: "flexjudge.judge(prompt, [a, b]) compares two",
-}
-
-
-def check_settings(settings: dict[str, Any]) -> None:
-    """Refuse settings out of range (those given; the rest keep their defaults)."""
-    output_format = settings.get("output_format", "flex")
-    if output_format not in ("flex", "native"):
-        raise UsageError(f"output_format must be 'flex' or 'native', not {output_format!r}")
-    for name in ("frames_per_video", "max_new_tokens", "max_concurrency"):
-        value = settings.get(name, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
-    temperature = settings.get("temperature", 0.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-        raise UsageError(f"temperature must be a number, not {temperature!r}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise UsageError(f"temperature must be a finite number of at least 0, not {temperature!r}")
-    top_p = settings.get("top_p", 1.0)
-    if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
-        raise UsageError(f"top_p must be a number in (0, 1], not {top_p!r}")
 
 
 def _with_findings(judgment: Judged, prompt: str, on_findings: OnFindings) -> Judged:

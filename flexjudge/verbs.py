@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from flexjudge._preflight import Candidate, Frames, check_call, check_settings, load_candidates
 from flexjudge._sync import run_sync
 from flexjudge.anchors import Modality
-from flexjudge.judging import Candidate, Frames, Judge, check_call, check_settings, load_candidates
+from flexjudge.judging import Judge
 from flexjudge.options import Call, PairCall, PointCall, RankCall, keywords, split_options, with_keywords
 
 if TYPE_CHECKING:
