@@ -36,40 +36,46 @@ def trusted(cls: type[M], data: dict[str, Any], fields: set[str]) -> M:
     return obj
 
 
-_WINNER_KEY = re.compile(r'"winner"\s*:')
-_CAT_WINNER_KEY = re.compile(r'"cat_winner"\s*:')
+def members_once(text: str, members: int) -> bool:
+    """True when the JSON `text`, which validated into exactly `members` distinct members, repeats none.
 
-
-def winners_once(text: str, winners: int, cat_winners: int) -> bool:
-    """True when the JSON text holds exactly `winners` `"winner":` and `cat_winners` `"cat_winner":` members.
-
-    One substring count settles the usual case: every such member contributes one `winner"`, and
-    validation already proved each expected one exists, so a total of exactly the expected number leaves
-    no room for a duplicate. Only texts with strings that end in "winner" pay for the exact count.
+    Duplicated member names (pydantic-core silently keeps the last) would make the text hold more
+    members than that. Every member name ends in a quote, optional whitespace and a colon; when no
+    colon anywhere follows whitespace, each one is counted by `'":'` (escaped names such as
+    "winn\\u0065r" included, since the count sees the raw text's closing quote). Strings can only
+    add to that count, so a count of exactly `members` proves there is no duplicate. Anything else
+    pays for the exact count on decoded names.
     """
-    if text.count('winner"') == winners + cat_winners:
+    if text.count('":') == members and not any(s in text for s in _SPACED_COLONS):
         return True
-    return winner_keys(text) == (winners, cat_winners)
+    try:
+        return _first_duplicate(text) is None
+    except (ValueError, RecursionError):  # pydantic-core read JSON that Python's json will not: not exact
+        return False
 
 
-def winner_keys(text: str) -> tuple[int, int]:
-    """How many `"winner":` and `"cat_winner":` members the JSON text holds.
-
-    A quoted name followed by a colon is a member name, never a string value, so counting is exact;
-    the fast paths use it to leave duplicated winners (which pydantic-core would silently resolve to
-    the last) to the lenient reader, which refuses conflicting ones.
-    """
-    return len(_WINNER_KEY.findall(text)), len(_CAT_WINNER_KEY.findall(text))
+_SPACED_COLONS = (" :", "\n:", "\t:", "\r:")
 
 
 def duplicated_key(text: str) -> str | None:
-    """The first member name that occurs twice in one object of the JSON `text`, if any."""
+    """The first member name (decoded, so "winn\\u0065r" is "winner") that occurs twice in one object."""
+    try:
+        return _first_duplicate(text)
+    except (ValueError, RecursionError):  # not one JSON value: the caller's own reading says why
+        return None
+
+
+def _first_duplicate(text: str) -> str | None:
     found: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        names = [k for k, _ in items]
-        if not found and len(set(names)) != len(names):
-            found.append(next(k for k in names if names.count(k) > 1))
+        if not found:
+            seen: set[str] = set()
+            for key, _ in items:
+                if key in seen:
+                    found.append(key)
+                    break
+                seen.add(key)
         return dict(items)
 
     json.loads(text, object_pairs_hook=pairs)

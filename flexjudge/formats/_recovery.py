@@ -21,7 +21,6 @@ _NUMBER = re.compile(r"-?(?:0|[1-9]\d{0,99})(?:\.\d{1,100})?(?:[eE][-+]?\d{1,3})
 _VERDICT_KEYS = ("winner", "cat_winner", "verdict")
 _WS = " \t\n\r"
 _LITERALS = {"true": True, "false": False, "null": None}
-_DECODER = json.JSONDecoder(strict=False)  # raw control characters in strings are read, not refused
 
 
 @dataclass
@@ -77,12 +76,16 @@ def extract_object(text: str, keys: frozenset[str] = frozenset()) -> Extracted:
     if text[search_from:start].strip():
         notes.append(f"skipped {start - search_from} characters of prose before the object")
     try:
-        value, end = _decoder(notes).raw_decode(text, start)
+        try:
+            value, end = _decoder(notes).raw_decode(text, start)
+        except (json.JSONDecodeError, ValueError):  # ValueError: a number Python will not convert
+            partial = _read_partial(text, start, fence_end, notes)
+            if not partial.hit_end:  # a repaired or damaged object may still be followed by another
+                _check_later_objects(text, partial.stop_offset, partial.value, keys, [])
+            return partial
     except NoObject as conflict:
-        raise NoObject(conflict.reason, start) from None
-    except (json.JSONDecodeError, ValueError):  # ValueError: a number Python will not convert
-        return _read_partial(text, start, fence_end, notes)
-    _check_second_object(text, end, value, keys, notes)
+        raise NoObject(conflict.reason, conflict.offset or start) from None
+    _check_later_objects(text, end, value, keys, notes)
     return Extracted(value, start, True, end, False, notes=notes)
 
 
@@ -103,35 +106,85 @@ def _object_start(text: str, position: int, keys: frozenset[str]) -> int | None:
     return first if first >= 0 else None
 
 
+def _put(out: dict[str, Any], key: str, item: Any, notes: list[str]) -> None:
+    """Add one member; a repeated verdict key is a conflict, any other repeat keeps the last and says so.
+
+    Keys arrive decoded, so a name spelled with escapes ("winn\\u0065r") is the name it spells.
+    """
+    if key in out:
+        if key in _VERDICT_KEYS:
+            raise NoObject(f"the key {key!r} appears twice in one object", 0)
+        notes.append(f"key {key!r} appears twice; the last value is kept")
+    out[key] = item
+
+
 def _decoder(notes: list[str]) -> json.JSONDecoder:
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, item in items:
-            if key in out and out[key] != item:
-                if key in _VERDICT_KEYS:
-                    raise NoObject(f"the key {key!r} appears twice with different values", 0)
-                notes.append(f"key {key!r} appears twice; the last value is kept")
-            out[key] = item
+            _put(out, key, item, notes)
         return out
 
     return json.JSONDecoder(strict=False, object_pairs_hook=pairs)
 
 
-def _check_second_object(
+def _verdicts(value: Any, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], Any]:
+    """Every verdict-keyed value in `value`, by its path: what two judgments must agree on."""
+    found: dict[tuple[Any, ...], Any] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _VERDICT_KEYS and not isinstance(item, dict | list):
+                found[(*path, key)] = item
+            found.update(_verdicts(item, (*path, key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found.update(_verdicts(item, (*path, i)))
+    return found
+
+
+def _check_later_objects(
     text: str, end: int, value: dict[str, Any], keys: frozenset[str], notes: list[str]
 ) -> None:
+    """Refuse when another judgment follows whose verdicts differ from `value`'s or cannot be read.
+
+    A later judgment (an object opening with one of `keys`) is read as leniently as the first, damaged
+    or cut; it must state an overall verdict, and every verdict it states must equal the first's.
+    """
     tail = text[end:].strip()
     if not tail or tail == "```":
         return
-    second = _object_start(text, end, keys) if keys else None
-    if second is not None and (keys and _OPENING_KEY.match(text, second)):
-        try:
-            other, _ = _DECODER.raw_decode(text, second)
-        except (json.JSONDecodeError, ValueError):
-            other = None
-        if isinstance(other, dict) and any(k in other and other[k] != value.get(k) for k in _VERDICT_KEYS):
-            raise NoObject("two judgments in the text name different winners", second)
     notes.append("ignored text after the object")
+    if not keys:
+        return
+    mine = _verdicts(value)
+    position = end
+    while True:
+        second = _object_start(text, position, keys)
+        if second is None or not _OPENING_KEY.match(text, second):
+            return
+        try:
+            other = _read_any(text, second)
+        except NoObject as conflict:
+            raise NoObject(f"a second judgment follows: {conflict.reason}", second) from None
+        theirs = _verdicts(other.value)
+        if not any(len(path) == 1 or path[0] == "verdict" for path in theirs):
+            raise NoObject("a second judgment follows whose overall winner cannot be read", second)
+        if any(mine.get(path, _MISSING) != item for path, item in theirs.items()):
+            raise NoObject("two judgments in the text name different winners", second)
+        position = max(other.stop_offset, second + 1)
+
+
+_MISSING = object()
+
+
+def _read_any(text: str, start: int) -> Extracted:
+    """The object at `start`, whole or as far as it can be read."""
+    notes: list[str] = []
+    try:
+        value, end = _decoder(notes).raw_decode(text, start)
+    except (json.JSONDecodeError, ValueError):
+        return _read_partial(text, start, None, notes)
+    return Extracted(value, start, True, end, False, notes=notes)
 
 
 class _Stop(Exception):
@@ -150,7 +203,7 @@ def _read_partial(text: str, start: int, fence_end: int | None, notes: list[str]
             return fenced
         unfenced = _read_partial(text, start, None, list(notes))
         return unfenced if unfenced.complete else fenced
-    reader = _Reader(text)
+    reader = _Reader(text, notes)
     value: dict[str, Any] = {}
     i = start + 1
     try:
@@ -165,7 +218,7 @@ def _read_partial(text: str, start: int, fence_end: int | None, notes: list[str]
             key, i = reader.string(i)
             i = reader.expect(i, ":")
             member, i = reader.value(i)
-            value[key] = member
+            _put(value, key, member, notes)
             i = reader.skip(i)
             if i < reader.n and text[i] == ",":
                 i += 1
@@ -184,9 +237,10 @@ def _read_partial(text: str, start: int, fence_end: int | None, notes: list[str]
 class _Reader:
     """A forgiving JSON value reader that reports exactly where and why it stops."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, notes: list[str]) -> None:
         self.text = text
         self.n = len(text)
+        self.notes = notes
 
     def skip(self, i: int) -> int:
         while i < self.n and self.text[i] in _WS:
@@ -250,7 +304,8 @@ class _Reader:
                 raise _Stop(i, f"expected a member name, found {self.text[i]!r}", False)
             key, i = self.string(i)
             i = self.expect(i, ":")
-            result[key], i = self.value(i)
+            item, i = self.value(i)
+            _put(result, key, item, self.notes)
             i = self.skip(i)
             if i < self.n and self.text[i] == ",":
                 i += 1

@@ -135,9 +135,11 @@ def _parse_fast(text: str, modality: Modality | None) -> Judgment | None:
         raw = _FAST.validate_json(text)
     except ValidationError:
         return None
-    # pydantic-core keeps the last of duplicated keys; a repeated winner goes to the lenient reader,
-    # which refuses conflicting ones. Counting is cheap: a quoted key cannot occur inside a JSON string.
-    if not _common.winners_once(text, 1, len(raw["categories"])):
+    # pydantic-core keeps the last of duplicated keys: a text with any repeated member (however its
+    # name is escaped) is not the exact format; strict mode refuses it, the lenient reader refuses
+    # repeated winners and notes other repeats. Each object holds exactly its fields once validated.
+    members = 4 + sum(4 + 5 * len(category["criteria"]) for category in raw["categories"])
+    if not _common.members_once(text, members):
         return None
     return _assemble(raw, text, modality, notes=None)
 

@@ -7,9 +7,11 @@ This is the format new students learn: intent and evidence come before any score
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from typing import Any, Final
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flexjudge.anchors import Modality
 from flexjudge.errors import ParseError
@@ -31,7 +33,8 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
     exact = (
         judgment is not None
         and not judgment.model_fields_set.intersection(_NOT_WIRE)
-        and _common.winners_once(text, len(judgment.dimensions) + 1, 0)  # no duplicated winner keys
+        and not _holds_boolean(text)
+        and _common.members_once(text, _members(judgment))  # no duplicated key, however escaped
     )
     if judgment is not None and exact and modality in (None, judgment.modality):
         judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text)
@@ -39,6 +42,44 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
     if strict:
         raise _strict_failure(text, modality)
     return _parse_lenient(text, modality)
+
+
+_BOOLEAN_MEMBER = re.compile(r":\s*(?:true|false)\b")
+
+
+def _holds_boolean(text: str) -> bool:
+    """True when a member of the JSON `text` may be a boolean, which no wire field of `Judgment` is.
+
+    pydantic reads JSON `true` as the literal 1 even in strict mode, which would make it candidate 1.
+    Most texts hold neither word and pay for two substring searches; the rest for one regex search
+    (a string value that merely reads ": true" only sends the text to the slower paths).
+    """
+    return ("true" in text or "false" in text) and _BOOLEAN_MEMBER.search(text) is not None
+
+
+def _members(value: BaseModel) -> int:
+    """How many JSON members the validated `value` was read from: its set fields, nested ones included."""
+    total = 0
+    for name in value.model_fields_set:
+        total += 1
+        item = getattr(value, name)
+        if isinstance(item, BaseModel):
+            total += _members(item)
+        elif isinstance(item, list):
+            total += sum(_members(x) for x in item if isinstance(x, BaseModel))
+    return total
+
+
+def _booleans(value: Any, loc: _common.Loc = ()) -> Iterator[_common.Loc]:
+    """Where `value` (read leniently) holds a JSON boolean: never valid in this format."""
+    if isinstance(value, bool):
+        yield loc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _booleans(item, (*loc, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _booleans(item, (*loc, i))
 
 
 def _strict_failure(text: str, modality: Modality | None) -> ParseError:
@@ -51,6 +92,8 @@ def _strict_failure(text: str, modality: Modality | None) -> ParseError:
             return ParseError(
                 f"{key!r} is not part of the native format", offset=base, path=key, format=FORMAT
             )
+    for loc in _booleans(value):
+        return _boolean_error(text, value, loc, base)
     try:
         Judgment.model_validate(value, strict=True)
     except ValidationError as exc:
@@ -82,6 +125,8 @@ def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
     if modality is not None and value.get("modality") != modality:
         notes.append(f"modality {value.get('modality')!r} replaced by the caller's {modality!r}")
         value["modality"] = modality
+    for loc in _booleans(value):
+        raise _boolean_error(text, found.value, loc, found.start)
     try:
         _read_winners(value, notes)
     except _WinnerAt as exc:
@@ -97,6 +142,15 @@ def _parse_lenient(text: str, modality: Modality | None) -> Judgment:
         raise _common.schema_error(exc, text, found.value, found.start, FORMAT) from None
     judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text, recovered=True, recovery_notes=notes)
     return judgment
+
+
+def _boolean_error(text: str, value: Any, loc: _common.Loc, base: int) -> ParseError:
+    return ParseError(
+        "a JSON boolean is not a value of the native format (never a candidate)",
+        offset=_common.locate(text, value, loc, base),
+        path=_common.format_path(loc) or None,
+        format=FORMAT,
+    )
 
 
 class _WinnerAt(Exception):

@@ -1,25 +1,60 @@
-"""Read a winner the way judges write it, and refuse to guess when it is ambiguous."""
+"""Read a winner the way judges write it: a small grammar of accepted phrases, and nothing else.
+
+A winner is read only when the whole text is one of these shapes (case, surrounding whitespace,
+markdown ``*``/`````, surrounding quotes and a final ``.`` or ``!`` are ignored)::
+
+    phrase  := [lead] ref [claim]
+    lead    := ["the" | "overall"] "winner" [":" | "is"]
+    ref     := ["the"] noun ["#"] N  |  ["the"] N  |  ["the"] ("first" | "second") [noun | "one"]
+    noun    := image | video | candidate | picture | clip | option
+    claim   := "wins" adv* [against] adv*
+             | ["is" | "was"] adv* good adv* [against] adv*
+    good    := better | superior | preferred | preferable | stronger
+             | "the" ("winner" | (better | stronger | superior | best | preferred) [noun | "one"])
+    against := ("than" | "over" | "to") ref        -- the beaten candidate: another number than the winner
+    adv     := clearly | slightly | much | far | significantly | definitely | overall | marginally
+             | noticeably | substantially | considerably | somewhat | obviously | certainly
+
+| accepted                           | refused (and why)                                        |
+|------------------------------------|----------------------------------------------------------|
+| ``Image 2``, ``2``, ``image #2``   | ``Image 1 vs Image 2``, ``Image 1 or 2``, ``1/2``: two   |
+| ``Image 2 is better``              | ``Image 1 isn't better``, ``not Image 1``: negated       |
+| ``Image 2 is better than Image 1`` | ``Image 2 is probably better``, ``Image 2?``: doubt      |
+| ``Image 2 is clearly better``      | ``tie``, ``both``, ``neither``, ``equal``: no single one |
+| ``the second image``, ``Winner: 2``| ``Image 3`` (of 2), ``true``: no such candidate          |
+
+Anything outside the grammar is refused; the reason given is a diagnosis of the refusal, never a
+second route to a verdict. The reader is a token scanner: linear in its input, no backtracking.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from flexjudge.anchors import Modality
 
 _LABEL = {"image": "Image", "video": "Video"}
-_REF = r"(?:image|video|candidate|picture|clip|option)\s*#?\s*(\d+)"
-_LEADING_REF = re.compile(rf"^(?:the\s+)?(?:{_REF}|(\d+))(?![\d/])\b(?P<rest>.*)$", re.S)
-_ORDINAL = re.compile(
-    r"^(?:the\s+)?(first|second)\s+(?:image|video|candidate|one|picture|clip)\b(?P<rest>.*)$", re.S
+_NOUNS = frozenset({"image", "video", "candidate", "picture", "clip", "option"})
+_ADVERBS = frozenset(
+    {"clearly", "slightly", "much", "far", "significantly", "definitely", "overall", "marginally"}
+    | {"noticeably", "substantially", "considerably", "somewhat", "obviously", "certainly"}
 )
-_ANY_REF = re.compile(rf"\b{_REF}\b")
-_COMPARATIVE = re.compile(r"\b(?:than|over|versus|vs\.?|compared\s+(?:to|with))\s*(?:the\s+)?$")
-_DOUBT = re.compile(
-    r"\b(?:worse|not|n't|inferior|loses?|lost|tie|tied|equal|equally|both|neither|either|same)\b"
-    r"|(?:\b(?:and|or)\b|[/&])\s*(?:the\s+)?(?:(?:image|video|candidate|picture|clip|option)\s*#?\s*)?\d"
+_GOOD = frozenset({"better", "superior", "preferred", "preferable", "stronger"})
+_GOOD_AFTER_THE = frozenset({"better", "stronger", "superior", "best", "preferred"})
+_AGAINST = frozenset({"than", "over", "to"})
+_ORDINALS = {"first": 1, "second": 2}
+# One token: a word (with an inner apostrophe, as in "isn't"), a number, or any other single character.
+# Each alternative consumes at least one character and none nests a quantifier, so scanning is linear.
+_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+|\S")
+_MAX_DIGITS = 6  # no judgment compares a million candidates; int() of longer digit runs is wasted work
+# Diagnosis only (which refusal message to give); acceptance is decided by the grammar above.
+_NEGATION = frozenset({"not", "no", "never", "nor", "neither", "none", "nothing", "without", "cannot"})
+_DOUBT = frozenset(
+    {"probably", "maybe", "perhaps", "possibly", "likely", "unlikely", "arguably", "might", "may"}
+    | {"could", "seems", "seem", "appears", "unclear", "uncertain", "unsure", "hard", "debatable"}
 )
-_SLASHED = re.compile(rf"^(?:{_REF}|\d+)\s*/")  # "Image 1/2"
-_DOUBT_ALONE = re.compile(r"^\s*(?:tie|tied|draw|both|neither|equal|none|n/?a)\b")
+_TIE = frozenset({"tie", "tied", "draw", "equal", "equally", "same", "both", "either", "even", "par"})
 
 
 class WinnerError(ValueError):
@@ -37,9 +72,12 @@ def winner_text(candidate: int, modality: Modality) -> str:
 
 
 def read_winner(value: object, *, candidates: int = 2) -> int:
-    """Lenient reading: "Image 2", "image 2", 2, "2", "Video 1", "Image 2 is clearly better"."""
+    """The one candidate `value` names, by the grammar in this module's docstring; `WinnerError` otherwise.
+
+    Numbers are read as themselves (2, 2.0); JSON booleans are never candidates.
+    """
     if isinstance(value, bool):
-        raise WinnerError(f"a boolean ({value}) is not a candidate")
+        raise WinnerError(f"a boolean ({str(value).lower()}) is not a candidate")
     if isinstance(value, int):
         number = value
     elif isinstance(value, float) and value.is_integer():
@@ -53,29 +91,130 @@ def read_winner(value: object, *, candidates: int = 2) -> int:
     return number
 
 
+def tokens(value: str) -> list[str]:
+    """The words, numbers and other characters of `value` that the grammar reads, lowercased."""
+    text = value.replace("*", "").replace("`", "").replace("\u2019", "'").strip().strip("_'\"").lower()
+    found = _TOKEN.findall(text)
+    while found and found[-1] in (".", "!"):
+        found.pop()
+    return found
+
+
 def _read_text(value: str) -> int:
-    text = " ".join(value.strip().strip("*_`'\".!:").split()).lower()
-    if _DOUBT_ALONE.match(text) or _SLASHED.match(text):
-        raise WinnerError(f"ambiguous winner {value!r}: names no single candidate")
-    match = _LEADING_REF.match(text)
-    if match is not None:
-        number = int(match.group(1) or match.group(2))
-    else:
-        ordinal = _ORDINAL.match(text)
-        if ordinal is None:
-            raise WinnerError(f"no candidate named in winner {value!r}")
-        match = ordinal
-        number = 1 if ordinal.group(1) == "first" else 2
-    rest = match.group("rest")
-    _reject_doubt(value, rest)
+    words = tokens(value)
+    number = _Phrase(words).read()
+    if number is None:
+        raise WinnerError(_diagnose(value, words))
     return number
 
 
-def _reject_doubt(value: str, rest: str) -> None:
-    # Another candidate may only appear as the one beaten: "Image 2 is better than Image 1".
-    for other in _ANY_REF.finditer(rest):
-        if not _COMPARATIVE.search(rest[: other.start()]):
-            raise WinnerError(f"ambiguous winner {value!r}: names more than one candidate")
-    stripped = _ANY_REF.sub("", rest)
-    if _DOUBT.search(stripped):
-        raise WinnerError(f"ambiguous winner {value!r}: qualified in a way that does not name one winner")
+class _Phrase:
+    """Recursive descent over the tokens; every rule returns False (or None) without consuming on failure."""
+
+    def __init__(self, words: Sequence[str]) -> None:
+        self.words = words
+        self.i = 0
+
+    def peek(self) -> str:
+        return self.words[self.i] if self.i < len(self.words) else ""
+
+    def take(self, *options: str) -> bool:
+        if self.peek() in options:
+            self.i += 1
+            return True
+        return False
+
+    def read(self) -> int | None:
+        self.lead()
+        number = self.ref()
+        if number is None:
+            return None
+        if self.i < len(self.words) and not self.claim(number):
+            return None
+        return number if self.i == len(self.words) else None
+
+    def lead(self) -> None:
+        start = self.i
+        self.take("the", "overall")
+        if self.take("winner"):
+            self.take(":", "is")
+        else:
+            self.i = start
+
+    def ref(self) -> int | None:
+        start = self.i
+        self.take("the")
+        word = self.peek()
+        if word in _ORDINALS:
+            self.i += 1
+            if not self.take(*_NOUNS):
+                self.take("one")
+            return _ORDINALS[word]
+        if word in _NOUNS:
+            self.i += 1
+            self.take("#")
+        number = self.number()
+        if number is None:
+            self.i = start
+        return number
+
+    def number(self) -> int | None:
+        word = self.peek()
+        if not word.isdigit() or not word.isascii() or len(word) > _MAX_DIGITS:
+            return None
+        self.i += 1
+        return int(word)
+
+    def adverbs(self) -> None:
+        while self.peek() in _ADVERBS:
+            self.i += 1
+
+    def claim(self, number: int) -> bool:
+        if self.take("wins"):
+            self.adverbs()
+        else:
+            self.take("is", "was")
+            self.adverbs()
+            if not self.good():
+                return False
+            self.adverbs()
+        if self.peek() in _AGAINST:
+            self.i += 1
+            other = self.ref()
+            if other is None or other == number:
+                return False
+        self.adverbs()
+        return True
+
+    def good(self) -> bool:
+        if self.take(*_GOOD):
+            return True
+        start = self.i
+        if self.take("the"):
+            if self.take("winner"):
+                return True
+            if self.take(*_GOOD_AFTER_THE):
+                if not self.take(*_NOUNS):
+                    self.take("one")
+                return True
+        self.i = start
+        return False
+
+
+def _diagnose(value: str, words: list[str]) -> str:
+    """Why a phrase outside the grammar names no single winner (the message only; never a verdict)."""
+    ambiguous = f"ambiguous winner {value!r}:"
+    if "?" in words:
+        return f"{ambiguous} a question, not a verdict"
+    if any(w in _NEGATION or w.endswith("n't") for w in words):
+        return f"{ambiguous} negated, so it does not settle on one candidate"
+    if any(w in _TIE for w in words):
+        return f"{ambiguous} names no single candidate (a tie, both or neither)"
+    if any(w in _DOUBT for w in words):
+        return f"{ambiguous} hedged, so it does not settle on one candidate"
+    numbers = sum(1 for w in words if w.isdigit() or w in _ORDINALS)
+    if numbers > 1 or any(w in ("/", "&", "or", "and", "vs", "versus") for w in words):
+        return f"{ambiguous} names more than one candidate"
+    if numbers == 0:
+        return f"no candidate named in winner {value!r}"
+    return f"unreadable winner {value!r}: not a phrase of the winner grammar (flexjudge.formats.winners)"
