@@ -51,10 +51,15 @@ def _holds_boolean(text: str) -> bool:
     """True when a member of the JSON `text` may be a boolean, which no wire field of `Judgment` is.
 
     pydantic reads JSON `true` as the literal 1 even in strict mode, which would make it candidate 1.
-    Most texts hold neither word and pay for two substring searches; the rest for one regex search
-    (a string value that merely reads ": true" only sends the text to the slower paths).
+    Most texts hold neither word and pay for two substring searches, most of the rest for one regex
+    search; only a text with something like ": true" in it is decoded to look.
     """
-    return ("true" in text or "false" in text) and _BOOLEAN_MEMBER.search(text) is not None
+    if ("true" not in text and "false" not in text) or _BOOLEAN_MEMBER.search(text) is None:
+        return False
+    try:
+        return next(_booleans(json.loads(text)), None) is not None
+    except (ValueError, RecursionError):  # pydantic-core read JSON that Python's json will not: not exact
+        return True
 
 
 def _members(value: BaseModel) -> int:
