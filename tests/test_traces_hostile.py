@@ -11,6 +11,9 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from flexjudge.cli import app
 from flexjudge.traces import BOM_NOTE, Summary, iter_reports
 
 ROOT = Path(__file__).parent.parent
@@ -80,8 +83,9 @@ def test_ids_paths_and_reasons_are_echoed_escaped(tmp_path: Path) -> None:
 
 
 def _codes(path: Path, limit: int) -> dict[str, int]:
-    result = _run(str(path), "--json", "--max-line-bytes", str(limit))
-    assert b"Traceback" not in result.stderr
+    # In-process (typer's runner): the same command, without a fresh interpreter per boundary case.
+    result = CliRunner().invoke(app, ["validate", str(path), "--json", "--max-line-bytes", str(limit)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return dict(json.loads(result.stdout)["codes"])
 
 
@@ -97,7 +101,8 @@ def test_line_limit_counts_the_line_without_its_newline(tmp_path: Path) -> None:
     path = tmp_path / "two.jsonl"
     longer = line[:-1] + b', "x": 1}'
     path.write_bytes(longer + b"\n" + line + b"\n")
-    report = json.loads(_run(str(path), "--json", "--max-line-bytes", str(size)).stdout)
+    result = CliRunner().invoke(app, ["validate", str(path), "--json", "--max-line-bytes", str(size)])
+    report = json.loads(result.stdout)
     assert (report["total"], report["valid"], report["codes"]) == (2, 1, {"line_too_long": 1})
     assert report["lines"][0]["line"] == 1
 
