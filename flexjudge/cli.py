@@ -214,7 +214,7 @@ def validate(
         str, typer.Option("--fail-on", help="error, or warning to fail on warnings too")
     ] = "error",
     max_line_bytes: Annotated[
-        int, typer.Option(min=1, help="Longer lines are reported and skipped")
+        int, typer.Option(min=1, help="Longer lines (the newline not counted) are reported and skipped")
     ] = DEFAULT_MAX_LINE_BYTES,
 ) -> None:
     """Check a file of teacher traces.
