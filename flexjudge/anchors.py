@@ -46,18 +46,27 @@ _NOT_WORD = re.compile(r"[^\w]+")
 
 
 _CANONICAL: dict[str, str] = {}
-_CANONICAL_MAX = 65536  # names seen; past it the memo starts over (bounded memory for endless streams)
+_CANONICAL_MAX = 16384  # names held; past it (or past the character budget) the memo starts over
+_CANONICAL_MAX_CHARS = 1 << 20  # characters held, keys and values together: a few MB at most
+_CANONICAL_LONGEST = 128  # real criterion names are short; a longer one is computed, not remembered
+_canonical_chars = 0
 
 
 def canonical_name(name: str) -> str:
     """Lower-case words of `name` without enumerator, markdown or punctuation ("A. X & Y:" -> "x and y")."""
     # A plain dict memo: checking a judgment looks up every criterion name, and a dict hit costs less
-    # than an lru_cache hit.
+    # than an lru_cache hit. It is bounded in entries and in characters, and skips long names, so a
+    # stream of huge or endlessly new names (hostile traces) cannot grow it past a few MB.
+    global _canonical_chars
     found = _CANONICAL.get(name)
     if found is None:
-        if len(_CANONICAL) >= _CANONICAL_MAX:
-            _CANONICAL.clear()
-        found = _CANONICAL[name] = _canonical(name)
+        found = _canonical(name)
+        if len(name) <= _CANONICAL_LONGEST:
+            if len(_CANONICAL) >= _CANONICAL_MAX or _canonical_chars >= _CANONICAL_MAX_CHARS:
+                _CANONICAL.clear()
+                _canonical_chars = 0
+            _CANONICAL[name] = found
+            _canonical_chars += len(name) + len(found)
     return found
 
 

@@ -214,7 +214,7 @@ def validate(
         str, typer.Option("--fail-on", help="error, or warning to fail on warnings too")
     ] = "error",
     max_line_bytes: Annotated[
-        int, typer.Option(min=1, help="Longer lines are reported and skipped")
+        int, typer.Option(min=1, help="Longer lines (the newline not counted) are reported and skipped")
     ] = DEFAULT_MAX_LINE_BYTES,
 ) -> None:
     """Check a file of teacher traces.
@@ -236,14 +236,14 @@ def validate(
             if not as_json:
                 _print_line(out, report, severity)
     except TraceFileError as exc:
-        _fail(str(exc))
+        _fail(_printable(str(exc)))
     if as_json:
         print(json.dumps({"file": str(file), **summary.as_dict()}))  # ASCII: safe on any terminal
     else:
         _print_summary(out, file, summary)
     if summary.total == 0:
         if not as_json:
-            out.print(f"[red]no traces in {escape(str(file))}: the file is empty[/red]")
+            out.print(f"[red]no traces in {escape(_printable(str(file)))}: the file is empty[/red]")
         raise typer.Exit(1)
     raise typer.Exit(0 if summary.invalid == 0 else 1)
 
@@ -300,19 +300,28 @@ def _print_line(out: Console, report: LineReport, fail_on: str) -> None:
     ident = f" id={escape(_printable(report.id))}" if report.id is not None else ""
     for p in report.problems:
         colour = {"error": "red", "warning": "yellow"}.get(p.severity, "dim")
-        where = f"  {escape(p.path)}" if p.path else ""
+        where = f"  {escape(_printable(p.path))}" if p.path else ""
         severity = f"[{colour}]{p.severity}[/{colour}]"
         out.print(f"line {report.line}{ident}{where}  {severity} {p.code}: {escape(_printable(p.message))}")
 
 
+# What a terminal acts on instead of showing: C0 controls (ESC opens colour, cursor and title sequences),
+# DEL, C1 controls (U+009B is a one-character CSI), and the bidi and line-separator marks that reorder or
+# break what is shown. Each is written as its escape, so an id or a path shows as the text it holds.
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_CONTROLS = [*range(0x20), 0x7F, *range(0x80, 0xA0)]
+_MARKS = [0x061C, 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_ESCAPES = {c: _NAMED.get(chr(c), f"\\x{c:02x}") for c in _CONTROLS} | {c: f"\\u{c:04x}" for c in _MARKS}
+
+
 def _printable(text: str) -> str:
-    """Lone surrogates and other unencodable characters, escaped instead of crashing the terminal."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """`text` safe to echo on a terminal: controls escaped, lone surrogates escaped instead of crashing."""
+    return text.translate(_ESCAPES).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _print_summary(out: Console, file: Path, summary: Summary) -> None:
     data = summary.as_dict()
-    table = Table(title=f"{file}", show_header=False, box=None)
+    table = Table(title=escape(_printable(str(file))), show_header=False, box=None)
     for key in ("total", "valid", "invalid", "recovered"):
         table.add_row(key, str(data[key]))
     labels = data["labels"]
@@ -323,6 +332,8 @@ def _print_summary(out: Console, file: Path, summary: Summary) -> None:
     for code, count in data["codes"].items():
         table.add_row(f"  {code}", str(count))
     out.print(table)
+    for note in data["notes"]:  # about the file, not a line: neither valid nor invalid
+        out.print(f"note: {escape(note)}")
 
 
 def _fail(message: str, code: int = cj.USAGE_EXIT) -> NoReturn:

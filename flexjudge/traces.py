@@ -2,7 +2,8 @@
 
 A line is ``{"id", "prompt", "output": raw text | "judgment": object or text, "label"?: 1|2|"tie",
 "modality"?: "image"|"video"}``. Memory stays flat whatever the file size: lines are read with a size
-cap, and a line over the cap is skipped in chunks and reported, never loaded whole.
+cap (counted without the line's newline), and a line over the cap is skipped in chunks and reported,
+never loaded whole. A UTF-8 byte order mark opening the file is skipped and noted, not an error.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from flexjudge.schema import Judgment
 DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
 _CHUNK = 1024 * 1024
 _MAX_LISTED = 1000  # per-line problems kept for the JSON report; counts stay exact beyond it
+_BOM = b"\xef\xbb\xbf"
+BOM_NOTE = "the file opens with a UTF-8 byte order mark; it was skipped"
 
 Label = Literal[1, 2, "tie"]
 
@@ -57,6 +60,8 @@ class Summary:
     unreadable_labeled: int = 0
     listed: list[dict[str, Any]] = field(default_factory=list)
     listed_all: bool = True
+    notes: list[str] = field(default_factory=list)
+    """About the file as a whole (a byte order mark), never counted against any line."""
 
     def add(self, report: LineReport, fail_on: Severity) -> None:
         self.total += 1
@@ -106,6 +111,7 @@ class Summary:
             },
             "lines": self.listed,
             "lines_complete": self.listed_all,
+            "notes": self.notes,
         }
 
 
@@ -117,12 +123,21 @@ def iter_reports(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     summary: Summary | None = None,
 ) -> Iterator[LineReport]:
-    """One report per non-blank line of `path`; raises `TraceFileError` when the file cannot be opened."""
+    """One report per non-blank line of `path`; raises `TraceFileError` when the file cannot be opened.
+
+    `max_line_bytes` counts a line without its line ending: a line of exactly that many bytes is read.
+    File-wide notes (a byte order mark) go to `summary.notes`."""
     try:
         handle = Path(path).open("rb")  # noqa: SIM115 - closed by the `with` below; opening is what may fail
     except OSError as exc:
         raise TraceFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     with handle:
+        # Excel and Windows editors write a BOM; it is no JSON, so left in place it spoils line 1.
+        # peek, not seek: a named pipe cannot rewind.
+        if handle.peek(len(_BOM))[: len(_BOM)] == _BOM:
+            handle.read(len(_BOM))
+            if summary is not None:
+                summary.notes.append(BOM_NOTE)
         for number, raw in _lines(handle, max_line_bytes):
             if raw is None:
                 yield _problem(
@@ -139,16 +154,23 @@ def iter_reports(
 def _lines(handle: BinaryIO, limit: int) -> Iterator[tuple[int, bytes | None]]:
     number = 0
     while True:
-        raw = handle.readline(limit + 1)
+        raw = handle.readline(limit + 2)  # room for the line's own "\r\n", which the limit leaves out
         if not raw:
             return
         number += 1
-        if len(raw) > limit:
+        if len(raw) - _ending(raw) > limit:
             while raw and not raw.endswith(b"\n"):  # skip the rest of the long line without holding it
                 raw = handle.readline(_CHUNK)
             yield number, None
         else:
             yield number, raw
+
+
+def _ending(raw: bytes) -> int:
+    """Length of the line ending `raw` closes with: 2 for CRLF, 1 for LF, 0 at the end of the file."""
+    if raw.endswith(b"\r\n"):
+        return 2
+    return 1 if raw.endswith(b"\n") else 0
 
 
 def report_line(
