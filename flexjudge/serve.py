@@ -17,18 +17,41 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flexjudge._serve_limits import (
+    LimitExceeded,
+    RequireKey,
+    ServeLimits,
+    is_loopback,
+    protocol_with_deadline,
+    read_body,
+)
 from flexjudge.backends.base import Backend, Constraint, Generation, ImagePart, Message, Request, TextPart
 from flexjudge.batching import BatchingBackend
-from flexjudge.errors import ConstraintError, FlexjudgeError
+from flexjudge.errors import ConstraintError, FlexjudgeError, UsageError
 
 if TYPE_CHECKING:
+    import uvicorn
     from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from starlette.requests import Request as HTTPRequest
 
-__all__ = ["ChatRequest", "RequestError", "create_app", "parse_chat_request", "serve"]
+__all__ = [
+    "ChatRequest",
+    "LimitExceeded",
+    "RequestError",
+    "ServeLimits",
+    "create_app",
+    "parse_chat_request",
+    "serve",
+    "server_config",
+]
+
+DEFAULT_SERVE_LIMITS = ServeLimits()
 
 _GREEDY_BELOW = 1e-5  # as vLLM: a smaller temperature is greedy (dividing logits by it overflows)
 _INT32 = 2**31 - 1
@@ -148,25 +171,48 @@ class ChatRequest(_Body):
         return self
 
 
-def parse_chat_request(body: bytes | str, *, max_image_pixels: int) -> Request:
-    """A chat-completions body (raw JSON) -> a backend `Request`, or `RequestError` saying what is wrong."""
+def parse_chat_request(body: bytes | str, *, limits: ServeLimits = DEFAULT_SERVE_LIMITS) -> Request:
+    """A chat-completions body (raw JSON) -> a backend `Request`, or `RequestError` saying what is wrong
+    (`LimitExceeded` when it is beyond one of `limits`)."""
     try:
         chat = ChatRequest.model_validate_json(body)
     except ValidationError as exc:
         raise RequestError(_describe(exc)) from None
-    return to_request(chat, max_image_pixels=max_image_pixels)
+    return to_request(chat, limits=limits)
 
 
-def to_request(chat: ChatRequest, *, max_image_pixels: int) -> Request:
-    """A validated body -> a backend `Request` (decoding its images, which may be refused)."""
+def to_request(chat: ChatRequest, *, limits: ServeLimits = DEFAULT_SERVE_LIMITS) -> Request:
+    """A validated body -> a backend `Request` (decoding its images, which may be refused), within
+    `limits`: token budget, prompt characters, image count and pixels (each image checked against what
+    is left of the request's pixel budget before it is decoded)."""
     from flexjudge.media import Limits, MediaError, load_image
 
-    limits = Limits(max_pixels=max_image_pixels)
+    asked = chat.max_completion_tokens or chat.max_tokens
+    if asked is not None and asked > limits.max_tokens:
+        raise LimitExceeded(
+            f"max_tokens {asked} is above this server's limit of {limits.max_tokens} (--max-tokens)",
+            status=400,
+        )
+    items_of = [[TextContent(type="text", text=m.content)] if isinstance(m.content, str) else m.content
+                for m in chat.messages]  # fmt: skip
+    chars = sum(len(item.text) for items in items_of for item in items if isinstance(item, TextContent))
+    if chars > limits.max_prompt_chars:
+        raise LimitExceeded(
+            f"the prompt has {chars} characters, above this server's limit of {limits.max_prompt_chars}"
+            " (--max-prompt-chars)",
+            status=400,
+        )
+    images = sum(isinstance(item, ImageContent) for items in items_of for item in items)
+    if images > limits.max_images:
+        raise LimitExceeded(
+            f"the request has {images} images, above this server's limit of {limits.max_images}"
+            " (--max-images)",
+            status=400,
+        )
+    pixels_left = limits.max_total_pixels
     messages = []
-    for message in chat.messages:
+    for message, items in zip(chat.messages, items_of, strict=True):
         parts: list[TextPart | ImagePart] = []
-        content = message.content
-        items = [TextContent(type="text", text=content)] if isinstance(content, str) else content
         for item in items:
             if isinstance(item, TextContent):
                 parts.append(TextPart(item.text))
@@ -174,10 +220,16 @@ def to_request(chat: ChatRequest, *, max_image_pixels: int) -> Request:
                 url = item.image_url.url
                 if not url.startswith("data:"):
                     raise RequestError("images must be sent as data URLs; this server opens no paths or URLs")
+                if pixels_left <= 0:
+                    raise _pixels_refused(limits)
+                budget = min(limits.max_image_pixels, pixels_left)
                 try:
-                    parts.append(ImagePart(load_image(url, limits=limits)))
+                    # The header is checked against what is left before any pixel is decoded.
+                    image = load_image(url, limits=Limits(max_pixels=budget))
                 except MediaError as exc:
-                    raise RequestError(str(exc)) from None
+                    raise RequestError(f"{exc}{_pixels_left(budget, limits)}") from None
+                pixels_left -= image.size[0] * image.size[1]
+                parts.append(ImagePart(image))
         messages.append(Message(role=message.role, parts=tuple(parts)))
     temperature = 1.0 if chat.temperature is None else chat.temperature
     structured = chat.structured_outputs
@@ -192,11 +244,24 @@ def to_request(chat: ChatRequest, *, max_image_pixels: int) -> Request:
     return Request(
         messages=tuple(messages),
         constraint=constraint,
-        max_new_tokens=chat.max_completion_tokens or chat.max_tokens or 1024,
+        max_new_tokens=asked or min(1024, limits.max_tokens),
         temperature=0.0 if temperature < _GREEDY_BELOW else temperature,
         top_p=1.0 if chat.top_p is None else chat.top_p,
         seed=chat.seed,
         chat_template_kwargs=chat.chat_template_kwargs,
+    )
+
+
+def _pixels_left(budget: int, limits: ServeLimits) -> str:
+    if budget == limits.max_image_pixels:
+        return ""
+    return f" ({budget} pixels left of the request's {limits.max_total_pixels}, --max-total-pixels)"
+
+
+def _pixels_refused(limits: ServeLimits) -> LimitExceeded:
+    return LimitExceeded(
+        f"the request's images have more than {limits.max_total_pixels} pixels in all (--max-total-pixels)",
+        status=400,
     )
 
 
@@ -223,24 +288,37 @@ def create_app(
     model_name: str,
     max_batch: int | None = None,
     window_s: float = 0.01,
-    max_image_pixels: int = 40_000_000,
+    limits: ServeLimits = DEFAULT_SERVE_LIMITS,
+    api_key: str | None = None,
 ) -> FastAPI:
-    """The ASGI app; run it with uvicorn (see `serve`). `max_batch` defaults to the backend's
-    `max_batch_size` (8 when it has none); `app.state.batcher` is the `BatchingBackend` in front of it."""
+    """The ASGI app; run it with uvicorn (`server_config` sets the protocol that drops connections whose
+    headers never complete). `max_batch` defaults to the backend's `max_batch_size` (8 when it has none);
+    `app.state.batcher` is the `BatchingBackend` in front of it and `app.state.admitted` the number of
+    requests waiting for or in generation. With `api_key`, every path but `/health` needs
+    `Authorization: Bearer <api_key>`."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
-    from starlette.requests import Request as HTTPRequest
 
-    app = FastAPI(title="flexjudge judge server")
+    # No /docs or /openapi.json: nothing is served that the key check would have to know about.
+    app = FastAPI(title="flexjudge judge server", docs_url=None, redoc_url=None, openapi_url=None)
     if isinstance(backend, BatchingBackend):
         batcher = backend
     else:
         batch = max_batch if max_batch is not None else int(getattr(backend, "max_batch_size", 8))
         batcher = BatchingBackend(backend, max_batch=batch, window_s=window_s)
     app.state.batcher = batcher
+    app.state.admitted = 0
 
-    def error(status: int, message: str, kind: str) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    def error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        body = {"error": {"message": message, "type": kind, "code": status}}
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    if api_key is not None:
+        app.add_middleware(RequireKey, api_key=api_key)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -248,24 +326,68 @@ def create_app(
 
     async def chat(http: HTTPRequest) -> JSONResponse:
         # A plain Starlette endpoint: the body is validated here, so that every refusal is this server's
-        # 400 (FastAPI's own validation would answer 422 with its own error shape).
+        # 4xx (FastAPI's own validation would answer 422 with its own error shape).
         try:
-            raw = await http.body()
-            request = await asyncio.to_thread(parse_chat_request, raw, max_image_pixels=max_image_pixels)
+            raw = await read_body(
+                http.receive,
+                http.scope["headers"],
+                max_bytes=limits.max_body_bytes,
+                timeout_s=limits.body_timeout_s,
+            )
+            request = await asyncio.to_thread(parse_chat_request, raw, limits=limits)
+        except LimitExceeded as exc:
+            kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
+            return error(exc.status, str(exc), kind)
         except RequestError as exc:
             return error(400, str(exc), "invalid_request_error")
         except Exception as exc:  # our own bug: still a JSON error body, never a bare 500 page
             return error(500, f"{type(exc).__name__}: {exc}", "server_error")
+        if app.state.admitted >= limits.max_queue:
+            return error(
+                503,
+                f"the server holds {limits.max_queue} requests already (--max-queue); retry later",
+                "server_overloaded",
+                {"Retry-After": str(limits.retry_after_s)},
+            )
+        app.state.admitted += 1
         try:
-            (generation,) = await batcher.generate([request])
-        except ConstraintError as exc:  # a schema or grammar this backend cannot compile
-            return error(400, str(exc), "invalid_request_error")
-        except Exception as exc:
-            return error(500, f"{type(exc).__name__}: {exc}", "server_error")
-        return JSONResponse(_completion(generation, model_name))
+            return await _generate(http, batcher, request, error, model_name)
+        finally:
+            app.state.admitted -= 1
 
     app.router.add_route("/v1/chat/completions", chat, methods=["POST"])
     return app
+
+
+async def _generate(
+    http: HTTPRequest,
+    batcher: BatchingBackend,
+    request: Request,
+    error: Callable[..., JSONResponse],
+    model_name: str,
+) -> JSONResponse:
+    """Generate for one request, abandoning it when its client disconnects: a request still queued is
+    dropped before it reaches the model; one already decoding leaves its batch without an answer (the
+    local backend has no way to stop a batch in flight)."""
+    from fastapi.responses import JSONResponse
+
+    generation_task = asyncio.ensure_future(batcher.generate([request]))
+    # The body is read: the next message from the client side is its disconnect.
+    disconnect_task = asyncio.ensure_future(http.receive())
+    try:
+        await asyncio.wait({generation_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
+        if not generation_task.done():
+            generation_task.cancel()
+            await asyncio.wait({generation_task})
+            return error(499, "the client disconnected", "client_closed_request")
+        (generation,) = generation_task.result()
+    except ConstraintError as exc:  # a schema or grammar this backend cannot compile
+        return error(400, str(exc), "invalid_request_error")
+    except Exception as exc:
+        return error(500, f"{type(exc).__name__}: {exc}", "server_error")
+    finally:
+        disconnect_task.cancel()
+    return JSONResponse(_completion(generation, model_name))
 
 
 def _completion(generation: Generation, model_name: str) -> dict[str, Any]:
@@ -292,8 +414,42 @@ def _completion(generation: Generation, model_name: str) -> dict[str, Any]:
     }
 
 
-def serve(backend: Backend, *, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the server until interrupted."""
+def server_config(
+    app: FastAPI, *, host: str, port: int, limits: ServeLimits = DEFAULT_SERVE_LIMITS, log_level: str = "info"
+) -> uvicorn.Config:
+    """uvicorn's configuration for the app: h11 with a header deadline, and short keep-alive."""
     import uvicorn
 
-    uvicorn.run(create_app(backend, model_name=model_name), host=host, port=port, log_level="info")
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="off",
+        http=protocol_with_deadline(limits.header_timeout_s),
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=64 * 1024,  # request line and headers; the body is read_body's
+    )
+
+
+def serve(
+    backend: Backend,
+    *,
+    model_name: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: ServeLimits = DEFAULT_SERVE_LIMITS,
+    api_key: str | None = None,
+    insecure_no_auth: bool = False,
+) -> None:
+    """Run the server until interrupted. Listening beyond loopback without `api_key` is refused
+    (`UsageError`) unless `insecure_no_auth`."""
+    import uvicorn
+
+    if api_key is None and not is_loopback(host) and not insecure_no_auth:
+        raise UsageError(
+            f"refusing to serve on {host} without --api-key (anyone who reaches it could use the judge);"
+            " pass --insecure-no-auth to do it anyway"
+        )
+    app = create_app(backend, model_name=model_name, limits=limits, api_key=api_key)
+    uvicorn.Server(server_config(app, host=host, port=port, limits=limits)).run()
