@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flexjudge import _cli_judge as cj
+from flexjudge._serve_limits import ServeLimits as _SL
 from flexjudge.errors import TraceFileError
 from flexjudge.formats import Format
 from flexjudge.traces import DEFAULT_MAX_LINE_BYTES, LineReport, Summary, iter_reports
@@ -248,6 +249,9 @@ def validate(
     raise typer.Exit(0 if summary.invalid == 0 else 1)
 
 
+_LIMITS_HELP = "Limits per request (each refused with a 4xx and a JSON reason)"
+
+
 @app.command(name="serve")
 def serve_command(
     model: Annotated[str, typer.Option(help="Model directory or hub id ('tiny-random': a test model).")],
@@ -256,13 +260,62 @@ def serve_command(
     engine: cj.EngineName = None,
     device: cj.Device = None,
     dtype: cj.Dtype = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEXJUDGE_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on every path but /health.",
+            show_default=False,
+        ),
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option(help="Serve beyond loopback without --api-key (anyone reaching it may use it).")
+    ] = False,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1, help="Largest request body (413).")
+    ] = _SL.max_body_bytes,
+    max_images: Annotated[int, typer.Option(min=1, help="Most images per request.")] = _SL.max_images,
+    max_image_pixels: Annotated[
+        int, typer.Option(min=1, help="Most pixels of one image.")
+    ] = _SL.max_image_pixels,
+    max_total_pixels: Annotated[
+        int, typer.Option(min=1, help="Most pixels, all images.")
+    ] = _SL.max_total_pixels,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Largest max_tokens allowed.")] = _SL.max_tokens,
+    max_prompt_chars: Annotated[
+        int, typer.Option(min=1, help="Most text characters.")
+    ] = _SL.max_prompt_chars,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Most requests waiting or generating; beyond, 503 with Retry-After.")
+    ] = _SL.max_queue,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds to receive a body.")
+    ] = _SL.body_timeout_s,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds for a connection's request headers to arrive.")
+    ] = _SL.header_timeout_s,
 ) -> None:
     """Serve a local model to OpenAI-compatible clients.
 
-    The endpoint is /v1/chat/completions; concurrent requests are batched."""
+    The endpoint is /v1/chat/completions; concurrent requests are batched. Listening beyond loopback
+    needs --api-key (or FLEXJUDGE_API_KEY), or --insecure-no-auth."""
+    from flexjudge._serve_limits import ServeLimits, is_loopback
     from flexjudge.errors import FlexjudgeError
     from flexjudge.serve import serve
 
+    if api_key is not None and not api_key:
+        _fail("--api-key must not be empty")
+    if api_key is None and not is_loopback(host) and not insecure_no_auth:
+        # Before the model loads: a wrong command line costs nothing.
+        _fail(
+            f"refusing to serve on {host} without --api-key (or FLEXJUDGE_API_KEY); --insecure-no-auth"
+            " forces it"
+        )
+    limits = ServeLimits(
+        max_body_bytes=max_body_bytes, max_images=max_images, max_image_pixels=max_image_pixels,
+        max_total_pixels=max_total_pixels, max_tokens=max_tokens, max_prompt_chars=max_prompt_chars,
+        max_queue=max_queue, body_timeout_s=body_timeout, header_timeout_s=header_timeout,
+    )  # fmt: skip
     cj.check_device(device, dtype)
     placement = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     try:
@@ -271,7 +324,10 @@ def serve_command(
         backend = TransformersBackend(model, engine=engine, **placement)  # type: ignore[arg-type]
     except (FlexjudgeError, ValueError) as exc:
         _fail(f"could not load --model {model}: {exc}", code=cj.FAILURE_EXIT)
-    serve(backend, model_name=model, host=host, port=port)
+    serve(
+        backend, model_name=model, host=host, port=port, limits=limits,
+        api_key=api_key, insecure_no_auth=insecure_no_auth,
+    )  # fmt: skip
 
 
 @app.command()
