@@ -325,3 +325,58 @@ def test_a_client_that_disconnects_frees_its_place(gated: tuple[str, int, Gated,
     assert not model.gate.is_set()
     model.gate.set()
     assert call(url, "/v1/chat/completions", {"messages": HI, "max_tokens": 2})[0] == 200
+
+
+# ---------------------------------------------------------------- mixed load
+
+
+@pytest.mark.slow
+def test_500_mixed_requests_every_valid_one_answered(tiny: TransformersBackend) -> None:
+    """450 valid requests from 16 threads, mixed with 50 hostile ones (oversize bodies, absurd numbers,
+    budgets over the cap, half-open connections, clients that leave after sending): every valid request
+    is answered 200, every hostile one that gets an answer a 4xx, and the server stays up. The peak
+    resident memory of the process (model included) is recorded as a test property."""
+    import random
+    import resource
+
+    limits = ServeLimits(max_body_bytes=100_000, max_tokens=64, header_timeout_s=2.0, body_timeout_s=2.0)
+    batcher = BatchingBackend(tiny, max_batch=8, window_s=0.005)
+    app = create_app(batcher, model_name="tiny-random", limits=limits)
+    before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with running(app, limits) as (url, port):
+        valid = {"messages": HI, "max_tokens": 2}
+        bad_bodies: list[dict[str, Any] | bytes] = [
+            b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e400}',
+            b'{"messages": [{"role": "user", "content": "hi"}], "temperature": Infinity}',
+            {"messages": HI, "max_tokens": 10**6},
+            {"messages": [{"role": "user", "content": "x" * 200_000}]},
+        ]
+        open_sockets: list[socket.socket] = []
+
+        def one(kind: str, k: int) -> tuple[str, int]:
+            if kind == "valid":
+                return kind, call(url, "/v1/chat/completions", valid)[0]
+            if kind == "bad":
+                return kind, call(url, "/v1/chat/completions", bad_bodies[k % len(bad_bodies)])[0]
+            body = json.dumps(valid).encode()
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+            if kind == "half-open":
+                open_sockets.append(_raw(port, head[: 20 + k % 20]))
+            else:  # the whole request, then the client is gone
+                _raw(port, head + body).close()
+            return kind, 0
+
+        kinds = ["valid"] * 450 + ["bad"] * 20 + ["half-open"] * 15 + ["leaver"] * 15
+        random.Random(8).shuffle(kinds)
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(one, kinds, range(len(kinds))))
+        try:
+            assert [s for kind, s in results if kind == "valid"] == [200] * 450
+            assert all(400 <= s < 500 for kind, s in results if kind == "bad")
+            assert call(url, "/health")[0] == 200
+            wait_until(lambda: app.state.admitted == 0, "every request to leave the queue")
+        finally:
+            for sock in open_sockets:
+                sock.close()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"peak RSS {peak_kib / 1024:.0f} MiB (before the load {before_kib / 1024:.0f} MiB)")
