@@ -56,6 +56,13 @@ class Limits:
     """Longest video, from the container's duration and again from frame timestamps while decoding."""
     max_video_frames: int = 100_000
     """Most frames decoded from one video (every frame is decoded once; only the sampled ones converted)."""
+    max_decoded_bytes: int = 512_000_000
+    """Most bytes of pixel memory one candidate may take while it is decoded and converted to RGB: every
+    frame kept, at the depth it decodes to (bands x bits per sample), the decoder's working frames and
+    the copies made on the way to RGB. Estimated from the header before any pixel is decoded, and
+    charged again when a decoded frame turns out larger than its header said. A compressed file can be
+    tiny and still decode to gigabytes; `max_pixels` alone does not see bit depth or frame count. The
+    default fits a 40-megapixel RGB photo and eight sampled frames of a 4K video."""
     allow_urls: bool = False
     """Fetch http(s) URLs. Off by default: a URL lets whoever supplies candidates make this machine
     send requests (to internal addresses too)."""
@@ -67,7 +74,8 @@ class Limits:
     """FFmpeg demuxer names that may be parsed."""
 
     def __post_init__(self) -> None:
-        for name in ("max_pixels", "max_bytes", "max_video_seconds", "max_video_frames", "url_timeout_s"):
+        numbers = ("max_pixels", "max_bytes", "max_video_seconds", "max_video_frames", "max_decoded_bytes")
+        for name in (*numbers, "url_timeout_s"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"Limits.{name} must be positive, got {getattr(self, name)!r}")
 
@@ -85,23 +93,29 @@ def load_image(source: ImageSource, *, limits: Limits = DEFAULT_LIMITS) -> PILIm
     encoder left under them); EXIF orientation is applied; 16-bit greyscale is scaled, not clipped;
     of an animated file only the first frame is read. Float arrays must lie in 0..1.
     """
+    return _load_image(source, limits, _Budget(limits, _describe(source)))
+
+
+def _load_image(source: ImageSource, limits: Limits, budget: _Budget) -> PILImage:
+    """`load_image`, charging `budget` (shared by the frames of one video candidate)."""
     from PIL import Image
 
     what = _describe(source)
     if isinstance(source, Image.Image):
         _check_pixels(source.size, limits, what)
+        budget.charge(_image_cost(source), f"a {source.width}x{source.height} {source.mode} image")
         try:
             source.load()  # a lazily opened image still has its file to read
         except Exception as exc:
             raise MediaError(f"the image could not be decoded: {exc}", source=what) from exc
         return _to_rgb(source, what)
     if _is_array(source):
-        return _from_array(source, limits, what)
+        return _from_array(source, limits, what, budget)
     with _open_bytes(source, limits, what) as fp:
-        return _decode_image(fp, limits, what)
+        return _decode_image(fp, limits, what, budget)
 
 
-def _decode_image(fp: BinaryIO, limits: Limits, what: str) -> PILImage:
+def _decode_image(fp: BinaryIO, limits: Limits, what: str, budget: _Budget) -> PILImage:
     from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
     Image.init()
@@ -119,31 +133,104 @@ def _decode_image(fp: BinaryIO, limits: Limits, what: str) -> PILImage:
         raise MediaError(f"unreadable image header: {exc}", source=what) from exc
     with im:
         _check_pixels(im.size, limits, what)
+        # Charged from the header (mode and size; only the first frame is read), before `load`
+        # allocates anything: a GIF's canvas is its logical screen however small its frames are.
+        declared = _image_cost(im)
+        budget.charge(declared, f"a {im.width}x{im.height} {im.mode} image")
         try:
             im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise MediaError(f"refused as a decompression bomb: {exc}", source=what) from exc
         except Exception as exc:
             raise MediaError(f"corrupt or truncated {im.format} image: {exc}", source=what) from exc
+        # Some plugins settle the mode only while decoding (a GIF frame can turn P into RGBA).
+        budget.charge(max(0, _image_cost(im) - declared), f"a {im.width}x{im.height} {im.mode} image")
         try:
             rotated = im.getexif().get(ExifTags.Base.Orientation, 1) not in (1, None)
+            if rotated:
+                budget.charge(im.width * im.height * _bytes_per_pixel(im.mode), "the EXIF rotation")
             oriented = ImageOps.exif_transpose(im) if rotated else im
+        except MediaError:
+            raise
         except Exception:
             # A broken orientation tag is metadata, not pixels: show the image as stored.
             oriented = im
         return _to_rgb(oriented, what)
 
 
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_CHUNK = 1 << 20  # elements per step when narrowing wide pixels: temporaries stay a few MB
+
+
+class _Budget:
+    """What is left of `Limits.max_decoded_bytes` for one candidate; every charge is made before the
+    memory it stands for is allocated, so a refusal costs nothing."""
+
+    def __init__(self, limits: Limits, what: str) -> None:
+        self.limit = limits.max_decoded_bytes
+        self.used = 0
+        self.what = what
+
+    def charge(self, n_bytes: int, detail: str) -> None:
+        if self.used + n_bytes > self.limit:
+            raise MediaError(
+                f"decoding needs about {self.used + n_bytes:,} bytes of pixel memory ({detail}), over "
+                f"Limits.max_decoded_bytes ({self.limit:,}); refused before decoding it",
+                source=self.what,
+            )
+        self.used += n_bytes
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """Bytes Pillow stores per pixel of `mode`: multi-band modes take 4, one band its sample size."""
+    from PIL import ImageMode
+
+    try:
+        info = ImageMode.getmode(mode)
+    except KeyError:
+        return 8  # a mode this table does not know: assume the widest
+    return 4 if len(info.bands) > 1 else max(1, int(info.typestr[-1]))
+
+
+def _has_alpha(im: PILImage) -> bool:
+    return im.mode in _ALPHA_MODES or "transparency" in im.info
+
+
+def _image_cost(im: PILImage) -> int:
+    """Pixel bytes that decoding `im` (one frame) and `_to_rgb` hold at their peak."""
+    depth = _bytes_per_pixel(im.mode)
+    if im.mode in _WIDE_MODES:
+        extra = depth + 1 + 1 + 4  # NumPy copy, 8-bit result, its image, RGB
+    elif _has_alpha(im):
+        extra = 4 * 4  # white canvas, RGBA copy, composite, RGB
+    else:
+        extra = 4  # the RGB copy
+    return im.width * im.height * (depth + extra)
+
+
+def _narrow(im: PILImage) -> PILImage:
+    """16/32-bit greyscale to 8-bit, scaled (Pillow's convert would clip): ``round(v / 257)``."""
+    import numpy as np
+    from PIL import Image
+
+    wide = np.asarray(im)
+    out = np.empty(wide.shape, np.uint8)
+    flat_in, flat_out = wide.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_in.size, _CHUNK):
+        block = flat_in[start : start + _CHUNK].astype(np.int64)
+        # (v + 128) // 257 is round(v / 257) exactly: v / 257 is never halfway between integers.
+        flat_out[start : start + _CHUNK] = np.clip((block + 128) // 257, 0, 255)
+    return Image.fromarray(out)
+
+
 def _to_rgb(im: PILImage, what: str) -> PILImage:
     from PIL import Image
 
     try:
-        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            import numpy as np
-
-            wide = np.asarray(im).astype(np.float64) / 257.0  # 16-bit range to 8-bit, Pillow would clip
-            im = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8))
-        has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+        if im.mode in _WIDE_MODES:
+            im = _narrow(im)
+        has_alpha = _has_alpha(im)
         if has_alpha:
             white = Image.new("RGBA", im.size, (255, 255, 255, 255))
             out = Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
@@ -155,7 +242,7 @@ def _to_rgb(im: PILImage, what: str) -> PILImage:
     return out
 
 
-def _from_array(arr: NDArray[Any], limits: Limits, what: str) -> PILImage:
+def _from_array(arr: NDArray[Any], limits: Limits, what: str, budget: _Budget) -> PILImage:
     import numpy as np
     from PIL import Image
 
@@ -167,6 +254,13 @@ def _from_array(arr: NDArray[Any], limits: Limits, what: str) -> PILImage:
     if arr.ndim not in (2, 3):
         raise MediaError(f"expected HxW, HxWx3 or HxWx4, got shape {arr.shape}", source=what)
     _check_pixels((arr.shape[1], arr.shape[0]), limits, what)
+    pixels_n = int(arr.shape[0]) * int(arr.shape[1])
+    channels = 1 if arr.ndim == 2 else int(arr.shape[2])
+    # A contiguous uint8 copy, the image over it, then `_to_rgb` (the alpha path when 4 channels).
+    cost = pixels_n * (channels + 4 + (16 if channels == 4 else 4))
+    if np.issubdtype(arr.dtype, np.floating):
+        cost += pixels_n * channels * (arr.dtype.itemsize + 1)  # the isfinite mask and the scaled copy
+    budget.charge(cost, f"a {arr.shape[1]}x{arr.shape[0]} array with {channels} channels")
     if arr.dtype == np.uint8:
         pixels = arr
     elif np.issubdtype(arr.dtype, np.floating):
@@ -175,7 +269,8 @@ def _from_array(arr: NDArray[Any], limits: Limits, what: str) -> PILImage:
         lo, hi = float(arr.min()), float(arr.max())
         if lo < 0.0 or hi > 1.0:
             raise MediaError(f"float arrays must lie in 0..1, got {lo:g}..{hi:g}", source=what)
-        pixels = np.rint(arr * 255.0).astype(np.uint8)
+        scaled = np.multiply(arr, 255.0, dtype=arr.dtype)
+        pixels = np.rint(scaled, out=scaled).astype(np.uint8)
     else:
         raise MediaError(f"array dtype {arr.dtype} not supported: use uint8 or float in 0..1", source=what)
     return _to_rgb(Image.fromarray(np.ascontiguousarray(pixels)), what)
@@ -206,17 +301,25 @@ def _is_url(text: str) -> bool:
 
 
 def _describe(source: object) -> str:
+    """A short, printable name for `source` in error messages: never a raw control character, terminal
+    escape or lone surrogate (those would corrupt a log or fail to encode), never URL credentials."""
     if isinstance(source, str):
         if source[:5].lower() == "data:":
             return f"<data URL, {len(source):,} chars>"
         if _is_url(source):  # no credentials or signed query strings in error messages and logs
-            parts = urllib.parse.urlsplit(source)
-            host = parts.hostname or ""
-            host = f"{host}:{parts.port}" if parts.port else host
+            try:
+                parts = urllib.parse.urlsplit(source)
+                host = parts.hostname or ""
+                host = f"{host}:{parts.port}" if parts.port else host
+            except ValueError:  # a malformed port or bracketed host
+                return "<malformed URL>"
             source = f"{parts.scheme}://{host}{parts.path}{'?...' if parts.query else ''}"
-        return source if len(source) <= 200 else source[:197] + "..."
+        return _printable(source)
     if isinstance(source, os.PathLike):
-        return os.fsdecode(source)
+        try:
+            return _printable(os.fsdecode(source))
+        except Exception:  # __fspath__ is caller code: it may return anything or raise
+            return f"<{type(source).__name__}>"
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source):,} bytes>"
     if isinstance(source, (list, tuple)):
@@ -226,8 +329,37 @@ def _describe(source: object) -> str:
     size = getattr(source, "size", None)
     mode = getattr(source, "mode", None)
     if isinstance(size, tuple) and isinstance(mode, str):
-        return f"<PIL image {size[0]}x{size[1]} {mode}>"
+        return f"<PIL image {size[0]}x{size[1]} {_printable(mode)}>"
     return f"<{type(source).__name__}>"
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    text = text[: limit * 2]  # a huge name is cut before escaping, which can only lengthen it
+    if not text.isprintable():
+        # ascii() of one character is its Python escape in quotes: '\x1b', '\udcff'.
+        text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fs_path(source: str | os.PathLike[str], what: str) -> Path:
+    """`source` as a path the OS can be asked about, or a `MediaError` saying why it cannot be one."""
+    try:
+        name = os.fspath(source)
+    except TypeError as exc:
+        raise MediaError(f"not a usable path: {exc}", source=what) from exc
+    if not isinstance(name, str):
+        raise MediaError("a path object must give a str path, not bytes", source=what)
+    if "\x00" in name:
+        raise MediaError("the path holds a NUL character, which no file name can hold", source=what)
+    try:
+        os.fsencode(name)
+    except UnicodeError as exc:  # a lone surrogate that surrogateescape cannot map back to a byte
+        raise MediaError(
+            f"the path holds characters the file system encoding ({sys.getfilesystemencoding()}) cannot "
+            "represent (a lone surrogate?)",
+            source=what,
+        ) from exc
+    return Path(name)
 
 
 def _open_bytes(source: object, limits: Limits, what: str) -> BinaryIO:
@@ -248,13 +380,17 @@ def _open_bytes(source: object, limits: Limits, what: str) -> BinaryIO:
             )
         return io.BytesIO(_fetch(source, limits, what))
     if isinstance(source, (str, os.PathLike)):
-        path = Path(os.fspath(source))
+        path = _fs_path(source, what)
         try:
             info = path.stat()
         except FileNotFoundError:
             raise MediaError("no such file", source=what) from None
-        except OSError as exc:
-            raise MediaError(f"cannot access the file: {exc.strerror or exc}", source=what) from exc
+        except OSError as exc:  # too long, permission denied on a parent, a loop of links
+            raise MediaError(
+                f"cannot access the file: {exc.strerror or type(exc).__name__}", source=what
+            ) from exc
+        except ValueError as exc:  # anything else the OS layer refuses to encode
+            raise MediaError(f"not a usable path: {type(exc).__name__}", source=what) from exc
         if stat.S_ISDIR(info.st_mode):
             raise MediaError("is a directory, not a file", source=what)
         if not stat.S_ISREG(info.st_mode):
@@ -263,7 +399,9 @@ def _open_bytes(source: object, limits: Limits, what: str) -> BinaryIO:
         try:
             return path.open("rb")
         except OSError as exc:
-            raise MediaError(f"cannot open the file: {exc.strerror or exc}", source=what) from exc
+            raise MediaError(
+                f"cannot open the file: {exc.strerror or type(exc).__name__}", source=what
+            ) from exc
     raise MediaError(f"unsupported source type {type(source).__name__}", source=what)
 
 

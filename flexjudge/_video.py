@@ -6,6 +6,7 @@ the byte sources and the error type are shared with it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -14,11 +15,12 @@ from flexjudge._images import (
     ImageSource,
     Limits,
     VideoSource,
+    _Budget,
     _check_pixels,
     _describe,
     _is_array,
+    _load_image,
     _open_bytes,
-    load_image,
 )
 from flexjudge.errors import MediaError, UsageError
 
@@ -90,9 +92,10 @@ def _sample_frames(
     except MediaError as exc:
         raise MediaError(exc.reason, source=what) from None
     loaded: dict[int, PILImage] = {}
+    budget = _Budget(limits, what)  # one budget for all the frames of this candidate
     for i in indices:
         if i not in loaded:
-            loaded[i] = load_image(items[i], limits=limits)
+            loaded[i] = _load_image(items[i], limits, budget)
     return [loaded[i] for i in indices]
 
 
@@ -114,6 +117,7 @@ def _decode_video(fp: BinaryIO, k: int, limits: Limits, what: str) -> list[PILIm
             raise MediaError("the video stream holds no decodable frames", source=what)
         if decoded != nominal:
             # Edit lists and invisible frames make the decoder show another count: sample what it shows.
+            picked = []  # released before the second pass, which has the whole budget to itself
             fp.seek(0)
             picked, _, _ = _decode_pass(fp, sample_frame_indices(decoded, k), limits, what)
     except av.FFmpegError as exc:
@@ -204,6 +208,13 @@ def _decode_pass(
     with _open_container(fp, limits, what) as container:
         stream = _video_stream(container, limits, what)
         stream.thread_type = av.codec.context.ThreadType.AUTO
+        stream.thread_count = _THREADS  # frames in flight are counted in the budget: keep them few
+        ctx = stream.codec_context
+        budget = _Budget(limits, what)
+        largest = ctx.width * ctx.height
+        cost = _frame_cost(ctx.pix_fmt, ctx.width, ctx.height, len(wanted))
+        per_pixel = -(-cost // largest)  # for frames that outgrow the header
+        budget.charge(cost, f"{len(wanted)} frames of {ctx.width}x{ctx.height} and the decoder's")
         for packet in container.demux(stream):
             if packet.size:
                 packets += 1
@@ -218,6 +229,13 @@ def _decode_pass(
                     raise MediaError(
                         f"runs past Limits.max_video_seconds ({limits.max_video_seconds:g})", source=what
                     )
+                if frame.width * frame.height > largest:  # the stream grew past its header: charge the rest
+                    _check_pixels((frame.width, frame.height), limits, what)
+                    grown = frame.width * frame.height
+                    budget.charge(
+                        (grown - largest) * per_pixel, f"frames grown to {frame.width}x{frame.height}"
+                    )
+                    largest = grown
                 if count in wanted:
                     _check_pixels((frame.width, frame.height), limits, what)
                     picked[count] = _rotate(frame.to_image(), frame.rotation)  # type: ignore[no-untyped-call]
@@ -225,6 +243,27 @@ def _decode_pass(
     if not wanted <= picked.keys():
         return [], count, packets
     return [picked[i] for i in indices], count, packets
+
+
+_THREADS = min(os.cpu_count() or 1, 4)
+_DECODER_FRAMES = _THREADS + 4  # frames in flight plus typical reference frames (an estimate)
+
+
+def _frame_cost(pix_fmt: str | None, width: int, height: int, kept: int) -> int:
+    """Pixel bytes one decoding pass holds at its peak: the `kept` RGB frames (Pillow stores RGB in 4
+    bytes a pixel), one frame being converted (its array and its rotated copy), and the decoder's
+    frames at their real depth (planes, chroma subsampling and bits per sample from the pixel format)."""
+    import av
+
+    pixels = width * height
+    decoded = pixels * 8  # an unknown pixel format: assume 16-bit RGBA
+    if pix_fmt:
+        try:
+            fmt = av.VideoFormat(pix_fmt, width, height)
+            decoded = sum(c.width * c.height * -(-c.bits // 8) for c in fmt.components)
+        except (ValueError, av.FFmpegError):
+            pass
+    return kept * pixels * 4 + pixels * (3 + 4) + _DECODER_FRAMES * decoded
 
 
 def _rotate(image: PILImage, degrees: int) -> PILImage:

@@ -37,6 +37,7 @@ from flexjudge._images import (
     VideoSource,
     _decode_data_url,
     _describe,
+    _fs_path,
     _is_array,
     _is_url,
     _to_rgb,
@@ -101,7 +102,7 @@ def guess_modality(source: ImageSource | VideoSource) -> Modality:
             "cannot tell image from video by the URL: pass modality='image' or 'video'", source=what
         )
     if isinstance(source, (str, os.PathLike)):
-        path = Path(os.fspath(source))
+        path = _fs_path(source, what)
         ext = path.suffix.lower()
         if ext in _IMAGE_EXTS:
             return "image"
@@ -111,7 +112,9 @@ def guess_modality(source: ImageSource | VideoSource) -> Modality:
             with path.open("rb") as fp:
                 head = fp.read(64)
         except OSError as exc:
-            raise MediaError(f"cannot read the file: {exc.strerror or exc}", source=what) from exc
+            raise MediaError(
+                f"cannot read the file: {exc.strerror or type(exc).__name__}", source=what
+            ) from exc
         return _sniff(head, lambda: path.open("rb"), what)
     raise MediaError(f"unsupported source type {type(source).__name__}", source=what)
 
