@@ -160,7 +160,7 @@ def _decode_image(fp: BinaryIO, limits: Limits, what: str, budget: _Budget) -> P
 
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-_CHUNK = 1 << 20  # elements per step when narrowing wide pixels: temporaries stay a few MB
+_CHUNK = 1 << 16  # elements per step when narrowing wide pixels: int64 temporaries stay under 1 MB
 
 
 class _Budget:

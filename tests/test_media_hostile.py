@@ -1,0 +1,200 @@
+"""flexjudge.media against hostile input built here: files that decode to far more than they weigh, and
+paths no file system can hold. Every refusal is a MediaError with a printable source and a reason."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flexjudge.errors import MediaError
+from flexjudge.media import Limits, guess_modality, load_candidate, load_image, load_video
+
+MB = 1_000_000
+
+
+def png16(side: int, *, ramp: bool = False) -> bytes:
+    """A 16-bit greyscale PNG, decoded at 2 bytes a pixel: black compresses to almost nothing (6000
+    squared: about 70 KB, the size of the file that decoded to 947 MB), a ramp holds every level."""
+    if ramp:
+        pixels = (np.arange(side * side, dtype=np.uint32) % 65536).astype(np.uint16).reshape(side, side)
+    else:
+        pixels = np.zeros((side, side), np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def png8(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 90).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def canvas_gif(canvas: int, n_frames: int) -> bytes:
+    """An animated GIF of tiny distinct frames whose logical screen (the canvas every frame is drawn
+    on) is `canvas` squared: a few hundred bytes that decoders expand to canvas-sized frames."""
+    frames = [Image.new("L", (2, 2), i * 8) for i in range(n_frames)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=40)
+    data = bytearray(buffer.getvalue())
+    data[6:10] = canvas.to_bytes(2, "little") * 2  # logical screen width and height
+    return bytes(data)
+
+
+def test_hostile_files_are_as_small_as_claimed() -> None:
+    assert len(png16(6000)) < 100_000
+    gif = canvas_gif(6000, 30)
+    assert len(gif) < 2_000
+    with Image.open(io.BytesIO(gif)) as im:  # the header alone announces the whole canvas
+        assert im.size == (6000, 6000)
+        assert getattr(im, "n_frames", 1) == 30
+
+
+def test_sixteen_bit_pixels_are_counted_at_their_depth() -> None:
+    # 1000x1000: 8-bit costs 1 byte a pixel plus the RGB copy, 16-bit 2 bytes plus its narrowing.
+    limits = Limits(max_decoded_bytes=7 * MB)
+    assert load_image(png8(1000), limits=limits).size == (1000, 1000)
+    with pytest.raises(MediaError) as caught:
+        load_image(png16(1000), limits=limits)
+    assert caught.value.reason
+    # The same file fits a budget that covers its real depth, and decodes to the right grey levels.
+    image = load_image(png16(1000), limits=Limits(max_decoded_bytes=12 * MB))
+    assert np.asarray(image)[0, 0].tolist() == [0, 0, 0]
+
+
+def test_sixteen_bit_narrowing_does_not_amplify() -> None:
+    # NumPy allocations are traced: widening to float64 (8 bytes a pixel, several copies) would show.
+    data = png16(2000, ramp=True)
+    limits = Limits()
+    tracemalloc.start()
+    try:
+        image = load_image(data, limits=limits)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    pixels = 2000 * 2000
+    assert image.size == (2000, 2000)
+    # Pillow's bytes and NumPy's uint16 copy of them, the uint8 result, one chunk: about 5 bytes a
+    # pixel; the float64 path this replaced took over 24.
+    assert peak < pixels * 6
+    levels = np.asarray(image)[:, :, 0].reshape(-1)
+    expected = np.rint((np.arange(pixels) % 65536) / 257.0).astype(np.uint8)
+    assert np.array_equal(levels, expected)  # the exact rounding of the float path it replaced
+
+
+def test_a_huge_gif_canvas_is_refused_before_it_is_allocated() -> None:
+    gif = canvas_gif(6000, 30)
+    assert guess_modality(gif) == "video"
+    for call in (
+        lambda: load_candidate(gif),  # as the video it is: 8 sampled canvas-sized frames
+        lambda: load_image(gif, limits=Limits(max_decoded_bytes=64 * MB)),  # as an image: one canvas
+    ):
+        with pytest.raises(MediaError) as caught:
+            call()
+        assert caught.value.reason
+    # A small canvas with the same frames is an ordinary video.
+    assert len(load_candidate(canvas_gif(64, 30))) == 8
+
+
+def test_a_frame_list_shares_one_budget() -> None:
+    frames = [np.full((1000, 1000, 3), i * 20, np.uint8) for i in range(8)]  # about 11 MB each to load
+    assert len(load_video(frames, limits=Limits(max_decoded_bytes=100 * MB))) == 8
+    with pytest.raises(MediaError):
+        load_video(frames, limits=Limits(max_decoded_bytes=50 * MB))
+
+
+def test_peak_memory_of_refused_files_stays_within_the_budget(tmp_path: Path) -> None:
+    # Pillow and FFmpeg allocate outside tracemalloc, so the whole process is measured, in a child:
+    # its peak resident size after the hostile calls against its peak before them.
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import io, json, resource, sys\n"
+        "from flexjudge.errors import MediaError\n"
+        "from flexjudge.media import Limits, load_candidate, load_image\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_media_hostile import canvas_gif, png8, png16\n"
+        "budget = Limits(max_decoded_bytes=64_000_000)\n"
+        "load_image(png8(64), limits=budget); load_candidate(canvas_gif(64, 30), limits=budget)\n"
+        "hostile = [png16(6000), canvas_gif(6000, 30)]\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "refused = 0\n"
+        "for data in hostile:\n"
+        "    try:\n"
+        "        load_candidate(data, limits=budget)\n"
+        "    except MediaError:\n"
+        "        refused += 1\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps({'refused': refused, 'grown_kb': after - before}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, str(script), str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["refused"] == 2
+    # Building the 6000x6000 test PNG itself takes NumPy memory before `before`; decoding would add
+    # hundreds of MB (the files expand to 0.4 and 2 GB unbounded).
+    assert result["grown_kb"] * 1024 < 64 * MB
+
+
+HOSTILE_NAMES = ["a\x00b.png", "\udcff.png", "\ud800.png", "\x1b[31mred\x1b[0m.png", "x" * 5000 + ".png"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=["nul", "escaped-byte", "surrogate", "ansi", "long"])
+def test_hostile_paths_are_media_errors_with_printable_sources(name: str, tmp_path: Path) -> None:
+    for source in (name, str(tmp_path / name), tmp_path / name, name[:-4], name[:-4] + ".mp4"):
+        for call in (load_image, load_video, load_candidate, guess_modality):
+            if call is guess_modality and str(source).endswith((".png", ".mp4")):
+                continue  # decided by the extension alone, no file touched
+            with pytest.raises(MediaError) as caught:
+                call(source)  # type: ignore[operator]
+            error = caught.value
+            assert error.reason
+            assert str(error).isprintable()  # no NUL, escape sequence or lone surrogate echoed
+            str(error).encode("utf-8")
+            assert len(error.source) <= 200
+
+
+def test_a_directory_and_an_unreadable_file(tmp_path: Path) -> None:
+    folder = tmp_path / "frames.png"
+    folder.mkdir()
+    for call in (load_image, load_video, load_candidate):
+        with pytest.raises(MediaError):
+            call(folder)  # type: ignore[operator]
+    with pytest.raises(MediaError):
+        guess_modality(tmp_path)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any file")
+def test_permission_denied_is_a_media_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.write_bytes(png8(8))
+    locked.chmod(0)
+    try:
+        for call in (load_image, guess_modality, load_candidate):
+            with pytest.raises(MediaError):
+                call(locked)  # type: ignore[operator]
+    finally:
+        locked.chmod(0o600)
+
+
+def test_default_budget_admits_large_ordinary_media() -> None:
+    # The default must not refuse what max_pixels admits for an ordinary 8-bit RGB photo.
+    photo = np.zeros((5000, 8000, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, "PNG", compress_level=1)
+    assert load_image(buffer.getvalue()).size == (8000, 5000)
