@@ -438,8 +438,8 @@ def _fetch(url: str, limits: Limits, what: str) -> bytes:
     ):
         opener.add_handler(handler)
     deadline = time.monotonic() + limits.url_timeout_s
-    request = urllib.request.Request(url, headers={"User-Agent": "flexjudge"})
     try:
+        request = urllib.request.Request(url, headers={"User-Agent": "flexjudge"})  # parses the URL
         with opener.open(request, timeout=limits.url_timeout_s) as response:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit():

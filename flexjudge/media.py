@@ -95,7 +95,10 @@ def guess_modality(source: ImageSource | VideoSource) -> Modality:
         data = bytes(source)
         return _sniff(data[:64], lambda: io.BytesIO(data), what)
     if isinstance(source, str) and _is_url(source):
-        ext = Path(urllib.parse.urlsplit(source).path).suffix.lower()
+        try:
+            ext = Path(urllib.parse.urlsplit(source).path).suffix.lower()
+        except ValueError as exc:  # a malformed host or port
+            raise MediaError("malformed URL", source=what) from exc
         if ext in _IMAGE_EXTS or ext in _VIDEO_EXTS or ext == ".gif":
             return "image" if ext in _IMAGE_EXTS else "video"
         raise MediaError(

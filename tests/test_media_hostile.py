@@ -198,3 +198,13 @@ def test_default_budget_admits_large_ordinary_media() -> None:
     buffer = io.BytesIO()
     Image.fromarray(photo).save(buffer, "PNG", compress_level=1)
     assert load_image(buffer.getvalue()).size == (8000, 5000)
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x.png", "https://[bad]/x.mp4", "http://\x1b[2Jhost/x.png"])
+def test_malformed_urls_are_media_errors(url: str) -> None:
+    for call in (guess_modality, load_image, load_candidate):
+        with pytest.raises(MediaError) as caught:
+            call(url)  # type: ignore[operator]
+        assert str(caught.value).isprintable()
+    with pytest.raises(MediaError):
+        load_image(url, limits=Limits(allow_urls=True, url_timeout_s=2.0))
