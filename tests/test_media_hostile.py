@@ -208,3 +208,11 @@ def test_malformed_urls_are_media_errors(url: str) -> None:
         assert str(caught.value).isprintable()
     with pytest.raises(MediaError):
         load_image(url, limits=Limits(allow_urls=True, url_timeout_s=2.0))
+
+
+def test_the_budget_must_be_positive() -> None:
+    from flexjudge.errors import UsageError
+
+    for bad in (0, -1):
+        with pytest.raises(UsageError):
+            Limits(max_decoded_bytes=bad)
