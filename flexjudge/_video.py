@@ -55,13 +55,16 @@ def sample_frame_indices(n_frames: int, k: int = 8) -> list[int]:
 def load_video(source: VideoSource, *, frames: int = 8, limits: Limits = DEFAULT_LIMITS) -> list[PILImage]:
     """Return `frames` RGB frames sampled with `sample_frame_indices`, in time order.
 
-    An encoded video (path, URL, ``data:`` URL or bytes) is decoded with PyAV in one forward pass
-    without seeking (seeks land on keyframes and miss exact frames); only the sampled frames are
-    converted to RGB. The frame count comes from the container or, when it does not say, from a
+    An encoded video (path, URL, ``data:`` URL or bytes) in an indexed container (MP4/MOV, Matroska)
+    with a codec that shows one frame per packet is read by timestamp: a demux-only pass orders the
+    packet timestamps, and each sampled frame is decoded from the keyframe before it and taken only
+    if its timestamp is exactly the one expected, so decode time follows the frames sampled. Any
+    other video, or any surprise on the way, is decoded in one forward pass; only the sampled frames
+    are converted to RGB. The frame count comes from the container or, when it does not say, from a
     demux-only pass; if decoding then yields a different count, the video is sampled again with the
-    true count. The display rotation of phone videos is applied. A list/tuple of frames (anything
-    `load_image` accepts) or a TxHxW(xC) array is sampled the same way and only the chosen frames
-    are loaded.
+    true count. Pixel memory is charged to `Limits.max_decoded_bytes` before decoding. The display
+    rotation of phone videos is applied. A list/tuple of frames (anything `load_image` accepts) or
+    a TxHxW(xC) array is sampled the same way and only the chosen frames are loaded.
     """
     from PIL import Image
 
@@ -107,6 +110,10 @@ def _decode_video(fp: BinaryIO, k: int, limits: Limits, what: str) -> list[PILIm
             stream = _video_stream(container, limits, what)
             declared = stream.frames
             nominal = declared or _count_packets(container, stream, limits, what)
+        fp.seek(0)
+        sought = _seek_pass(fp, k, limits, what)
+        if sought is not None:
+            return sought
         fp.seek(0)
         picked, decoded, packets = _decode_pass(fp, sample_frame_indices(max(nominal, 1), k), limits, what)
         if declared and packets < declared:
@@ -193,6 +200,97 @@ def _count_packets(container: InputContainer, stream: VideoStream, limits: Limit
                     f"more than Limits.max_video_frames ({limits.max_video_frames}) frames", source=what
                 )
     return count
+
+
+_INDEXED_CONTAINERS = frozenset({"mov", "matroska"})
+"""Containers with a sample index, where a seek lands on the keyframe it names (MPEG-TS, AVI and the
+like seek by byte estimate or not at all)."""
+_SEEKABLE_CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg1video", "mpeg2video", "mjpeg"})
+"""Codecs in which every packet shows exactly one frame, carrying the packet's timestamp: frame i is
+then the packet with the i-th smallest timestamp. VP8/VP9/AV1 hide frames and are decoded in full."""
+
+
+def _seek_pass(fp: BinaryIO, k: int, limits: Limits, what: str) -> list[PILImage] | None:
+    """The sampled frames, each decoded from the keyframe before it, so the work follows the frames
+    sampled rather than the frames in the file; None when an exact seek cannot be trusted (unknown
+    codec, missing or repeated timestamps, discarded packets, too few keyframes to gain anything)
+    or any frame comes out other than expected: the caller then decodes every frame once."""
+    import bisect
+
+    import av
+
+    with _open_container(fp, limits, what) as container:
+        stream = _video_stream(container, limits, what)
+        ctx = stream.codec_context
+        indexed = container.format.name.split(",")[0] in _INDEXED_CONTAINERS
+        if ctx.name not in _SEEKABLE_CODECS or not indexed or not stream.time_base:
+            return None
+        stamps: list[int] = []
+        keys: list[int] = []
+        for packet in container.demux(stream):  # demuxing only: no pixel is decoded
+            if not packet.size:
+                continue
+            if packet.pts is None or packet.is_discard or packet.is_corrupt:
+                return None
+            stamps.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append(packet.pts)
+            if len(stamps) > limits.max_video_frames:
+                return None  # the full pass reports it
+        order = sorted(stamps)
+        if not keys or len(set(order)) != len(order) or (stream.frames and len(order) != stream.frames):
+            return None
+        if float((order[-1] - order[0]) * stream.time_base) > limits.max_video_seconds:
+            return None
+        indices = sample_frame_indices(len(order), k)
+        targets = sorted(set(indices))
+        key_positions = sorted(bisect.bisect_left(order, key) for key in keys)
+        plan: list[tuple[int, bool]] = []  # (target, seek first?) and the frames that costs
+        position, work = -1, 0
+        for target in targets:
+            before = bisect.bisect_right(key_positions, target) - 1
+            if before < 0:
+                return None  # no keyframe at or before this frame: only a full pass can show it
+            key = key_positions[before]
+            seek = key > position + 1  # a keyframe lies ahead: jump to it instead of decoding up to it
+            work += target - (key if seek else position)
+            plan.append((target, seek))
+            position = target
+        if work * 2 > len(order):
+            return None  # keyframes too sparse to save anything: one pass is as fast and proven
+        budget = _Budget(limits, what)
+        budget.charge(_frame_cost(ctx.pix_fmt, ctx.width, ctx.height, len(targets)), "the sampled frames")
+        stream.thread_type = av.codec.context.ThreadType.AUTO
+        stream.thread_count = _THREADS
+        try:
+            picked = _decode_planned(container, stream, plan, order)
+        except av.FFmpegError:
+            return None  # the full pass decides whether the file is corrupt
+    return None if picked is None else [picked[i] for i in indices]
+
+
+def _decode_planned(
+    container: InputContainer, stream: VideoStream, plan: list[tuple[int, bool]], order: list[int]
+) -> dict[int, PILImage] | None:
+    """Decode the planned targets (presentation positions, by timestamp); None on any surprise."""
+    ctx = stream.codec_context
+    picked: dict[int, PILImage] = {}
+    frames = None
+    for target, seek in plan:
+        if seek or frames is None:
+            container.seek(order[target], stream=stream, backward=True)
+            frames = container.decode(stream)
+        for frame in frames:
+            if frame.pts is None or frame.pts > order[target] or frame.is_corrupt:
+                return None  # the frame we counted on never came, or came damaged
+            if frame.pts == order[target]:
+                if (frame.width, frame.height) != (ctx.width, ctx.height):
+                    return None  # the stream changed size: the full pass charges and checks it
+                picked[target] = _rotate(frame.to_image(), frame.rotation)  # type: ignore[no-untyped-call]
+                break
+        else:
+            return None
+    return picked
 
 
 def _decode_pass(
