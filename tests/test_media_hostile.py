@@ -277,3 +277,33 @@ def test_seeking_decodes_the_sampled_frames_not_the_whole_file(tmp_path: Path) -
 
     # 8 samples from keyframes 10 apart decode about 80 frames of 600; the single pass decodes 600.
     assert best_of_three(sparse) < 0.5 * best_of_three(dense)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_seeking_with_b_frames_gives_the_exact_frames(tmp_path: Path, ext: str) -> None:
+    # B-frames put decode order and display order apart: the frame taken must be the one displayed
+    # at the sampled position, pixel for pixel what a full decode shows.
+    av = pytest.importorskip("av")
+    try:
+        av.Codec("libx264", "w")
+    except Exception:
+        pytest.skip("no H.264 encoder in this FFmpeg")
+    path = tmp_path / f"b.{ext}"
+    rng = np.random.default_rng(1)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.codec_context.gop_size = 12
+        stream.codec_context.options = {"bf": "3", "sc_threshold": "0"}
+        for _ in range(240):
+            pixels = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        every = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    from flexjudge.media import sample_frame_indices
+
+    for k in (8, 13):
+        images = load_video(path, frames=k)
+        for index, image in zip(sample_frame_indices(len(every), k), images, strict=True):
+            assert np.array_equal(np.asarray(image), every[index])
