@@ -113,8 +113,9 @@ class FaultInjector:
 
         async def replay() -> dict[str, Any]:
             nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
+            if sent:  # the body is replayed; what follows (a disconnect) comes from the real client
+                message: dict[str, Any] = await receive()
+                return message
             sent = True
             return {"type": "http.request", "body": raw, "more_body": False}
 

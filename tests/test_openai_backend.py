@@ -162,7 +162,7 @@ def test_a_probe_the_server_could_not_answer_is_not_a_verdict(url: str, injector
     assert generation.constrained and len(injector.probes) == 4
 
 
-@pytest.mark.parametrize("status", ["401", "403", "404"])
+@pytest.mark.parametrize("status", ["401", "403", "404", "413", "499"])
 def test_a_probe_refused_for_access_is_a_backend_error(
     url: str, injector: FaultInjector, status: str
 ) -> None:
@@ -170,6 +170,7 @@ def test_a_probe_refused_for_access_is_a_backend_error(
     backend = _backend(url)
     with pytest.raises(flexjudge.BackendError) as info:
         _run(backend, _request())
+    # Access, a missing model, a size limit, a client that left: not a verdict on structured outputs.
     assert not isinstance(info.value, flexjudge.ConstraintError) and info.value.status_code == int(status)
     assert not info.value.retryable and len(injector.probes) == 1
     (generation,) = _run(backend, _request())  # not a verdict on structured outputs: probed again

@@ -33,11 +33,15 @@ PROBE_TOKENS = 48
 __all__ = ["PROBE_CONSTRAINT", "PROBE_PROMPT", "PROBE_TOKENS", "probe", "refused"]
 
 
+_REFUSALS = frozenset({400, 422})
+"""How OpenAI-compatible servers refuse a request body they cannot honour (vLLM and OpenAI answer 400,
+FastAPI-style servers 422). Other 4xx are about something else (access, a missing model, a size limit,
+a client that left) and stay ordinary `BackendError`s."""
+
+
 def refused(exc: BackendError) -> bool:
-    """A 4xx about the request as sent: not access (401, 403), an unknown model (404) or a rate limit
-    (retryable, like 408 and 409). The server will not take this request, however often it is asked."""
-    status = exc.status_code
-    return status is not None and 400 <= status < 500 and not exc.retryable and status not in (401, 403, 404)
+    """The server refused the request as sent and will not take it however often it is asked."""
+    return exc.status_code in _REFUSALS and not exc.retryable
 
 
 async def probe(
