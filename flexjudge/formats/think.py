@@ -30,26 +30,32 @@ from flexjudge.schema import Criterion, Dimension, Judgment, JudgmentMeta, Verdi
 
 FORMAT: Final = "think"
 
-# "    Image 1 (9/10) - rationale;" with optional bullet, bold and dash variants.
-_SCORE_LINE = (
-    r"[ \t]*(?:[-*•][ \t]*)?\**(?P<label{n}>image|video)[ \t]*{n}\**[ \t]*"
-    r"\([ \t]*(?P<s{n}>\d{{1,3}})[ \t]*/[ \t]*10[ \t]*\)\**[ \t]*(?:[-–—:][ \t]?)?(?P<r{n}>[^\n]*)"
-)
-_BLOCK = re.compile(
-    r"^[ \t]*(?:(?P<number>\d+)[ \t]*[.)][ \t]*)?(?P<name>[^\n]*?)[ \t]*:[*_ \t]*\r?\n"
-    + _SCORE_LINE.format(n=1)
-    + r"\r?\n"
-    + _SCORE_LINE.format(n=2)
-    + r"$",
-    re.M | re.I,
+# The reader is a line scanner: each line is looked at a bounded number of times, and every regex below
+# is matched at one known position with no two adjacent quantifiers over overlapping characters, so
+# reading is linear in the text (whitespace runs once made the old whole-text regexes backtrack for
+# minutes).
+# "1. Semantic consistency:" -> the enumerator that precedes the dimension name.
+_ENUMERATOR = re.compile(r"[ \t]*(?:\d+[ \t]*[.)][ \t]*)?")
+# "    Image 1 (9/10) - " with optional bullet, bold and dash variants; the rest of the line is the rationale.
+_SCORE_LINE = re.compile(
+    r"[ \t]*(?:[-*•][ \t]*)?\**(image|video)[ \t]*([12])\**[ \t]*"
+    r"\([ \t]*(\d{1,3})[ \t]*/[ \t]*10[ \t]*\)\**[ \t]*(?:[-–—:][ \t]?)?",
+    re.I,
 )
 _TOTAL_HEADER = re.compile(r"^[ \t*]*total[ \t]+score[ \t*]*:[ \t*\r]*$", re.M | re.I)
-_TOTAL_LINE = re.compile(
-    r"^[ \t*-]*(image|video)[ \t]*([12])[ \t*]*:[ \t]*([\d \t+]*?)[ \t]*=[ \t]*(\d{1,4})[ \t*\r]*$",
-    re.M | re.I,
-)
+# "Image 1: 7+8+9=24" read in three pieces: label up to the terms, the terms, and "=total".
+_TOTAL_LABEL = re.compile(r"[ \t*-]*(image|video)[ \t]*([12])[ \t*]*:[ \t]*", re.I)
+_TOTAL_TERMS = re.compile(r"[\d \t+]*")
+_TOTAL_SUM = re.compile(r"[ \t]*(\d{1,4})[ \t*\r]*")
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S | re.I)
 _SCORE_MARK = re.compile(r"(?:image|video)[ \t]*[12]\**[ \t]*\(", re.I)  # where a rating line starts
+
+
+@dataclass
+class _Total:
+    offset: int
+    terms: str
+    total: str
 
 
 @dataclass
@@ -124,9 +130,13 @@ def _check_envelope(text: str, think_open: int, think_close: int) -> None:
 
 def _refuse_unread_blocks(text: str, blocks: list[_Block], start: int, end: int) -> None:
     """A rating line outside every block read means a dimension would be lost: refuse, never drop it."""
-    spans = [(b.offset, b.end) for b in blocks]
+    # Blocks are disjoint and in order, as are the marks: one sweep, not every mark against every block.
+    spans = iter((b.offset, b.end) for b in blocks)
+    lo, hi = next(spans, (end, end))
     for mark in _SCORE_MARK.finditer(text, start, end):
-        if not any(lo <= mark.start() < hi for lo, hi in spans):
+        while hi <= mark.start():
+            lo, hi = next(spans, (end, end))
+        if not lo <= mark.start() < hi:
             raise ParseError(
                 "a dimension block could not be read (expected 'Name:' then 'Image 1 (x/10) - ...;'"
                 " and 'Image 2 (y/10) - ...' on the next two lines)",
@@ -136,18 +146,57 @@ def _refuse_unread_blocks(text: str, blocks: list[_Block], start: int, end: int)
 
 
 def _blocks(text: str, start: int, end: int) -> list[_Block]:
-    return [
-        _Block(
-            name=m["name"].strip("*_ \t"),
-            scores=(int(m["s1"]), int(m["s2"])),
-            reasons=(_first_reason(m["r1"]), m["r2"].rstrip()),
-            labels=(m["label1"], m["label2"]),
-            offset=m.start(),
-            end=m.end(),
-        )
-        for m in _BLOCK.finditer(text, start, end)
-        if not _TOTAL_HEADER.fullmatch(m.group(0).split("\n", 1)[0])
-    ]
+    """Each 'Name:' line followed by candidate 1's and candidate 2's rating lines, in [start, end)."""
+    blocks: list[_Block] = []
+    # Only whole lines count: the first line that begins at or after `start`.
+    line = start if start == 0 or text[start - 1] == "\n" else text.find("\n", start, end) + 1
+    while line < end and (line > 0 or start == 0):  # line == 0 past a start of 0: no newline was found
+        newline = text.find("\n", line, end)
+        if newline < 0:
+            break  # a header needs its rating lines below it
+        block = _block_at(text, line, newline, end)
+        if block is None:
+            line = newline + 1
+            continue
+        if not _TOTAL_HEADER.fullmatch(text[line:newline]):  # "Total score:" over two ratings is no block
+            blocks.append(block)
+        line = block.end + 1
+    return blocks
+
+
+def _block_at(text: str, line: int, newline: int, end: int) -> _Block | None:
+    name = _header_name(text[line:newline])
+    if name is None:
+        return None
+    first_end = text.find("\n", newline + 1, end)
+    if first_end < 0:
+        return None
+    first = _SCORE_LINE.match(text, newline + 1, first_end)
+    second_start = first_end + 1
+    second_end = text.find("\n", second_start, end)
+    second_end = end if second_end < 0 else second_end
+    second = _SCORE_LINE.match(text, second_start, second_end)
+    if first is None or second is None or first[2] != "1" or second[2] != "2":
+        return None
+    return _Block(
+        name=name,
+        scores=(int(first[3]), int(second[3])),
+        reasons=(_first_reason(text[first.end() : first_end]), text[second.end() : second_end].rstrip()),
+        labels=(first[1], second[1]),
+        offset=line,
+        end=second_end,
+    )
+
+
+def _header_name(line: str) -> str | None:
+    """The name in '1. Name:' (a line ending in ':' and markdown), or None when the line is no header."""
+    body = (line[:-1] if line.endswith("\r") else line).rstrip("*_ \t")
+    if not body.endswith(":"):
+        return None
+    head = body[:-1]
+    enumerator = _ENUMERATOR.match(head)
+    assert enumerator is not None  # every part of it is optional
+    return head[enumerator.end() :].strip("*_ \t")
 
 
 def _first_reason(raw: str) -> str:
@@ -223,7 +272,7 @@ def _check_totals(
             raise ParseError("no 'Total score:' block", offset=end, format=FORMAT)
         notes.append("no 'Total score:' block")
         return
-    lines = {int(m[2]): m for m in _TOTAL_LINE.finditer(text, header.end(), end)}
+    lines = _total_lines(text, header.end(), end)
     for candidate in (1, 2):
         scores = [b.scores[candidate - 1] for b in blocks]
         line = lines.get(candidate)
@@ -231,17 +280,37 @@ def _check_totals(
             problem = f"no total line for {winner_text(candidate, modality)}"
             offset = header.end()
         else:
-            terms = [int(t) if len(t) <= 4 else -1 for t in re.findall(r"\d+", line[3])]
-            if terms == scores and int(line[4]) == sum(scores):
+            terms = [int(t) if len(t) <= 4 else -1 for t in re.findall(r"\d+", line.terms)]
+            if terms == scores and int(line.total) == sum(scores):
                 continue
-            written = f"{line[3].strip()}={line[4]}"
+            written = f"{line.terms.strip()}={line.total}"
             problem = (
                 f"total for {winner_text(candidate, modality)} reads {written}, ratings give {sum(scores)}"
             )
-            offset = line.start()
+            offset = line.offset
         if strict:
             raise ParseError(problem, offset=offset, format=FORMAT)
         notes.append(problem)
+
+
+def _total_lines(text: str, start: int, end: int) -> dict[int, _Total]:
+    """Lines 'Image N: a+b+c=total' in the lines after `start`; a later line for N replaces an earlier one."""
+    found: dict[int, _Total] = {}
+    line = text.find("\n", start, end) + 1
+    while 0 < line <= end:
+        newline = text.find("\n", line, end)
+        stop = end if newline < 0 else newline
+        label = _TOTAL_LABEL.match(text, line, stop)
+        equals = text.find("=", label.end(), stop) if label is not None else -1
+        if label is not None and equals >= 0:
+            terms = text[label.end() : equals].rstrip(" \t")
+            total = _TOTAL_SUM.fullmatch(text, equals + 1, stop)
+            if _TOTAL_TERMS.fullmatch(terms) and total is not None:
+                found[int(label[2])] = _Total(offset=line, terms=terms, total=total[1])
+        if newline < 0:
+            break
+        line = newline + 1
+    return found
 
 
 def _dimension(block: _Block, index: int, modality: Modality) -> Dimension:
