@@ -42,13 +42,24 @@ _SCORE_LINE = re.compile(
     r"\([ \t]*(\d{1,3})[ \t]*/[ \t]*10[ \t]*\)\**[ \t]*(?:[-–—:][ \t]?)?",
     re.I,
 )
+# "image" or "video" as re.I reads them, spelled out: scanning with re.I costs twice as much per character.
+_IMAGE_OR_VIDEO = "(?:[iIİı][mM][aA][gG][eE]|[vV][iIİı][dD][eE][oO])"
+_OPENING = rf"[ \t]*(?:[-*•][ \t]*)?\**{_IMAGE_OR_VIDEO}[ \t]*"  # of a rating line, up to its candidate
+# Where a block can be: the colon ending a 'Name:' line over the openings of two rating lines. The scan
+# runs in the regex engine, so text that cannot hold a block costs no Python; the first lookahead is a
+# cheap filter; every quantifier is followed by a character it cannot take, so an attempt costs at most
+# the lines it covers.
+_BLOCK_COLON = re.compile(
+    r":[*_ \t]*\r?\n(?=[-*• \t]*[iIİıvV])"
+    rf"(?={_OPENING}1\**[ \t]*\([ \t]*\d{{1,3}}[ \t]*/[ \t]*10[ \t]*\)[^\n]*\n{_OPENING}2\**[ \t]*\()"
+)
 _TOTAL_HEADER = re.compile(r"^[ \t*]*total[ \t]+score[ \t*]*:[ \t*\r]*$", re.M | re.I)
 # "Image 1: 7+8+9=24" read in three pieces: label up to the terms, the terms, and "=total".
-_TOTAL_LABEL = re.compile(r"[ \t*-]*(image|video)[ \t]*([12])[ \t*]*:[ \t]*", re.I)
+_TOTAL_LABEL = re.compile(r"^[ \t*-]*(image|video)[ \t]*([12])[ \t*]*:[ \t]*", re.M | re.I)
 _TOTAL_TERMS = re.compile(r"[\d \t+]*")
 _TOTAL_SUM = re.compile(r"[ \t]*(\d{1,4})[ \t*\r]*")
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S | re.I)
-_SCORE_MARK = re.compile(r"(?:image|video)[ \t]*[12]\**[ \t]*\(", re.I)  # where a rating line starts
+_SCORE_MARK = re.compile(rf"{_IMAGE_OR_VIDEO}[ \t]*[12]\**[ \t]*\(")  # where a rating line starts
 
 
 @dataclass
@@ -94,10 +105,16 @@ def parse_think(text: str, *, modality: Modality | None, strict: bool, prompt: s
         )
     resolved = _modality(blocks, answer.group(1), modality, strict, notes)
     winner = _answer(text, answer, resolved, strict, notes)
+    # A repeated answer is read once: thousands of copies of one tag cost a lookup each, not a reading.
+    read = {answer.group(0): winner}
     for extra in answers[1:]:
-        if _answer(text, extra, resolved, strict, notes) != winner:
+        again = read.get(extra.group(0))
+        if again is None:
+            again = read[extra.group(0)] = _answer(text, extra, resolved, strict, notes)
+        if again != winner:
             raise ParseError("two <answer> tags name different winners", offset=extra.start(), format=FORMAT)
-        notes.append("a second <answer> repeats the first")
+    if answers[1:]:
+        notes.append(f"{len(answers) - 1} more <answer> tag(s) repeat the first")
     _check_totals(text, blocks, body_end, resolved, strict, notes)
     if not strict and not answer.group(0).lower().endswith("</answer>"):
         notes.append("the <answer> tag is not closed")
@@ -146,21 +163,23 @@ def _refuse_unread_blocks(text: str, blocks: list[_Block], start: int, end: int)
 
 
 def _blocks(text: str, start: int, end: int) -> list[_Block]:
-    """Each 'Name:' line followed by candidate 1's and candidate 2's rating lines, in [start, end)."""
+    """Each 'Name:' line (at or after `start`) over candidate 1's and 2's rating lines, read in order."""
     blocks: list[_Block] = []
-    # Only whole lines count: the first line that begins at or after `start`.
-    line = start if start == 0 or text[start - 1] == "\n" else text.find("\n", start, end) + 1
-    while line < end and (line > 0 or start == 0):  # line == 0 past a start of 0: no newline was found
-        newline = text.find("\n", line, end)
-        if newline < 0:
-            break  # a header needs its rating lines below it
-        block = _block_at(text, line, newline, end)
-        if block is None:
-            line = newline + 1
-            continue
-        if not _TOTAL_HEADER.fullmatch(text[line:newline]):  # "Total score:" over two ratings is no block
-            blocks.append(block)
-        line = block.end + 1
+    resume = start  # lines before this are before `start` or inside a block already read
+    newline = -1  # a newline before the colon found next (or -1): where to look back for its line
+    found = _BLOCK_COLON.search(text, start, end)
+    while found is not None:
+        line = text.rfind("\n", max(newline, 0), found.start()) + 1
+        newline = text.index("\n", found.start())
+        # Search again from the next line, which may itself be the 'Name:' line of a block.
+        following = _BLOCK_COLON.search(text, newline + 1, end)
+        if line >= resume:
+            block = _block_at(text, line, newline, end)
+            if block is not None:
+                if not _TOTAL_HEADER.fullmatch(text, line, newline):  # "Total score:" is no block
+                    blocks.append(block)
+                resume = block.end + 1
+        found = following
     return blocks
 
 
@@ -296,20 +315,16 @@ def _check_totals(
 def _total_lines(text: str, start: int, end: int) -> dict[int, _Total]:
     """Lines 'Image N: a+b+c=total' in the lines after `start`; a later line for N replaces an earlier one."""
     found: dict[int, _Total] = {}
-    line = text.find("\n", start, end) + 1
-    while 0 < line <= end:
-        newline = text.find("\n", line, end)
-        stop = end if newline < 0 else newline
-        label = _TOTAL_LABEL.match(text, line, stop)
-        equals = text.find("=", label.end(), stop) if label is not None else -1
-        if label is not None and equals >= 0:
-            terms = text[label.end() : equals].rstrip(" \t")
-            total = _TOTAL_SUM.fullmatch(text, equals + 1, stop)
-            if _TOTAL_TERMS.fullmatch(terms) and total is not None:
-                found[int(label[2])] = _Total(offset=line, terms=terms, total=total[1])
-        if newline < 0:
-            break
-        line = newline + 1
+    for head in _TOTAL_LABEL.finditer(text, start, end):
+        stop = text.find("\n", head.end(), end)
+        stop = end if stop < 0 else stop
+        equals = text.find("=", head.end(), stop)
+        if equals < 0:
+            continue
+        terms = text[head.end() : equals].rstrip(" \t")
+        total = _TOTAL_SUM.fullmatch(text, equals + 1, stop)
+        if _TOTAL_TERMS.fullmatch(terms) and total is not None:
+            found[int(head[2])] = _Total(offset=head.start(), terms=terms, total=total[1])
     return found
 
 
