@@ -157,9 +157,8 @@ def _pointwise(strict: bool) -> Reader:
     return lambda text: flexjudge.parse_pointwise(text, strict=strict)
 
 
-# A long winner is read at 30-70x by winners.py (linear since a long "better than Image 1 ..." stopped
-# being quadratic, but several full regex scans): held to this interim bound, which the quadratic reading
-# (400x and more at 100 KB) still fails, until the winner grammar is rewritten.
+# winners.py's grammar reads a long winner at 30-55x (linear, one Python step per word): held to this
+# interim bound, which the old quadratic reading (interrupted past 400x at 100 KB) fails.
 LONG_WINNER_LIMIT = 100
 LONG_WINNER: set[tuple[str, str, bool]] = {
     ("think", "long-winner", False),
