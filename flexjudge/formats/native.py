@@ -63,15 +63,20 @@ def _holds_boolean(text: str) -> bool:
 
 
 def _members(value: BaseModel) -> int:
-    """How many JSON members the validated `value` was read from: its set fields, nested ones included."""
+    """How many JSON members the validated `value` was read from: its set fields, nested ones included.
+    (A loop over the fields' own storage: on the hot path of every clean read.)"""
     total = 0
-    for name in value.model_fields_set:
-        total += 1
-        item = getattr(value, name)
-        if isinstance(item, BaseModel):
-            total += _members(item)
-        elif isinstance(item, list):
-            total += sum(_members(x) for x in item if isinstance(x, BaseModel))
+    stack = [value]
+    while stack:
+        model = stack.pop()
+        names = model.__pydantic_fields_set__
+        total += len(names)
+        for name in names:
+            item = model.__dict__[name]
+            if isinstance(item, BaseModel):
+                stack.append(item)
+            elif type(item) is list and item and isinstance(item[0], BaseModel):  # lists are homogeneous
+                stack.extend(item)
     return total
 
 
