@@ -132,7 +132,7 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -145,10 +145,15 @@ def running_server(
     """Serve `backend` on 127.0.0.1; yields (base_url, fault injector). Stops the server on exit."""
     app = create_app(backend, model_name=model_name)
     injector = FaultInjector(app)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(injector, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
+    port = free_port()
+    config = uvicorn.Config(injector, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    with serving(uvicorn.Server(config)):
+        yield f"http://127.0.0.1:{port}/v1", injector
+
+
+@contextmanager
+def serving(server: uvicorn.Server) -> Iterator[None]:
+    """Run a uvicorn server in a thread until the block ends; fails if it does not start in 30 s."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -157,7 +162,7 @@ def running_server(
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}/v1", injector
+        yield
     finally:
         server.should_exit = True
         thread.join(timeout=10)

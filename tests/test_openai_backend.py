@@ -345,9 +345,9 @@ def test_a_bug_of_ours_is_not_retried(url: str, injector: FaultInjector) -> None
 
 
 def test_connection_errors_name_the_url() -> None:
-    from served import _free_port
+    from served import free_port
 
-    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(flexjudge.BackendError, match=f"cannot reach {dead}") as info:
         _run(_backend(dead, max_attempts=2), _request(constraint=None))
     assert info.value.retryable

@@ -7,9 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ pytest.importorskip("fastapi")
 
 import uvicorn
 from PIL import Image
+from served import free_port, serving
 
 from flexjudge.backends.base import Generation, Request
 from flexjudge.backends.transformers import TransformersBackend
@@ -69,22 +67,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Reco
     batcher = BatchingBackend(model, max_batch=8, window_s=1.0)
     app = create_app(batcher, model_name="tiny-random")
     assert app.state.batcher is batcher
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
-        time.sleep(0.02)
-    try:
+    with serving(uvicorn.Server(config)):
         yield f"http://127.0.0.1:{port}/v1", model, batcher
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ pytest.importorskip("fastapi")
 
 import uvicorn
 from PIL import Image
+from served import free_port, serving
 from typer.testing import CliRunner
 
 from flexjudge.backends.base import Generation, Request
@@ -72,23 +73,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TransformersBackend:
 @contextmanager
 def running(app: Any, limits: ServeLimits) -> Iterator[tuple[str, int]]:
     """Serve `app` on 127.0.0.1 with the configuration `flexjudge serve` uses; yields (base url, port)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    server = uvicorn.Server(
-        server_config(app, host="127.0.0.1", port=port, limits=limits, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
-        time.sleep(0.02)
-    try:
+    port = free_port()
+    config = server_config(app, host="127.0.0.1", port=port, limits=limits, log_level="warning")
+    with serving(uvicorn.Server(config)):
         yield f"http://127.0.0.1:{port}", port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def call(
