@@ -1,0 +1,189 @@
+"""`group_rewards`: judge a group's scheduled pairs through one `Judge`, count every failure, reward.
+
+Each candidate's media is decoded once for the whole group (`Judge.load`), and a served backend encodes
+each image once (its data-URL memo), so the 36 pairs of G = 9 cost nine decodes, not 72. Pairs of a round
+are judged concurrently: a local model batches them, a server gets up to `max_concurrency` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from flexjudge._preflight import Candidate as Media
+from flexjudge._preflight import Frames
+from flexjudge.anchors import Modality
+from flexjudge.errors import FlexjudgeError, UsageError
+from flexjudge.judging import Judge
+from flexjudge.options import Call
+from flexjudge.rewards._formula import GroupRewards, Outcome, from_outcomes
+from flexjudge.rewards._outcome import outcome_of
+from flexjudge.rewards.schedules import RoundRobin, Schedule
+from flexjudge.schema import Judgment, Preferences
+
+__all__ = [
+    "GroupResult",
+    "JudgedPair",
+    "OnFailure",
+    "PairFailure",
+    "SwapMode",
+    "agroup_rewards",
+    "group_rewards",
+]
+
+OnFailure = Literal["drop", "tie", "raise"]
+"""What a failed pair counts as: `drop` nothing; `tie` 0.5 overall to each side and no dimensions (the
+released code, exactly); `raise` stops the group with the error. Failures are returned in every mode."""
+
+SwapMode = bool | Literal["both"]
+"""False: each pair in one order (lower index first). True: both orders, merged into one outcome by the
+judge's swap rule (position bias cancelled, one comparison). "both": both orders, counted as two."""
+
+
+@dataclass(frozen=True)
+class JudgedPair:
+    """One judgment behind the rewards: which candidates it showed, in which order (0-based)."""
+
+    first: int
+    second: int
+    judgment: Judgment
+
+
+@dataclass(frozen=True)
+class PairFailure:
+    """A pair whose judgment failed, with the error: never turned into a result silently."""
+
+    first: int
+    second: int
+    error: FlexjudgeError
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """A group's rewards with everything behind them."""
+
+    rewards: GroupRewards
+    judgments: list[JudgedPair]
+    outcomes: list[Outcome]
+    """The outcomes counted, failures read as ties included (on_failure="tie")."""
+    failures: list[PairFailure] = field(default_factory=list)
+
+    def matrix(self) -> list[list[float | None]]:
+        """`m[a][b]`: the points candidate a took from its games against b (a win 1, a tie 0.5 each, over
+        every counted comparison); None where the two never met."""
+        g = len(self.rewards.overall)
+        m: list[list[float | None]] = [[None] * g for _ in range(g)]
+        for i, j, winner, _ in self.outcomes:
+            for a, b in ((i, j), (j, i)):
+                m[a][b] = (m[a][b] or 0.0) + (0.5 if winner is None else 1.0 if winner == a else 0.0)
+        return m
+
+
+async def agroup_rewards(
+    prompt: str,
+    candidates: Sequence[Media],
+    judge: Judge,
+    *,
+    schedule: Schedule | None = None,
+    swap: SwapMode = False,
+    on_failure: OnFailure = "drop",
+    alpha: float = 0.7,
+    category_weights: Sequence[float] | None = None,
+    modality: Modality | None = None,
+    preferences: Preferences | str | None = None,
+    seed: int | None = None,
+) -> GroupResult:
+    """Judge the pairs `schedule` picks (default: round robin, every pair) among `candidates` and turn
+    the judgments into the group's rewards (`flexjudge.rewards.from_outcomes`). `seed` seeds the judge's
+    sampling and the schedule's random choices."""
+    schedule = schedule if schedule is not None else RoundRobin()
+    if on_failure not in ("drop", "tie", "raise"):
+        raise UsageError(f"on_failure must be 'drop', 'tie' or 'raise', got {on_failure!r}")
+    if swap not in (False, True, "both"):
+        raise UsageError(f"swap must be False, True or 'both', got {swap!r}")
+    if len(candidates) < 2:
+        raise UsageError(f"a group needs at least two candidates, got {len(candidates)}")
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+    call = Call(preferences=Preferences.coerce(preferences), swap=swap is True, seed=seed, modality=modality)
+    media, loaded_modality = await judge.load(candidates, modality)
+    rng = random.Random(seed)
+    outcomes: list[Outcome] = []
+    judged: list[JudgedPair] = []
+    failures: list[PairFailure] = []
+    while pairs := schedule.next_pairs(len(media), outcomes, rng):
+        shown = [(i, j) for i, j in pairs] + ([(j, i) for i, j in pairs] if swap == "both" else [])
+        results = await asyncio.gather(
+            *(_judge_one(judge, prompt, media, a, b, loaded_modality, call, on_failure) for a, b in shown)
+        )
+        for (a, b), result in zip(shown, results, strict=True):
+            if isinstance(result, FlexjudgeError):
+                failures.append(PairFailure(a, b, result))
+                if on_failure == "tie":
+                    outcomes.append((min(a, b), max(a, b), None, ()))
+            else:
+                judged.append(JudgedPair(a, b, result))
+                outcomes.append(outcome_of(result, a, b))
+        if not any(isinstance(r, Judgment) for r in results) and on_failure == "drop":
+            break  # nothing new to schedule on: an adaptive schedule would ask the same pairs again
+    rewards = from_outcomes(
+        len(media),
+        outcomes,
+        alpha=alpha,
+        category_weights=category_weights,
+        estimate="points" if schedule.complete else "bradley_terry",
+    )
+    return GroupResult(rewards=rewards, judgments=judged, outcomes=outcomes, failures=failures)
+
+
+def group_rewards(
+    prompt: str,
+    candidates: Sequence[Media],
+    judge: Judge,
+    *,
+    schedule: Schedule | None = None,
+    swap: SwapMode = False,
+    on_failure: OnFailure = "drop",
+    alpha: float = 0.7,
+    category_weights: Sequence[float] | None = None,
+    modality: Modality | None = None,
+    preferences: Preferences | str | None = None,
+    seed: int | None = None,
+) -> GroupResult:
+    """Synchronous `agroup_rewards`, on the judge's own event loop (safe inside a running loop)."""
+    return judge._run(
+        agroup_rewards(
+            prompt,
+            candidates,
+            judge,
+            schedule=schedule,
+            swap=swap,
+            on_failure=on_failure,
+            alpha=alpha,
+            category_weights=category_weights,
+            modality=modality,
+            preferences=preferences,
+            seed=seed,
+        )
+    )
+
+
+async def _judge_one(
+    judge: Judge,
+    prompt: str,
+    media: list[Frames],
+    first: int,
+    second: int,
+    modality: Modality,
+    call: Call,
+    on_failure: OnFailure,
+) -> Judgment | FlexjudgeError:
+    try:
+        return await judge.judge_loaded(prompt, [media[first], media[second]], modality, call)
+    except FlexjudgeError as error:
+        if on_failure == "raise":
+            raise
+        return error
