@@ -223,3 +223,20 @@ def test_chat_template_options_reach_the_model(backend: TransformersBackend) -> 
         assert usage is not None
         prompt_tokens[kwargs is not None] = usage.prompt_tokens
     assert prompt_tokens[True] > prompt_tokens[False]  # the template wrote "Picture 1: ", "Picture 2: "
+
+
+def test_group_rewards_on_the_local_model(judge: Judge) -> None:
+    """A group of three through the tiny model: three constrained judgments, rewards from their outcomes
+    exactly (the random model's verdicts are whatever they are; the arithmetic must follow them)."""
+    from flexjudge.rewards import from_outcomes, group_rewards, outcome_of
+
+    result = group_rewards("a red square", _images(3), judge, seed=5)
+    assert result.failures == [] and [(p.first, p.second) for p in result.judgments] == [
+        (0, 1),
+        (0, 2),
+        (1, 2),
+    ]
+    assert result.outcomes == [outcome_of(p.judgment, p.first, p.second) for p in result.judgments]
+    assert all(len(categories) == 3 for _, _, _, categories in result.outcomes)  # the anchors were found
+    assert result.rewards == from_outcomes(3, result.outcomes)
+    assert all(p.judgment.meta.constrained for p in result.judgments)

@@ -241,3 +241,26 @@ def test_a_request_grammar_travels_as_structured_outputs(
     other = OpenAIBackend(url, model="tiny-random")  # response_format cannot carry a grammar
     with pytest.raises(flexjudge.ConstraintError, match="structured_outputs"):
         asyncio.run(_generate_and_close(other, request))
+
+
+def test_group_rewards_through_the_server_count_a_failed_pair_and_encode_each_image_once(
+    server: tuple[str, FaultInjector], injector: FaultInjector
+) -> None:
+    """Three candidates, three pairs at once; the server fails one of them for good (max_attempts=1): the
+    rewards rest on the two judged pairs, the failure is returned with its typed error, and each image was
+    PNG-encoded once although every one of them travels in two requests."""
+    from flexjudge.backends.openai import _DATA_URLS
+    from flexjudge.rewards import group_rewards
+
+    url, _ = server
+    images = [Image.new("RGB", (32, 32), (40 * k, 30, 200 - 40 * k)) for k in range(3)]
+    injector.faults = ["500"]
+    encodings = _DATA_URLS.encodings
+    with _judge(url, max_attempts=1) as judge:
+        result = group_rewards("a red square", images, judge)
+    assert _DATA_URLS.encodings - encodings == 3 and len(injector.bodies) == 3
+    assert len(result.failures) == 1 and len(result.judgments) == 2
+    failure = result.failures[0]
+    assert isinstance(failure.error, flexjudge.BackendError) and failure.error.status_code == 500
+    assert result.rewards.comparisons.count(2) == 1  # the candidate in both judged pairs
+    assert all(j.judgment.meta.backend == "openai" for j in result.judgments)

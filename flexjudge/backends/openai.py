@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import weakref
+from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -37,6 +40,7 @@ from flexjudge.errors import BackendError, ConstraintError, UsageError
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
     from openai.types.chat import ChatCompletion
+    from PIL.Image import Image as PILImage
 
 Structured = Literal["response_format", "structured_outputs", "none"]
 SchemaVariant = Literal["auto", "full", "strict"]
@@ -324,18 +328,67 @@ def _merged(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
-    from flexjudge.media import to_data_url
-
     out = []
     for message in messages:
         content: list[dict[str, Any]] = []
         for part in message.parts:
             if isinstance(part, ImagePart):
-                content.append({"type": "image_url", "image_url": {"url": to_data_url(part.image)}})
+                content.append({"type": "image_url", "image_url": {"url": _DATA_URLS.get(part.image)}})
             else:
                 content.append({"type": "text", "text": part.text})
         out.append({"role": message.role, "content": content})
     return out
+
+
+class _DataUrlMemo:
+    """Data URLs by pixel content, so an image is PNG-encoded once while it is in use: a group reward
+    sends each of G images in G - 1 pairs, often at the same moment, and encoding costs far more than
+    hashing the pixels (about 20x for a 1024x1024 photo). Keyed by content, not by object, so an image
+    changed in place is encoded afresh. Bounded in entries and characters, least recently used out;
+    threads asking for an image being encoded wait for that encoding instead of starting their own."""
+
+    def __init__(self, max_entries: int = 64, max_chars: int = 256 << 20) -> None:
+        self.max_entries, self.max_chars = max_entries, max_chars
+        self.encodings = 0
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, Future[str]] = OrderedDict()
+        self._chars = 0
+
+    def get(self, image: PILImage) -> str:
+        from flexjudge.media import image_digest, to_data_url
+
+        key = image_digest(image)
+        with self._lock:
+            pending = self._entries.get(key)
+            owner = pending is None
+            if pending is None:
+                pending = self._entries[key] = Future()
+            else:
+                self._entries.move_to_end(key)
+        if not owner:
+            return pending.result()
+        try:
+            url = to_data_url(image)
+        except BaseException as error:
+            pending.set_exception(error)
+            with self._lock:
+                self._entries.pop(key, None)
+            raise
+        pending.set_result(url)
+        self._admit(len(url))
+        return url
+
+    def _admit(self, chars: int) -> None:
+        with self._lock:
+            self.encodings += 1
+            self._chars += chars
+            while self._entries and (len(self._entries) > self.max_entries or self._chars > self.max_chars):
+                _, done = self._entries.popitem(last=False)
+                if done.done() and done.exception() is None:
+                    self._chars -= len(done.result())
+
+
+_DATA_URLS = _DataUrlMemo()
 
 
 def _generation(response: ChatCompletion, constrained: bool) -> Generation:

@@ -1,0 +1,108 @@
+"""`flexjudge.rewards.group_rewards`: a group's pairs judged through one `Judge`, every failure counted.
+
+The simulated judge (tests/simulated.py) knows each image's true quality, so rewards can be held to the
+truth; the same calls then run through the real server on 127.0.0.1 with injected faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from flexjudge import Judge, ParseError
+from flexjudge.rewards import RandomGraph, RoundRobin, Swiss, agroup_rewards, group_rewards
+from tests.simulated import SimulatedJudge, candidate
+
+QUALITIES = [120, 200, 40, 160, 80]  # true order, best first: 1, 3, 0, 4, 2
+TRUE_ORDER = sorted(range(len(QUALITIES)), key=lambda k: -QUALITIES[k])
+
+
+def _judge(sim: SimulatedJudge) -> Iterator[Judge]:
+    with Judge("simulated", backend=sim) as judge:
+        yield judge
+
+
+@pytest.fixture
+def sim() -> SimulatedJudge:
+    return SimulatedJudge()
+
+
+@pytest.fixture
+def judge(sim: SimulatedJudge) -> Iterator[Judge]:
+    yield from _judge(sim)
+
+
+def _order(rates: list[float | None]) -> list[int]:
+    return sorted(range(len(rates)), key=lambda k: -(rates[k] or 0.0))
+
+
+def test_round_robin_rewards_follow_the_truth(judge: Judge, sim: SimulatedJudge) -> None:
+    result = group_rewards("a red fox", [candidate(q) for q in QUALITIES], judge)
+    assert sim.calls == 10 and len(result.judgments) == 10 and result.failures == []
+    assert (
+        all(a < b for a, b in sim.shown) is False
+    )  # shown as (lower index, higher index), not sorted by quality
+    assert [(p.first, p.second) for p in result.judgments] == [(i, j) for i, j, _, _ in result.outcomes]
+    r = result.rewards
+    assert _order(r.overall) == TRUE_ORDER and _order(r.advantages) == TRUE_ORDER  # type: ignore[arg-type]
+    assert r.overall == [0.5, 1.0, 0.0, 0.75, 0.25]  # wins / 4: exact points, not a model
+    assert result.matrix()[1][0] == 1.0 and result.matrix()[0][1] == 0.0 and result.matrix()[0][0] is None
+
+
+def test_the_async_twin_matches(judge: Judge) -> None:
+    images = [candidate(q) for q in QUALITIES]
+    sync = group_rewards("a red fox", images, judge)
+    asynchronous = asyncio.run(agroup_rewards("a red fox", images, judge))
+    assert asynchronous.rewards == sync.rewards
+
+
+def test_first_position_bias_leaks_without_swap_and_swap_cancels_it() -> None:
+    """Every pair is close (bias 255): the overall winner is whoever is shown first, so candidate 0 (always
+    first in round robin) wins overall everywhere. Swap merges both orders by the judge's rule (the
+    dimension vote, which is honest here) and recovers the truth."""
+    biased = SimulatedJudge(first_bias=255)
+    for judge in _judge(biased):
+        plain = group_rewards("a red fox", [candidate(q) for q in QUALITIES], judge).rewards
+        merged = group_rewards("a red fox", [candidate(q) for q in QUALITIES], judge, swap=True)
+        both = group_rewards("a red fox", [candidate(q) for q in QUALITIES], judge, swap="both")
+    assert plain.overall == [1.0, 0.75, 0.5, 0.25, 0.0]  # index order: pure position
+    assert _order(merged.rewards.overall) == TRUE_ORDER and len(merged.judgments) == 10
+    assert both.rewards.overall == [0.5] * 5 and both.rewards.comparisons == [8] * 5  # two orders, two games
+    assert _order(both.rewards.dimension) == TRUE_ORDER  # the honest categories still rank
+
+
+def test_failures_are_counted_and_returned_in_every_mode() -> None:
+    broken = SimulatedJudge(broken={frozenset((120, 200)), frozenset((40, 80))})
+    images = [candidate(q) for q in QUALITIES]
+    for judge in _judge(broken):
+        dropped = group_rewards("a red fox", images, judge, on_failure="drop")
+        tied = group_rewards("a red fox", images, judge, on_failure="tie")
+        with pytest.raises(ParseError):
+            group_rewards("a red fox", images, judge, on_failure="raise")
+    for result in (dropped, tied):
+        assert sorted((f.first, f.second) for f in result.failures) == [(0, 1), (2, 4)]
+        assert all(isinstance(f.error, ParseError) for f in result.failures)
+        assert len(result.judgments) == 8
+    assert len(dropped.outcomes) == 8 and dropped.rewards.comparisons == [3, 3, 3, 4, 3]
+    assert len(tied.outcomes) == 10 and (0, 1, None, ()) in tied.outcomes
+    assert tied.rewards.overall[0] == (0.5 + 1 + 0 + 1) / 4  # vs 1 failed: a tie; beat 2 and 4; lost to 3
+    assert tied.rewards.anchors[0][0] == 2 / 3  # the failed pair adds no anchor comparison
+
+
+@pytest.mark.parametrize("schedule", [RandomGraph(k=4), Swiss(rounds=4)], ids=["random-graph", "swiss"])
+def test_cheaper_schedules_judge_fewer_pairs_and_still_rank(schedule: object) -> None:
+    sim = SimulatedJudge()
+    images = [candidate(q) for q in (10, 30, 50, 70, 90, 110, 130, 150, 170)]
+    for judge in _judge(sim):
+        result = group_rewards("a red fox", images, judge, schedule=schedule, seed=3)  # type: ignore[arg-type]
+    assert sim.calls <= 18 and len({(i, j) for i, j, _, _ in result.outcomes}) == sim.calls  # half of 36
+    rates = result.rewards.overall
+    concordant = sum((rates[j] or 0) > (rates[i] or 0) for i, j in itertools.combinations(range(9), 2))
+    assert concordant >= 0.9 * 36  # Bradley-Terry on half the pairs still orders a perfect judge's group
+
+
+def test_round_robin_is_complete_and_the_cheaper_ones_are_not() -> None:
+    assert RoundRobin().complete and not RandomGraph().complete and not Swiss().complete
