@@ -29,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 import flexjudge
+from flexjudge.backends._probe import PROBE_TOKENS
 from flexjudge.backends.base import Generation, Request, Usage
 from flexjudge.constraints import pair_constraint
 from flexjudge.media import to_data_url
@@ -40,24 +41,35 @@ CANNED = (Path(__file__).parent.parent / "examples" / "outputs" / "flex_image.js
 
 
 class CannedBackend:
-    """A stand-in model that answers every request with the same valid judgment, instantly."""
+    """A stand-in model that answers every request with the same valid judgment, after `latency_s`
+    (each batch of requests waits once, as a batching model server does)."""
 
     name = "canned"
     model = "canned"
 
+    def __init__(self, latency_s: float = 0.0) -> None:
+        self.latency_s = latency_s
+
     async def generate(self, requests: list[Request]) -> list[Generation]:
-        return [Generation(CANNED, "stop", True, Usage(100, 800), model="canned") for _ in requests]
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        return [self._answer(r) for r in requests]
+
+    def _answer(self, request: Request) -> Generation:
+        # The SDK's capability probe asks for {"ok": <bool>}; a server that enforces schemas gives it.
+        text = '{"ok": true}' if request.max_new_tokens == PROBE_TOKENS else CANNED
+        return Generation(text, "stop", True, Usage(100, 800), model="canned")
 
     async def aclose(self) -> None:
         return None
 
 
-def _serve(port: int) -> None:
+def _serve(port: int, latency_s: float = 0.0, max_batch: int | None = None) -> None:
     import uvicorn
 
     from flexjudge.serve import create_app
 
-    app = create_app(CannedBackend(), model_name="canned", window_s=0.0)
+    app = create_app(CannedBackend(latency_s), model_name="canned", window_s=0.0, max_batch=max_batch)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
 
 

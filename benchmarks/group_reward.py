@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""One group's reward against a judge server with a fixed latency: how close to the ideal, and to a bare
+client making the same calls.
+
+The server (`flexjudge serve`'s app in its own process) answers each batch of requests after a fixed
+latency (default 50 ms) with one valid flex judgment: a stand-in model, so that scheduling and client
+cost show, not a model's. A group of G = 9 images is 36 pairs (72 with swap).
+
+- ideal: ceil(calls / concurrency) x latency, the best any client can do at that concurrency;
+- bare: the `openai` client making the same calls (images encoded once, `json.loads` of each answer);
+- flexjudge: `flexjudge.rewards.agroup_rewards` with a `Judge(max_concurrency=c)`: media checks, prompt,
+  constraint, parse into typed judgments, outcomes, the reward formula.
+
+    python benchmarks/group_reward.py [--latency-ms 50] [--repeat 5] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from openai_overhead import _free_port, _serve
+
+import flexjudge
+from flexjudge.constraints import pair_constraint
+from flexjudge.media import to_data_url
+from flexjudge.prompting import PromptSpec, render_prompt
+from flexjudge.rewards import agroup_rewards
+
+PROMPT = "A child in a yellow raincoat feeding ducks at a pond, storybook illustration"
+G = 9
+
+
+def _images() -> list[Image.Image]:
+    return [Image.new("RGB", (256, 256), (25 * k, 40, 200 - 20 * k)) for k in range(G)]
+
+
+async def _bare(url: str, images: list[Image.Image], calls: int, concurrency: int) -> float:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0)
+    text = render_prompt(PromptSpec(), PROMPT)
+    schema = pair_constraint("image", "flex")
+    gate = asyncio.Semaphore(concurrency)
+    pairs = [(i, j) for i in range(G) for j in range(i + 1, G)]
+    pairs = (pairs * math.ceil(calls / len(pairs)))[:calls]
+
+    async def one(i: int, j: int, urls: list[str]) -> Any:
+        async with gate:
+            content: list[dict[str, Any]] = [
+                {"type": "image_url", "image_url": {"url": urls[i]}},
+                {"type": "image_url", "image_url": {"url": urls[j]}},
+                {"type": "text", "text": text},
+            ]
+            response = await client.chat.completions.create(
+                model="canned",
+                messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "judgment", "schema": schema, "strict": True},
+                },
+                max_tokens=4096,
+                temperature=0.0,
+            )
+            return json.loads(response.choices[0].message.content or "")
+
+    started = time.perf_counter()
+    urls = [to_data_url(im) for im in images]  # once per group, as flexjudge does
+    await asyncio.gather(*(one(i, j, urls) for i, j in pairs))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return elapsed
+
+
+async def _flexjudge(url: str, images: list[Image.Image], concurrency: int, swap: bool) -> float:
+    judge = flexjudge.Judge("canned", backend="openai", base_url=url, max_concurrency=concurrency)
+    await agroup_rewards(PROMPT, images[:2], judge)  # the capability probe and connections, once
+    fresh = [im.copy() for im in images]  # new pixels objects, same content: the encode memo is by content
+    for im, k in zip(fresh, range(G), strict=True):
+        im.putpixel((0, 0), (k, k, k + 1))  # distinct from the warm-up's, so nothing is pre-encoded
+    started = time.perf_counter()
+    result = await agroup_rewards(PROMPT, fresh, judge, swap=swap)
+    elapsed = time.perf_counter() - started
+    await judge.aclose()
+    if result.failures or len(result.judgments) != G * (G - 1) // 2:
+        raise SystemExit(f"the group did not complete: {result.failures[:3]}")
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--latency-ms", type=float, default=50.0)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    latency = args.latency_ms / 1000
+    port = _free_port()
+    ctx = multiprocessing.get_context("spawn")
+    server = ctx.Process(target=_serve, args=(port, latency, 128), daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(400):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    images = _images()
+    pairs = G * (G - 1) // 2
+    rows = []
+    try:
+        asyncio.run(_bare(url, images, 8, 8))
+        for concurrency, swap in ((8, False), (36, False), (8, True), (72, True)):
+            calls = pairs * (2 if swap else 1)
+            ideal = math.ceil(calls / concurrency) * latency
+            bare = min(asyncio.run(_bare(url, images, calls, concurrency)) for _ in range(args.repeat))
+            ours = min(asyncio.run(_flexjudge(url, images, concurrency, swap)) for _ in range(args.repeat))
+            rows.append((concurrency, calls, ideal, bare, ours))
+    finally:
+        server.terminate()
+    table = [
+        "| concurrency | calls | ideal ms | bare client ms | flexjudge ms | flexjudge / ideal "
+        "| flexjudge / bare |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    table += [
+        f"| {c} | {n} | {i * 1000:.0f} | {b * 1000:.0f} | {o * 1000:.0f} | {o / i:.2f} | {o / b:.2f} |"
+        for c, n, i, b, o in rows
+    ]
+    machine = f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    setup = f"{machine}; G = {G}, 256x256 images, latency {args.latency_ms:.0f} ms, best of {args.repeat}"
+    print(f"{stamp}; {setup}\n")
+    print("\n".join(table))
+    if args.record:
+        with (Path(__file__).parent / "RESULTS.md").open("a", encoding="utf-8") as fh:
+            fh.write(f"\n## group_reward ({stamp})\n\n{setup}\n\n" + "\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
