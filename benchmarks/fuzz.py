@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--salt", type=int, default=0, help="picks another deterministic input sequence")
     ap.add_argument("--limit", type=float, default=2.0, help="seconds per input before a kill (default 2)")
     ap.add_argument("--limit-per-kb", type=float, default=0.02, help="extra seconds per KB (default 0.02)")
+    ap.add_argument(
+        "--skip-open", action="store_true", help="leave out the inputs of known open bugs (fuzzing.OPEN_RAW)"
+    )
     default_record = str(Path(__file__).with_name("RESULTS.md"))
     ap.add_argument("--record", nargs="?", const=default_record, metavar="PATH", help="append to RESULTS.md")
     args = ap.parse_args(argv)
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     tally = fuzzing.fuzz_pool(
         args.inputs, args.workers, salt=args.salt, limit_s=args.limit, limit_s_per_kb=args.limit_per_kb,
-        progress=progress,
+        open_bugs=not args.skip_open, progress=progress,
     )  # fmt: skip
     wall = time.perf_counter() - start
     tried = tally.inputs + tally.hangs
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         command = (
             f"python benchmarks/fuzz.py --inputs {args.inputs} --workers {args.workers} --salt {args.salt}"
+            + (" --skip-open" if args.skip_open else "")
         )
         found = "".join(f"- `{json.dumps(f.__dict__, ensure_ascii=True)}`\n" for f in tally.findings[:10])
         section = (

@@ -47,11 +47,17 @@ class Seed:
 
 _JSON_WINNER = re.compile(r'"winner"\s*:\s*')
 _NUMBER = re.compile(r"[0-9]+")
+_JSON_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
 def names(region: str) -> frozenset[int]:
-    """The candidate numbers a piece of winner text names: its digit runs, after NFKC (fullwidth １ is 1)."""
-    return frozenset(int(n) for n in _NUMBER.findall(unicodedata.normalize("NFKC", region)))
+    """The candidate numbers a piece of winner text names: its digit runs, after NFKC (fullwidth １ is 1);
+    a bare JSON number names its value (2.0 and 2e0 are 2, 2.5 names none)."""
+    region = unicodedata.normalize("NFKC", region)
+    if _JSON_NUMBER.fullmatch(region.strip()):
+        value = float(region)
+        return frozenset({int(value)}) if value.is_integer() else frozenset()
+    return frozenset(int(n) for n in _NUMBER.findall(region))
 
 
 def winner_span(text: str, think: bool) -> tuple[int, int]:
@@ -237,6 +243,32 @@ def _second(seed: Seed, rng: random.Random) -> Case:
     )  # fmt: skip
 
 
+# Winner values a judge might write that settle on no single candidate, or on one in an odd spelling.
+_REWRITES = (
+    "Image 1 vs Image 2", "Image 1 or 2", "1/2", "tie", "both", "neither", "true", "false", "null", "Image 3",
+    "Image 0", "Image 12", "Image 2?", "Image 1 isn't better", "not Image 1", "Image 2 is probably better",
+    "Image \uff12", "\u0399mage 1", "Image 1, Image 2", "2.0", "1e0", "2.5", "-1", "[1]", "{}", "",
+)  # fmt: skip
+# Raw (unquoted) values that start with a number and go on, in JSON whose value is a string: lenient flex
+# reads the leading number (`"winner": 1 or 2` -> 1), an open bug routed to the lead (see test_fuzz.py).
+# `open_bugs=False` leaves these out so the default suite stays a gate for everything else.
+OPEN_RAW = ("1/2", "2 vs 1", "1 or 2", '"Image 1" or "Image 2"', "1,2")
+
+
+def _rewrite(seed: Seed, rng: random.Random, open_bugs: bool = True) -> Case:
+    """The winner value written over with another phrase, inside its quotes or in place of them."""
+    s, e = seed.span
+    quoted = seed.text[s - 1 : s] == '"' and seed.text[e : e + 1] == '"'
+    raw = quoted and rng.random() < 0.3
+    phrases = _REWRITES
+    if raw:  # the open bug's inputs come only from OPEN_RAW, so that open_bugs=False leaves every one out
+        phrases = tuple(p for p in _REWRITES if p not in OPEN_RAW) + (OPEN_RAW if open_bugs else ())
+    phrase = rng.choice(phrases)
+    if raw:
+        return splice(seed, s - 1, e + 1, phrase, f"rewrite raw {phrase!r}")
+    return splice(seed, s, e, phrase, f"rewrite {phrase!r}")
+
+
 MUTATIONS: dict[str, Callable[[Seed, random.Random], Case]] = {
     "truncate": _truncate,
     "flip": _flip,
@@ -246,21 +278,26 @@ MUTATIONS: dict[str, Callable[[Seed, random.Random], Case]] = {
     "confusable": _confusable,
     "run": _run,
     "second": _second,
+    "rewrite": _rewrite,
 }
 
 
-def every_mutation(seed: Seed, rng: random.Random) -> list[Case]:
+def _mutate(kind: str, seed: Seed, rng: random.Random, open_bugs: bool) -> Case:
+    return _rewrite(seed, rng, open_bugs) if kind == "rewrite" else MUTATIONS[kind](seed, rng)
+
+
+def every_mutation(seed: Seed, rng: random.Random, open_bugs: bool = True) -> list[Case]:
     """One input of each mutation kind, for a seed the caller brings (Hypothesis renders them)."""
-    return [mutate(seed, rng) for mutate in MUTATIONS.values()]
+    return [_mutate(kind, seed, rng, open_bugs) for kind in MUTATIONS]
 
 
-def case_at(seeds: list[Seed], index: int, salt: int = 0) -> Case:
+def case_at(seeds: list[Seed], index: int, salt: int = 0, open_bugs: bool = True) -> Case:
     """The `index`-th fuzz input: deterministic, so a worker regenerates it and a report can name it."""
     rng = random.Random(salt * 1_000_003 + index)
     seed = seeds[index % len(seeds)]
     kind = list(MUTATIONS)[(index // len(seeds)) % len(MUTATIONS)]
     # One splice per input, never two composed: that keeps the oracle's span bookkeeping exact.
-    return MUTATIONS[kind](seed, rng)
+    return _mutate(kind, seed, rng, open_bugs)
 
 
 # ---------------------------------------------------------------- readers and judging one case
@@ -354,11 +391,14 @@ def judge_case(case: Case, reader: Reader, index: int, tally: Tally) -> None:
     # Inputs under 1 KB count as 1 KB: per-call overhead is not a slope, and would otherwise lead the record.
     kb = max(size / 1024, 1.0)
     if elapsed * 1e6 / kb > tally.slowest_us_per_kb:
-        # A new slowest is timed again and the faster run kept: on shared cores one descheduling would
-        # otherwise be recorded as the parser's slope.
-        again = time.perf_counter()
-        _read_both(case, reader, index, Tally(), size)
-        per_kb = min(elapsed, time.perf_counter() - again) * 1e6 / kb
+        # A new slowest is timed three times more and the fastest run kept: on shared cores one
+        # descheduling would otherwise be recorded as the parser's slope.
+        best = elapsed
+        for _ in range(3):
+            again = time.perf_counter()
+            _read_both(case, reader, index, Tally(), size)
+            best = min(best, time.perf_counter() - again)
+        per_kb = best * 1e6 / kb
         if per_kb > tally.slowest_us_per_kb:
             tally.slowest_us_per_kb = per_kb
             tally.slowest = f"#{index} {case.seed.name} {case.mutation} ({size} B)"
@@ -404,7 +444,14 @@ _FLUSH = 256  # inputs between reports to the parent: what a killed worker loses
 
 
 def _worker(
-    conn: Connection, state: Any, lo: int, hi: int, skip: frozenset[int], reader: str, salt: int
+    conn: Connection,
+    state: Any,
+    lo: int,
+    hi: int,
+    skip: frozenset[int],
+    reader: str,
+    salt: int,
+    open_bugs: bool,
 ) -> None:
     seeds = load_seeds()
     read = READERS[reader]
@@ -412,7 +459,7 @@ def _worker(
     for index in range(lo, hi):
         if index in skip:
             continue
-        case = case_at(seeds, index, salt)
+        case = case_at(seeds, index, salt, open_bugs)
         with state.get_lock():  # the parent reads index, start and size together
             state[0], state[1], state[2] = index, time.monotonic(), len(case.text)
         judge_case(case, read, index, tally)
@@ -444,6 +491,7 @@ def fuzz_pool(
     salt: int = 0,
     limit_s: float = 2.0,
     limit_s_per_kb: float = 0.02,
+    open_bugs: bool = True,
     progress: Callable[[Tally], None] | None = None,
 ) -> Tally:
     """Judge inputs 0..count-1 on `workers` processes. An input that runs past `limit_s` (plus
@@ -458,7 +506,7 @@ def fuzz_pool(
     def start(slot: _Slot) -> None:
         parent, child = ctx.Pipe(duplex=False)
         slot.state = ctx.Array("d", [-1.0, 0.0, 0.0])
-        args = (child, slot.state, slot.lo, slot.hi, frozenset(slot.skip), reader, salt)
+        args = (child, slot.state, slot.lo, slot.hi, frozenset(slot.skip), reader, salt, open_bugs)
         slot.process = ctx.Process(target=_worker, args=args, daemon=True)
         slot.process.start()
         child.close()
@@ -497,7 +545,7 @@ def fuzz_pool(
             slot.process.kill()
             slot.process.join()
             drain(slot)
-            case = case_at(seeds, index, salt)
+            case = case_at(seeds, index, salt, open_bugs)
             if late:
                 total.hangs += 1
                 what: Literal["crash", "hang"] = "hang"
