@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = "| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
     print(table)
+    for key, n in sorted(tally.kinds.items(), key=lambda kv: -kv[1]):
+        print(f"{n:8d}  {key}")
     for finding in tally.findings[:20]:
         print(json.dumps(finding.__dict__, ensure_ascii=True))
     if args.record:
@@ -100,12 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         found = "".join(f"- `{json.dumps(f.__dict__, ensure_ascii=True)}`\n" for f in tally.findings[:10])
         section = (
             f"\n## fuzz: {tried} inputs ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC})\n\n"
-            f"{_machine()}; `{command}`. Inputs are single splices of the example outputs and their renders\n"
-            "in every format (truncations, bit flips, quotes and braces, duplicated keys, confusables, long\n"
-            "runs, second judgments), read strictly and leniently, then checked; the oracle and the watched\n"
-            "pool are in tests/fuzzing.py. Per-KB times count inputs under 1 KB as 1 KB.\n\n"
+            f"{_machine()};\n`{command}`. Inputs are single splices of the example outputs and\n"
+            "their renders in every format (truncations, bit flips, quotes and braces, duplicated keys,\n"
+            "confusables, long runs, second judgments, rewritten winners), each read strictly and\n"
+            "leniently, then checked; the oracle and the watched pool are in tests/fuzzing.py. Per-input\n"
+            "times are the worker's CPU time for both reads and check; inputs under 1 KB count as 1 KB.\n\n"
             f"{table}"
         )
+        if tally.kinds:
+            kinds = "".join(f"| {k} | {n} |\n" for k, n in sorted(tally.kinds.items(), key=lambda kv: -kv[1]))
+            section += f"\nEvery finding, by mutation:\n\n| finding | count |\n|---|---:|\n{kinds}"
         if found:
             section += f"\nFindings (first 10; `#index` regenerates the input with `case_at`):\n\n{found}"
         with Path(args.record).open("a", encoding="utf-8") as fh:

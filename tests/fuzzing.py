@@ -370,7 +370,14 @@ class Tally:
     bytes: int = 0
     slowest_us_per_kb: float = 0.0
     slowest: str = ""
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # the first 50, in full
+    kinds: dict[str, int] = field(default_factory=dict)  # every finding, counted by what and mutation kind
+
+    def found(self, finding: Finding) -> None:
+        if len(self.findings) < 50:
+            self.findings.append(finding)
+        key = f"{finding.what}: {finding.mutation.split('@')[0]}"
+        self.kinds[key] = self.kinds.get(key, 0) + 1
 
     def add(self, other: Tally) -> None:
         for name in ("inputs", "read", "refused", "crashes", "invented", "hangs", "seconds", "bytes"):
@@ -378,6 +385,8 @@ class Tally:
         if other.slowest_us_per_kb > self.slowest_us_per_kb:
             self.slowest_us_per_kb, self.slowest = other.slowest_us_per_kb, other.slowest
         self.findings += other.findings[: max(0, 50 - len(self.findings))]
+        for key, n in other.kinds.items():
+            self.kinds[key] = self.kinds.get(key, 0) + n
 
 
 def judge_case(case: Case, reader: Reader, index: int, tally: Tally) -> None:
@@ -385,19 +394,20 @@ def judge_case(case: Case, reader: Reader, index: int, tally: Tally) -> None:
     if case.seed.kind == "point" and reader is read_parse:
         reader = read_pointwise
     size = len(case.text.encode("utf-8", "surrogatepass"))
-    start = time.perf_counter()
+    # CPU time of this process, not wall time: on shared cores a descheduled worker would otherwise record
+    # the machine's load as the parser's slope. (The watchdog, which catches hangs, goes by wall time.)
+    start = time.process_time()
     _read_both(case, reader, index, tally, size)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     # Inputs under 1 KB count as 1 KB: per-call overhead is not a slope, and would otherwise lead the record.
     kb = max(size / 1024, 1.0)
     if elapsed * 1e6 / kb > tally.slowest_us_per_kb:
-        # A new slowest is timed three times more and the fastest run kept: on shared cores one
-        # descheduling would otherwise be recorded as the parser's slope.
+        # A new slowest is timed twice more and the fastest run kept (a GC pass is not the parser's slope).
         best = elapsed
-        for _ in range(3):
-            again = time.perf_counter()
+        for _ in range(2):
+            again = time.process_time()
             _read_both(case, reader, index, Tally(), size)
-            best = min(best, time.perf_counter() - again)
+            best = min(best, time.process_time() - again)
         per_kb = best * 1e6 / kb
         if per_kb > tally.slowest_us_per_kb:
             tally.slowest_us_per_kb = per_kb
@@ -417,17 +427,13 @@ def _read_both(case: Case, reader: Reader, index: int, tally: Tally, size: int) 
         except Exception as exc:  # the finding this harness exists for: an untyped error
             tally.crashes += 1
             detail = f"{type(exc).__name__}: {exc}"[:300]
-            tally.findings.append(
-                Finding("crash", index, case.seed.name, case.mutation, strict, detail, size)
-            )
+            tally.found(Finding("crash", index, case.seed.name, case.mutation, strict, detail, size))
             continue
         tally.read += 1
         if case.seed.kind == "pair" and got not in case.allowed:
             tally.invented += 1
             detail = f"read {got}, allowed {sorted(case.allowed, key=str) or 'none (must fail)'}"
-            tally.findings.append(
-                Finding("invented", index, case.seed.name, case.mutation, strict, detail, size)
-            )
+            tally.found(Finding("invented", index, case.seed.name, case.mutation, strict, detail, size))
 
 
 def fuzz_inline(cases: list[tuple[int, Case]], reader: Reader = read_parse) -> Tally:
@@ -553,7 +559,7 @@ def fuzz_pool(
             else:  # the process itself died (a segfault, an out-of-memory kill): a crash of this input
                 total.crashes += 1
                 what, detail = "crash", f"worker died with exit code {slot.process.exitcode}"
-            total.findings.append(Finding(what, index, case.seed.name, case.mutation, None, detail, size))
+            total.found(Finding(what, index, case.seed.name, case.mutation, None, detail, size))
             slot.skip.add(index)
             start(slot)  # picks up at the last report, skipping the inputs that hung
     return total
