@@ -10,6 +10,9 @@ does not touch that span must read the seed's winner or fail; one that touches i
 candidate number the changed value region still holds (after NFKC, so fullwidth digits count as digits).
 A splice that adds a winner elsewhere (a duplicated key, a second judgment) adds the numbers it names.
 Anything else read is an invented verdict; any exception that is not a `FlexjudgeError` is a crash.
+What it does not judge, by design (it counts candidates, it does not read English): negation or doubt
+in a value naming one candidate ("Image 1 isn't better"; tests/test_winners.py holds those), the
+dimension winners, and pointwise scores (pointwise inputs are checked for crashes and hangs only).
 """
 
 from __future__ import annotations
