@@ -16,17 +16,23 @@ Supervision: when the wrapped `generate` raises, each request of the batch is ru
 request (a schema the engine refuses) fails only its own caller. A crash of the batcher itself (a bug,
 or a backend returning the wrong number of generations) fails every request it holds with a
 `BackendError`, and the next call starts a fresh collector: nothing waits forever.
+
+Cancellation: a cancelled caller's requests are skipped while queued, and once in a batch their
+`Request.stop` is set, so a backend that can stop a row mid-way (transformers) ends it at the next
+decoding step; the batch mates it leaves behind are answered as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import weakref
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flexjudge.backends.base import Backend, Generation, Request
+from flexjudge.backends.base import Backend, Generation, Request, Stopped
 from flexjudge.errors import BackendError, UsageError
 
 __all__ = ["BatchingBackend"]
@@ -86,7 +92,9 @@ class BatchingBackend:
         loop = asyncio.get_running_loop()
         state = self._state(loop)
         now = loop.time()
-        pending = [_Pending(r, loop.create_future(), now) for r in requests]
+        pending = [_Pending(_stoppable(r), loop.create_future(), now) for r in requests]
+        for p in pending:
+            p.future.add_done_callback(_stop_if_cancelled(p.request))
         state.queue.extend(pending)
         if state.wakeup is not None and not state.wakeup.done():
             state.wakeup.set_result(None)
@@ -181,7 +189,10 @@ class BatchingBackend:
 
     async def _run(self, batch: list[_Pending]) -> None:
         try:
-            results = await self.backend.generate([p.request for p in batch])
+            results: list[Generation | None] = list(await self.backend.generate([p.request for p in batch]))
+        except Stopped as exc:
+            # Rows whose callers left were stopped (their futures are cancelled); the others are whole.
+            results = exc.generations
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0], exc)
@@ -197,7 +208,23 @@ class BatchingBackend:
                 f"{self.name} returned {len(results)} generations for {len(batch)} requests", retryable=False
             )
         for pending, result in zip(batch, results, strict=True):
-            _settle(pending, result)
+            # None: stopped through a `stop` its caller had set on the request itself.
+            _settle(pending, result if result is not None else Stopped([None]))
+
+
+def _stoppable(request: Request) -> Request:
+    """The request with a `stop` event the batcher can set (its own, when the caller gave one)."""
+    return request if request.stop is not None else dataclasses.replace(request, stop=threading.Event())
+
+
+def _stop_if_cancelled(request: Request) -> Callable[[asyncio.Future[Generation]], None]:
+    stop = request.stop
+
+    def callback(future: asyncio.Future[Generation]) -> None:
+        if future.cancelled() and stop is not None:
+            stop.set()
+
+    return callback
 
 
 def _crash(exc: BaseException) -> BackendError:

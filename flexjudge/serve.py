@@ -367,8 +367,8 @@ async def _generate(
     model_name: str,
 ) -> JSONResponse:
     """Generate for one request, abandoning it when its client disconnects: a request still queued is
-    dropped before it reaches the model; one already decoding leaves its batch without an answer (the
-    local backend has no way to stop a batch in flight)."""
+    dropped before it reaches the model; one already decoding is stopped at its next decoding step (the
+    batcher sets its `Request.stop`), and its batch mates go on."""
     from fastapi.responses import JSONResponse
 
     generation_task = asyncio.ensure_future(batcher.generate([request]))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from flexjudge.errors import UsageError
+from flexjudge.errors import BackendError, UsageError
 
 if TYPE_CHECKING:  # Pillow is imported by the media loader and the backends, never by `import flexjudge`
     from PIL.Image import Image as PILImage
@@ -89,6 +90,21 @@ class Request:
     """Extra arguments for the model's chat template (`{"enable_thinking": False}` for Qwen3.5-based
     judges, as the released checkpoint is served); the transformers backend passes them to
     `apply_chat_template`, the openai backend sends them as vLLM's `chat_template_kwargs`."""
+    stop: threading.Event | None = field(default=None, compare=False, repr=False)
+    """Set by whoever no longer wants this generation (the batcher sets it when its caller is cancelled):
+    the transformers backend then stops decoding it at its next step and returns no `Generation` for it
+    (`Stopped`). Backends that cannot stop a request mid-way ignore it."""
+
+
+class Stopped(BackendError):
+    """Some requests of a `generate` call were stopped through their `Request.stop`: no text is returned for
+    them (a cut-short generation would read as a short answer). `generations` holds, in request order, the
+    complete generations of the others and None for each stopped one."""
+
+    def __init__(self, generations: list[Generation | None]) -> None:
+        self.generations = generations
+        stopped = sum(g is None for g in generations)
+        super().__init__(f"{stopped} of {len(generations)} generations were stopped", retryable=False)
 
 
 @dataclass

@@ -19,6 +19,9 @@ Choices, and why:
   stop tokens are banned everywhere (`_tokens.biases`).
 - Names that must stay distinct (`Constraint.unique_names`) are kept so by `_names.NameGuard` beside the
   engine's mask: no grammar can say it.
+- Decoding runs in a worker thread, which asyncio cannot cancel: a cancelled caller (or a request whose
+  `Request.stop` is set) ends its rows at the next decoding step through a stopping criterion, and a
+  stopped row is never returned as a (cut-short) generation (`Stopped`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from flexjudge.backends._loading import TINY_ALIASES, auto_device, auto_dtype, load, resolve
 from flexjudge.backends._names import closers
 from flexjudge.backends._tokens import biases, token_bytes
-from flexjudge.backends.base import Generation, ImagePart, Request, TextPart, Usage
+from flexjudge.backends.base import Generation, ImagePart, Request, Stopped, TextPart, Usage
 from flexjudge.backends.engines import (
     DEFAULT_ENGINE,
     Engine,
@@ -172,7 +175,18 @@ class TransformersBackend:
         together in batches of up to `max_batch_size`."""
         if not requests:
             return []
-        return await asyncio.to_thread(self._generate_sync, list(requests))
+        stop = threading.Event()
+        work = asyncio.ensure_future(asyncio.to_thread(self._generate_sync, list(requests), stop))
+        # The caller may be gone by the time the worker fails: its error is retrieved here, reported to none.
+        work.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The thread cannot be cancelled, only told to stop: it ends within one decoding step, and
+            # waiting for that keeps the model free for whoever comes next.
+            stop.set()
+            await asyncio.wait({work})
+            raise
 
     async def aclose(self) -> None:
         self._model = None
@@ -180,7 +194,9 @@ class TransformersBackend:
 
     # ---------------------------------------------------------------- internals
 
-    def _generate_sync(self, requests: list[Request]) -> list[Generation]:
+    def _generate_sync(self, requests: list[Request], stop: threading.Event) -> list[Generation]:
+        """Every request's generation, or `Stopped` when `stop` (the whole call) or a request's own
+        `Request.stop` was set before its generation ended."""
         if self._model is None:
             raise BackendError("this TransformersBackend is closed", retryable=False)
         groups: dict[tuple[Any, ...], list[int]] = {}
@@ -204,11 +220,18 @@ class TransformersBackend:
         with self._lock:
             for key, indices in groups.items():
                 for start in range(0, len(indices), self.max_batch_size):
-                    chunk = indices[start : start + self.max_batch_size]
-                    batch = self._run_batch([requests[i] for i in chunk], digest=key[0])
+                    # A request stopped before its batch starts is not decoded at all.
+                    chunk = [i for i in indices[start : start + self.max_batch_size]
+                             if not (stop.is_set() or _is_set(requests[i].stop))]  # fmt: skip
+                    if not chunk:
+                        continue
+                    batch = self._run_batch([requests[i] for i in chunk], digest=key[0], stop=stop)
                     for i, generation in zip(chunk, batch, strict=True):
                         out[i] = generation
-        return [g for g in out if g is not None]
+        done = [g for g in out if g is not None]
+        if len(done) < len(requests):
+            raise Stopped(out)
+        return done
 
     def _render(self, request: Request) -> tuple[str, list[Any]]:
         conversation, images = [], []
@@ -238,8 +261,11 @@ class TransformersBackend:
         texts = template.values() if isinstance(template, dict) else [template]
         return frozenset().union(*(_get_template_variables(t) for t in texts if t))
 
-    def _run_batch(self, requests: Sequence[Request], *, digest: str | None) -> list[Generation]:
-        """One batch of requests sharing a constraint (`digest`: its `constraint_hash`) and sampling."""
+    def _run_batch(
+        self, requests: Sequence[Request], *, digest: str | None, stop: threading.Event
+    ) -> list[Generation | None]:
+        """One batch of requests sharing a constraint (`digest`: its `constraint_hash`) and sampling; None
+        for each row stopped (by `stop` or its request's own) before it ended."""
         import torch
 
         first = requests[0]
@@ -274,13 +300,15 @@ class TransformersBackend:
         else:
             processors = [AddBias(self._free_bias)]
 
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        halt = _StopRows([r.stop for r in requests], stop)
         kwargs: dict[str, Any] = {
             "max_new_tokens": first.max_new_tokens,
             "eos_token_id": list(self._tok.stops),
             "pad_token_id": self._pad,
             "logits_processor": LogitsProcessorList(processors),
+            "stopping_criteria": StoppingCriteriaList([halt]),
         }
         if first.temperature > 0:
             # Neutralise a checkpoint's top-k / top-p: HF applies them before custom processors, and a
@@ -303,8 +331,11 @@ class TransformersBackend:
                 hook.remove()
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
 
-        generations = []
+        generations: list[Generation | None] = []
         for i, ids in enumerate(new_tokens):
+            if i in halt.stopped:
+                generations.append(None)
+                continue
             stop_at = next((k for k, t in enumerate(ids) if t in self._tok.stops), None)
             kept = ids if stop_at is None else ids[:stop_at]
             row_extra = dict(extra)
@@ -333,3 +364,25 @@ class TransformersBackend:
                 )
             )
         return generations
+
+
+def _is_set(event: threading.Event | None) -> bool:
+    return event is not None and event.is_set()
+
+
+class _StopRows:
+    """A stopping criterion (called by HF `generate` after each decoding step): ends the rows whose request's
+    `stop` is set, or every row once the call's `stop` is. `stopped` keeps the rows it ended, whose text
+    is then cut short and must not be returned."""
+
+    def __init__(self, rows: list[threading.Event | None], call: threading.Event) -> None:
+        self.rows = rows
+        self.call = call
+        self.stopped: set[int] = set()
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        flags = [self.call.is_set() or _is_set(row) for row in self.rows]
+        self.stopped.update(i for i, flag in enumerate(flags) if flag)
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
