@@ -16,15 +16,20 @@ import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from flexjudge.errors import FlexjudgeError, UsageError
 
+if TYPE_CHECKING:
+    from flexjudge.backends.base import Request
+
 __all__ = [
+    "CountsPromptTokens",
     "LimitExceeded",
     "RequireKey",
     "ServeLimits",
     "authorized",
+    "check_prompt_tokens",
     "is_loopback",
     "protocol_with_deadline",
     "read_body",
@@ -50,7 +55,10 @@ class ServeLimits:
     """Largest `max_tokens` / `max_completion_tokens` a request may ask for (400 above); also the budget of
     a request that names none."""
     max_prompt_chars: int = 400_000
-    """Most characters of text over all messages of one request (400)."""
+    """Most characters of text over all messages of one request (400): a cheap check before tokenizing."""
+    max_prompt_tokens: int = 32_768
+    """Most tokens of the prompt as the model sees it, chat template and image tokens included (400);
+    counted where the backend can count them (`CountsPromptTokens`)."""
     max_queue: int = 64
     """Most requests waiting for or in generation at once; one more is answered 503 with Retry-After."""
     retry_after_s: int = 1
@@ -72,6 +80,24 @@ class LimitExceeded(FlexjudgeError):
     def __init__(self, message: str, *, status: int) -> None:
         self.status = status
         super().__init__(message)
+
+
+@runtime_checkable
+class CountsPromptTokens(Protocol):
+    """A backend that can say how many tokens a request's prompt takes on its model (transformers)."""
+
+    def prompt_tokens(self, request: Request) -> int: ...
+
+
+def check_prompt_tokens(request: Request, counter: CountsPromptTokens, limits: ServeLimits) -> None:
+    """`LimitExceeded` (400) when the prompt takes more than `limits.max_prompt_tokens` on the model."""
+    tokens = counter.prompt_tokens(request)
+    if tokens > limits.max_prompt_tokens:
+        raise LimitExceeded(
+            f"the prompt takes {tokens} tokens, above this server's limit of {limits.max_prompt_tokens}"
+            " (--max-prompt-tokens)",
+            status=400,
+        )
 
 
 def authorized(headers: list[tuple[bytes, bytes]], api_key: str) -> bool:

@@ -285,6 +285,9 @@ def serve_command(
     max_prompt_chars: Annotated[
         int, typer.Option(min=1, help="Most text characters.")
     ] = _SL.max_prompt_chars,
+    max_prompt_tokens: Annotated[
+        int, typer.Option(min=1, help="Most prompt tokens (template and images included).")
+    ] = _SL.max_prompt_tokens,
     max_queue: Annotated[
         int, typer.Option(min=1, help="Most requests waiting or generating; beyond, 503 with Retry-After.")
     ] = _SL.max_queue,
@@ -314,7 +317,8 @@ def serve_command(
     limits = ServeLimits(
         max_body_bytes=max_body_bytes, max_images=max_images, max_image_pixels=max_image_pixels,
         max_total_pixels=max_total_pixels, max_tokens=max_tokens, max_prompt_chars=max_prompt_chars,
-        max_queue=max_queue, body_timeout_s=body_timeout, header_timeout_s=header_timeout,
+        max_prompt_tokens=max_prompt_tokens, max_queue=max_queue, body_timeout_s=body_timeout,
+        header_timeout_s=header_timeout,
     )  # fmt: skip
     cj.check_device(device, dtype)
     placement = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}

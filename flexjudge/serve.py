@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flexjudge._serve_limits import (
+    CountsPromptTokens,
     LimitExceeded,
     RequireKey,
     ServeLimits,
+    check_prompt_tokens,
     is_loopback,
     protocol_with_deadline,
     read_body,
@@ -308,6 +310,13 @@ def create_app(
         batcher = BatchingBackend(backend, max_batch=batch, window_s=window_s)
     app.state.batcher = batcher
     app.state.admitted = 0
+    counter = batcher.backend if isinstance(batcher.backend, CountsPromptTokens) else None
+
+    def parsed(raw: bytes) -> Request:
+        request = parse_chat_request(raw, limits=limits)
+        if counter is not None:  # after the cheap checks: only a request within them is tokenized
+            check_prompt_tokens(request, counter, limits)
+        return request
 
     def error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
         body = {"error": {"message": message, "type": kind, "code": status}}
@@ -334,7 +343,7 @@ def create_app(
                 max_bytes=limits.max_body_bytes,
                 timeout_s=limits.body_timeout_s,
             )
-            request = await asyncio.to_thread(parse_chat_request, raw, limits=limits)
+            request = await asyncio.to_thread(parsed, raw)
         except LimitExceeded as exc:
             kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
             return error(exc.status, str(exc), kind)

@@ -33,7 +33,7 @@ from flexjudge.backends.transformers import TransformersBackend
 from flexjudge.batching import BatchingBackend
 from flexjudge.cli import app as cli_app
 from flexjudge.errors import UsageError
-from flexjudge.serve import ServeLimits, create_app, serve, server_config
+from flexjudge.serve import ServeLimits, create_app, parse_chat_request, serve, server_config
 
 HI = [{"role": "user", "content": "hi"}]
 KEY = "s3cret-key"
@@ -191,6 +191,25 @@ def test_requests_at_each_limit_are_answered(limited: str) -> None:
         {"messages": images(1), "max_tokens": 2},
     ):
         assert call(limited, "/v1/chat/completions", body)[0] == 200
+
+
+@pytest.mark.parametrize("messages", [HI, images(1)], ids=["text", "image"])
+def test_the_prompt_token_limit_counts_what_the_model_sees(
+    tiny: TransformersBackend, messages: list[dict[str, Any]]
+) -> None:
+    """The prompt is counted as the model is fed it (chat template, image tokens): a request of exactly
+    `max_prompt_tokens` is answered, and reports that many prompt tokens; one more token is a 400."""
+    body = {"messages": messages, "max_tokens": 2, "temperature": 0}
+    tokens = tiny.prompt_tokens(parse_chat_request(json.dumps(body)))
+    at_limit = ServeLimits(max_prompt_tokens=tokens)
+    with running(create_app(tiny, model_name="tiny-random", limits=at_limit), at_limit) as (url, _):
+        status, answer, _ = call(url, "/v1/chat/completions", body)
+        assert status == 200 and answer["usage"]["prompt_tokens"] == tokens
+    below = ServeLimits(max_prompt_tokens=tokens - 1)
+    with running(create_app(tiny, model_name="tiny-random", limits=below), below) as (url, _):
+        status, answer, _ = call(url, "/v1/chat/completions", body)
+        assert status == 400 and answer["error"]["type"] == "invalid_request_error"
+        assert "--max-prompt-tokens" in answer["error"]["message"]
 
 
 def _raw(port: int, head: bytes) -> socket.socket:

@@ -140,6 +140,9 @@ class TransformersBackend:
         # the host is free while the forward pass runs, which is what overlapping uses.
         self.overlap_masks = overlap_masks if overlap_masks is not None else self.device != "cpu"
         self._lock = threading.Lock()
+        # The processor's fast tokenizer is not safe to call from two threads at once (padding settings
+        # are state); prompts are counted (`prompt_tokens`) while a batch decodes.
+        self._processor_lock = threading.Lock()
         self._processor, self._model = load(self.model, path, self.device, self.dtype)
         tokenizer = self._processor.tokenizer
         generation = self._model.generation_config
@@ -187,6 +190,16 @@ class TransformersBackend:
             stop.set()
             await asyncio.wait({work})
             raise
+
+    def prompt_tokens(self, request: Request) -> int:
+        """How many tokens `request`'s prompt takes on this model: rendered with the chat template and
+        tokenized with its images expanded, as `generate` feeds it."""
+        if self._processor is None:
+            raise BackendError("this TransformersBackend is closed", retryable=False)
+        text, images = self._render(request)
+        with self._processor_lock:
+            inputs = self._processor(text=[text], images=images or None)
+        return len(inputs["input_ids"][0])
 
     async def aclose(self) -> None:
         self._model = None
@@ -274,7 +287,8 @@ class TransformersBackend:
             text, request_images = self._render(request)
             texts.append(text)
             images.extend(request_images)
-        inputs = self._processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        with self._processor_lock:
+            inputs = self._processor(text=texts, images=images or None, padding=True, return_tensors="pt")
         inputs = inputs.to(self._model.device)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
 
@@ -379,10 +393,17 @@ class _StopRows:
         self.rows = rows
         self.call = call
         self.stopped: set[int] = set()
+        self._none: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         import torch
 
         flags = [self.call.is_set() or _is_set(row) for row in self.rows]
+        if not any(flags):
+            # One tensor made once: copying a fresh one to an accelerator each step would wait for the
+            # device, undoing HF's deferred stop check.
+            if self._none is None:
+                self._none = torch.zeros(len(flags), dtype=torch.bool, device=input_ids.device)
+            return self._none
         self.stopped.update(i for i, flag in enumerate(flags) if flag)
         return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
