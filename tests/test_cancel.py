@@ -1,8 +1,8 @@
 """A generation nobody waits for stops decoding: a cancelled local caller, a batch mate that leaves, a
 served client that disconnects. Decoding is measured in model forward passes (one per decoding step),
-counted by a hook on the tiny model itself, never by the clock. Free text from the tiny random model
-does not end by itself (checked side by side), so without the stop every request below would decode
-to its full budget."""
+counted by a hook on the tiny model itself, never by the clock. Without the stop (checked by disabling
+it) the abandoned requests below decode hundreds of steps (free text to 317 of its 1024, a judgment
+its 304); with it, one step after the caller left."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import uvicorn
 from served import free_port, serving
 from test_serve_hostile import HI, call, wait_until
 
-from flexjudge.backends.base import Message, Request, Stopped, TextPart
+from flexjudge import Judge
+from flexjudge.backends.base import Backend, Message, Request, Stopped, TextPart
 from flexjudge.backends.transformers import TransformersBackend
 from flexjudge.batching import BatchingBackend
 from flexjudge.serve import ServeLimits, create_app, server_config
@@ -94,6 +95,36 @@ def test_a_cancelled_local_caller_stops_the_decode(tiny: TransformersBackend, st
     # The model is free and decodes the next request in full.
     (after,) = asyncio.run(tiny.generate([request(4)]))
     assert after.finish_reason == "length" and steps.count == ended_at + 4
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batcher", "backend"])
+def test_a_cancelled_ajudge_stops_the_decode(tiny: TransformersBackend, steps: Steps, batched: bool) -> None:
+    """`Judge.ajudge` on the local model, through the batcher (as `Judge("tiny-random")` builds it) or on
+    the backend itself: a whole judgment takes `full` steps; cancelled after a few, it stops within a few
+    more and nothing is returned."""
+    from PIL import Image
+
+    images = [Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
+    backend: Backend = BatchingBackend(tiny) if batched else tiny
+
+    async def main() -> tuple[int, int, int]:
+        async with Judge(backend=backend, max_string_length=6, max_new_tokens=700) as judge:
+            await judge.ajudge("a red square", images)
+            full = steps.count
+            task = asyncio.create_task(judge.ajudge("a red square", images))
+            await _until(steps, full + STARTED)
+            left_at = steps.count
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The next request decodes only once the model is free: the steps before it are the judgment's.
+            await backend.generate([request(4)])
+            return full, left_at - full, steps.count - 4 - full
+
+    full, left_at, ended_at = asyncio.run(main())
+    print(f"a whole judgment: {full} steps; cancelled at step {left_at}, stopped at {ended_at}")
+    assert full > STARTED + 2 * SLACK, full  # a stop within SLACK would otherwise prove nothing
+    assert ended_at - left_at <= SLACK, (left_at, ended_at)
 
 
 def test_a_batch_mate_that_leaves_stops_and_the_others_are_answered(
