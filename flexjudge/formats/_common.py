@@ -7,13 +7,12 @@ import json
 import re
 import types
 import typing
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from flexjudge.errors import ParseError, TruncatedOutput
-from flexjudge.formats._recovery import Extracted
+from flexjudge.formats._recovery import Extracted, paused_gc
 
 Loc = tuple[int | str, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -103,7 +102,8 @@ def trusted_many(cls: type[M], rows: list[dict[str, Any]], fields: set[str]) -> 
 def load_strict(text: str, fmt: str) -> tuple[Any, int]:
     """`text` as one JSON value and the offset where it starts; a located `ParseError` otherwise."""
     try:
-        value = json.loads(text)
+        with paused_gc():
+            value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ParseError(f"not a single JSON object: {exc.msg}", offset=exc.pos, format=fmt) from None
     except RecursionError:
@@ -131,27 +131,43 @@ def locate(text: str, value: Any, loc: Loc, base: int) -> int:
     if not keys:
         return base
     key = keys[-1]
+    members = re.compile(rf'"{re.escape(key)}"\s*:')
+    if members.search(text, base) is None:
+        return base  # no member of that name in the text: walking the value cannot find one
     target = tuple(loc[: max(i for i, p in enumerate(loc) if p == key) + 1])
-    seen = 0
-    for path in _member_paths(value, ()):
-        if path == target:
-            break
-        if path[-1] == key:
-            seen += 1
-    for n, match in enumerate(re.finditer(rf'"{re.escape(key)}"\s*:', text[base:])):
+    seen = _members_before(value, target, key)
+    for n, match in enumerate(members.finditer(text, base)):
         if n == seen:
-            return base + match.start()
+            return match.start()
     return base
 
 
-def _member_paths(value: Any, prefix: Loc) -> Iterator[Loc]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield (*prefix, key)
-            yield from _member_paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _member_paths(item, (*prefix, i))
+def _members_before(value: Any, target: Loc, key: str) -> int:
+    """How many members named `key` come before the member at `target` in document order (all of
+    them when there is none there). A loop with its own stack and no path per node: a deeply nested
+    value costs one step per node, not one per node and level."""
+    seen = 0
+    # (node, the name it is held under or None, how many leading parts of `target` its path matches)
+    stack: list[tuple[Any, str | None, int]] = [(value, None, 0)]
+    while stack:
+        node, name, matched = stack.pop()
+        if name is not None:
+            if matched == len(target):
+                break
+            if name == key:
+                seen += 1
+        if isinstance(node, dict):
+            stack.extend((item, k, _extend(matched, target, k)) for k, item in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((node[i], None, _extend(matched, target, i)) for i in range(len(node) - 1, -1, -1))
+    return seen
+
+
+def _extend(matched: int, target: Loc, part: int | str) -> int:
+    """-1 once a path leaves `target`; otherwise how many leading parts of `target` it matches."""
+    if matched < 0 or matched >= len(target) or target[matched] != part:
+        return -1
+    return matched + 1
 
 
 def first_error(exc: ValidationError) -> tuple[Loc, str]:

@@ -7,8 +7,11 @@ inside the text is dropped, never guessed, so a verdict can only come from text 
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
@@ -19,8 +22,26 @@ _OPENING_KEY = re.compile(r'\{\s*"([^"\\]{1,64})"\s*:')
 # Bounded digits: Python refuses int() beyond 4300 digits, and no judgment needs more than a few.
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d{0,99})(?:\.\d{1,100})?(?:[eE][-+]?\d{1,3})?")
 _VERDICT_KEYS = ("winner", "cat_winner", "verdict")
-_WS = " \t\n\r"
+_WS_RUN = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, skipped in one C call instead of a loop per char
 _LITERALS = {"true": True, "false": False, "null": None}
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a C decoder builds a tree of containers.
+
+    JSON builds no cycles, yet every collection that runs mid-decode walks the whole young tree again:
+    on deeply nested arrays that made `json.loads` several times slower and its cost grow faster than
+    the text. A collector the caller switched off stays off.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass
@@ -57,6 +78,11 @@ def extract_object(text: str, keys: frozenset[str] = frozenset()) -> Extracted:
     ("{placeholders}", a Python dict) are passed over. Raises `NoObject` when there is no object, or
     when the text holds two verdicts that disagree (a duplicated winner key, or a second judgment).
     """
+    with paused_gc():  # every read below builds trees of containers, some of them more than once
+        return _extract(text, keys)
+
+
+def _extract(text: str, keys: frozenset[str]) -> Extracted:
     notes: list[str] = []
     fence = _JSON_FENCE.search(text)
     if fence is None:
@@ -73,6 +99,9 @@ def extract_object(text: str, keys: frozenset[str] = frozenset()) -> Extracted:
     start = _object_start(text, search_from, keys)
     if start is None:
         raise NoObject("no JSON object found", len(text))
+    # No judgment opens after `start` when the search for one fell back to a bare brace: the search
+    # for a second judgment would only scan the same text again.
+    keys_after = keys if _OPENING_KEY.match(text, start) else frozenset()
     if text[search_from:start].strip():
         notes.append(f"skipped {start - search_from} characters of prose before the object")
     try:
@@ -81,11 +110,11 @@ def extract_object(text: str, keys: frozenset[str] = frozenset()) -> Extracted:
         except (json.JSONDecodeError, ValueError):  # ValueError: a number Python will not convert
             partial = _read_partial(text, start, fence_end, notes)
             if not partial.hit_end:  # a repaired or damaged object may still be followed by another
-                _check_later_objects(text, partial.stop_offset, partial.value, keys, [])
+                _check_later_objects(text, partial.stop_offset, partial.value, keys_after, [])
             return partial
     except NoObject as conflict:
         raise NoObject(conflict.reason, conflict.offset or start) from None
-    _check_later_objects(text, end, value, keys, notes)
+    _check_later_objects(text, end, value, keys_after, notes)
     return Extracted(value, start, True, end, False, notes=notes)
 
 
@@ -96,14 +125,11 @@ def _object_start(text: str, position: int, keys: frozenset[str]) -> int | None:
     fallback keeps an object cut right after its brace readable as a truncation.
     """
     first = text.find("{", position)
-    if not keys:
+    if first < 0 or not keys:
         return first if first >= 0 else None
-    start = first
-    while start >= 0:
-        if _OPENING_KEY.match(text, start):
-            return start
-        start = text.find("{", start + 1)
-    return first if first >= 0 else None
+    # One search, not a Python step per brace: "{{{{..." would otherwise cost a find and a match each.
+    opening = _OPENING_KEY.search(text, first)
+    return opening.start() if opening is not None else first
 
 
 def _put(out: dict[str, Any], key: str, item: Any, notes: list[str]) -> None:
@@ -159,9 +185,10 @@ def _check_later_objects(
     mine = _verdicts(value)
     position = end
     while True:
-        second = _object_start(text, position, keys)
-        if second is None or not _OPENING_KEY.match(text, second):
+        opening = _OPENING_KEY.search(text, position)  # the next brace that opens a judgment
+        if opening is None:
             return
+        second = opening.start()
         try:
             other = _read_any(text, second)
         except NoObject as conflict:
@@ -234,18 +261,65 @@ def _read_partial(text: str, start: int, fence_end: int | None, notes: list[str]
     return Extracted(value, start, True, i + 1, False, notes=notes)
 
 
+class _Refused(Exception):
+    """A value the C scanner reads but this reader does not (NaN, Infinity, an overlong number)."""
+
+
+def _refuse(word: str) -> Any:
+    raise _Refused(word)
+
+
+def _bounded(convert: Any) -> Any:
+    def read(digits: str) -> Any:
+        if _NUMBER.fullmatch(digits) is None:
+            raise _Refused(digits)
+        return convert(digits)
+
+    return read
+
+
 class _Reader:
-    """A forgiving JSON value reader that reports exactly where and why it stops."""
+    """A forgiving JSON value reader that reports exactly where and why it stops.
+
+    A nested object or array is first read whole by the C scanner, held to exactly what this reader
+    accepts (numbers as `_NUMBER` bounds them, no NaN or Infinity, repeats through `_put`); only one
+    that fails there is read here step by step, so undamaged nesting costs what `json.loads` costs
+    instead of a Python call per bracket.
+    """
 
     def __init__(self, text: str, notes: list[str]) -> None:
         self.text = text
         self.n = len(text)
         self.notes = notes
+        self._scanned: list[str] = []  # a C read's notes, kept only when the read succeeds
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for key, item in items:
+                _put(out, key, item, self._scanned)
+            return out
+
+        decoder = json.JSONDecoder(
+            strict=False,
+            object_pairs_hook=pairs,
+            parse_int=_bounded(int),
+            parse_float=_bounded(float),
+            parse_constant=_refuse,
+        )
+        self._scan = decoder.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__
+
+    def _whole(self, i: int) -> tuple[Any, int] | None:
+        """The container at `i` read by the C scanner, or None when it is damaged or cut there."""
+        self._scanned = []
+        try:
+            found: tuple[Any, int] = self._scan(self.text, i)
+        except (json.JSONDecodeError, StopIteration, _Refused, ValueError):
+            return None  # read again step by step, which says where and why it stops
+        self.notes.extend(self._scanned)
+        return found
 
     def skip(self, i: int) -> int:
-        while i < self.n and self.text[i] in _WS:
-            i += 1
-        return i
+        return _WS_RUN.match(self.text, i).end()  # type: ignore[union-attr]  # `*` matches everywhere
 
     def expect(self, i: int, char: str) -> int:
         i = self.skip(i)
@@ -260,7 +334,7 @@ class _Reader:
             value, end = scanstring(self.text, i + 1, False)
         except json.JSONDecodeError as exc:
             # No closing quote before the end: the text was cut inside this string (even mid-escape).
-            cut = exc.msg.startswith("Unterminated") or '"' not in self.text[exc.pos :]
+            cut = exc.msg.startswith("Unterminated") or self.text.find('"', exc.pos) < 0
             raise _Stop(exc.pos, exc.msg, cut) from None
         return value, end
 
@@ -271,10 +345,11 @@ class _Reader:
         char = self.text[i]
         if char == '"':
             return self.string(i)
-        if char == "{":
-            return self._object(i)
-        if char == "[":
-            return self._array(i)
+        if char == "{" or char == "[":
+            whole = self._whole(i)
+            if whole is not None:
+                return whole
+            return self._object(i) if char == "{" else self._array(i)
         number = _NUMBER.match(self.text, i)
         if number is not None:
             end = number.end()
