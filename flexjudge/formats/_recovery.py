@@ -319,6 +319,8 @@ class _Reader:
         return found
 
     def skip(self, i: int) -> int:
+        if i >= self.n:  # past the end (an object that opens beyond a closing fence): stay there
+            return i
         return _WS_RUN.match(self.text, i).end()  # type: ignore[union-attr]  # `*` matches everywhere
 
     def expect(self, i: int, char: str) -> int:
