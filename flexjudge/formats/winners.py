@@ -30,7 +30,8 @@ second route to a verdict. The reader is a token scanner: linear in its input, n
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator
 
 from flexjudge.anchors import Modality
 
@@ -54,6 +55,9 @@ _DOUBT = frozenset(
     {"probably", "maybe", "perhaps", "possibly", "likely", "unlikely", "arguably", "might", "may"}
     | {"could", "seems", "seem", "appears", "unclear", "uncertain", "unsure", "hard", "debatable"}
 )
+_JOINERS = frozenset({"/", "&", "or", "and", "vs", "versus"})
+# A token ending in "n't" ("isn't"), found in the distinct tokens joined one per line (none holds a newline).
+_NEGATED = re.compile(r"n't$", re.M)
 _TIE = frozenset({"tie", "tied", "draw", "equal", "equally", "same", "both", "either", "even", "par"})
 
 
@@ -93,30 +97,57 @@ def read_winner(value: object, *, candidates: int = 2) -> int:
 
 def tokens(value: str) -> list[str]:
     """The words, numbers and other characters of `value` that the grammar reads, lowercased."""
-    text = value.replace("*", "").replace("`", "").replace("\u2019", "'").strip().strip("_'\"").lower()
-    found = _TOKEN.findall(text)
+    found = _TOKEN.findall(_normal(value))
     while found and found[-1] in (".", "!"):
         found.pop()
     return found
 
 
+def _normal(value: str) -> str:
+    return value.replace("*", "").replace("`", "").replace("\u2019", "'").strip().strip("_'\"").lower()
+
+
 def _read_text(value: str) -> int:
-    words = tokens(value)
-    number = _Phrase(words).read()
+    text = _normal(value)
+    number = _Phrase(_TOKEN.finditer(text)).read()
     if number is None:
-        raise WinnerError(_diagnose(value, words))
+        raise WinnerError(_diagnose(value, text))
     return number
 
 
 class _Phrase:
-    """Recursive descent over the tokens; every rule returns False (or None) without consuming on failure."""
+    """Recursive descent over the tokens; every rule returns False (or None) without consuming on failure.
 
-    def __init__(self, words: Sequence[str]) -> None:
-        self.words = words
+    Tokens are cut from the text only as the grammar reaches them: a long text outside the grammar is
+    refused after its first few tokens instead of being split into a list of every word first. Final
+    "." and "!" tokens are the end of the phrase (no rule reads either, so only the end test sees them).
+    """
+
+    def __init__(self, found: Iterator[re.Match[str]]) -> None:
+        self._found = found
+        self.words: list[str] = []
         self.i = 0
 
+    def _reach(self, i: int) -> bool:
+        """Cut tokens until there is one at `i`; False when the text ends first."""
+        while len(self.words) <= i:
+            match = next(self._found, None)
+            if match is None:
+                return False
+            self.words.append(match.group())
+        return True
+
     def peek(self) -> str:
-        return self.words[self.i] if self.i < len(self.words) else ""
+        return self.words[self.i] if self._reach(self.i) else ""
+
+    def at_end(self) -> bool:
+        """Nothing but "." and "!" tokens from here on."""
+        j = self.i
+        while self._reach(j):
+            if self.words[j] not in (".", "!"):
+                return False
+            j += 1
+        return True
 
     def take(self, *options: str) -> bool:
         if self.peek() in options:
@@ -129,9 +160,9 @@ class _Phrase:
         number = self.ref()
         if number is None:
             return None
-        if self.i < len(self.words) and not self.claim(number):
+        if not self.at_end() and not self.claim(number):
             return None
-        return number if self.i == len(self.words) else None
+        return number if self.at_end() else None
 
     def lead(self) -> None:
         start = self.i
@@ -201,19 +232,33 @@ class _Phrase:
         return False
 
 
-def _diagnose(value: str, words: list[str]) -> str:
-    """Why a phrase outside the grammar names no single winner (the message only; never a verdict)."""
+def _diagnose(value: str, text: str) -> str:
+    """Why a phrase outside the grammar names no single winner (the message only; never a verdict).
+
+    Each test runs on the distinct tokens of `text`, found from its distinct whitespace-separated
+    chunks (no token spans whitespace), with set operations and one regex: a long refused winner
+    ("Image 2 is better than " a thousand times) costs no Python step per word.
+    """
     ambiguous = f"ambiguous winner {value!r}:"
-    if "?" in words:
+    seen: Counter[str] = Counter()
+    for chunk, times in Counter(text.split()).items():
+        for token, count in Counter(_TOKEN.findall(chunk)).items():
+            seen[token] += count * times
+    if "?" in seen:
         return f"{ambiguous} a question, not a verdict"
-    if any(w in _NEGATION or w.endswith("n't") for w in words):
+    if not _NEGATION.isdisjoint(seen) or _NEGATED.search("\n".join(seen)):
         return f"{ambiguous} negated, so it does not settle on one candidate"
-    if any(w in _TIE for w in words):
+    if not _TIE.isdisjoint(seen):
         return f"{ambiguous} names no single candidate (a tie, both or neither)"
-    if any(w in _DOUBT for w in words):
+    if not _DOUBT.isdisjoint(seen):
         return f"{ambiguous} hedged, so it does not settle on one candidate"
-    numbers = sum(1 for w in words if w.isdigit() or w in _ORDINALS)
-    if numbers > 1 or any(w in ("/", "&", "or", "and", "vs", "versus") for w in words):
+    numbers = 0
+    for word, count in seen.items():  # one step per distinct token, stopping at the second number
+        if word.isdigit() or word in _ORDINALS:
+            numbers += count
+            if numbers > 1:
+                break
+    if numbers > 1 or not _JOINERS.isdisjoint(seen):
         return f"{ambiguous} names more than one candidate"
     if numbers == 0:
         return f"no candidate named in winner {value!r}"
