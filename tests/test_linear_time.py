@@ -145,10 +145,6 @@ def _known(request: pytest.FixtureRequest, reader: str, case: str, strict: bool)
         request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
 
 
-def _limit(reader: str, case: str, strict: bool) -> float:
-    return LONG_WINNER_LIMIT if (reader, case, strict) in LONG_WINNER else LIMIT
-
-
 def _parse(format: str, strict: bool) -> Reader:
     return lambda text: flexjudge.parse(text, format, strict=strict)  # type: ignore[arg-type]
 
@@ -157,16 +153,6 @@ def _pointwise(strict: bool) -> Reader:
     return lambda text: flexjudge.parse_pointwise(text, strict=strict)
 
 
-# winners.py's grammar reads a long winner at 30-55x (linear, one Python step per word): held to this
-# interim bound, which the old quadratic reading (interrupted past 400x at 100 KB) fails.
-LONG_WINNER_LIMIT = 100
-LONG_WINNER: set[tuple[str, str, bool]] = {
-    ("think", "long-winner", False),
-    ("flex", "flex-long-winner", False),
-    ("auto", "flex-long-winner", False),
-    ("native", "native-long-winner", False),
-    ("auto", "native-long-winner", False),
-}
 # Readers that do not hold the bound yet (issue 8, point 2), with the ratios measured at 100 KB and
 # 400 KB on a busy 2-core machine. They stay in the suite as expected failures so their numbers show in
 # every run; "strict" xfail is not used because the borderline ones flicker.
@@ -192,9 +178,7 @@ def test_think_reader_is_linear(case: str, strict: bool, size: int, request: pyt
     _known(request, "think", case, strict)
     text = THINK[case](size)
     ratio = _ratio(_parse("think", strict), text)
-    assert ratio <= _limit("think", case, strict), (
-        f"think {case} ({len(text)} chars): {ratio:.1f}x json.loads"
-    )
+    assert ratio <= LIMIT, f"think {case} ({len(text)} chars): {ratio:.1f}x json.loads"
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -208,6 +192,4 @@ def test_json_readers_are_linear(
     text = JSON[case](size)
     read = _pointwise(strict) if reader == "pointwise" else _parse(reader, strict)
     ratio = _ratio(read, text)
-    assert ratio <= _limit(reader, case, strict), (
-        f"{reader} {case} ({len(text)} chars): {ratio:.1f}x json.loads"
-    )
+    assert ratio <= LIMIT, f"{reader} {case} ({len(text)} chars): {ratio:.1f}x json.loads"
