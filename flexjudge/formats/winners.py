@@ -109,45 +109,35 @@ def _normal(value: str) -> str:
 
 def _read_text(value: str) -> int:
     text = _normal(value)
-    number = _Phrase(_TOKEN.finditer(text)).read()
+    if len(text) <= _SHORT:
+        found = _TOKEN.findall(text)
+        while found and found[-1] in (".", "!"):
+            found.pop()
+        number = _Phrase(found).read()
+    else:
+        number = _LazyPhrase(_TOKEN.finditer(text)).read()
     if number is None:
         raise WinnerError(_diagnose(value, text))
     return number
 
 
+# Winners as judges write them are a few words: read from one list of tokens, the cheapest way.
+# A longer text is tokenized only as far as the grammar reads it (`_LazyPhrase`).
+_SHORT = 256
+
+
 class _Phrase:
-    """Recursive descent over the tokens; every rule returns False (or None) without consuming on failure.
+    """Recursive descent over the tokens; every rule returns False (or None) without consuming on failure."""
 
-    Tokens are cut from the text only as the grammar reaches them: a long text outside the grammar is
-    refused after its first few tokens instead of being split into a list of every word first. Final
-    "." and "!" tokens are the end of the phrase (no rule reads either, so only the end test sees them).
-    """
-
-    def __init__(self, found: Iterator[re.Match[str]]) -> None:
-        self._found = found
-        self.words: list[str] = []
+    def __init__(self, words: list[str]) -> None:
+        self.words = words
         self.i = 0
 
-    def _reach(self, i: int) -> bool:
-        """Cut tokens until there is one at `i`; False when the text ends first."""
-        while len(self.words) <= i:
-            match = next(self._found, None)
-            if match is None:
-                return False
-            self.words.append(match.group())
-        return True
-
     def peek(self) -> str:
-        return self.words[self.i] if self._reach(self.i) else ""
+        return self.words[self.i] if self.i < len(self.words) else ""
 
     def at_end(self) -> bool:
-        """Nothing but "." and "!" tokens from here on."""
-        j = self.i
-        while self._reach(j):
-            if self.words[j] not in (".", "!"):
-                return False
-            j += 1
-        return True
+        return self.i >= len(self.words)
 
     def take(self, *options: str) -> bool:
         if self.peek() in options:
@@ -230,6 +220,38 @@ class _Phrase:
                 return True
         self.i = start
         return False
+
+
+class _LazyPhrase(_Phrase):
+    """The same grammar over tokens cut from the text only as the grammar reaches them: a long text
+    outside the grammar is refused after its first few tokens instead of being split into a list of
+    every word first. Final "." and "!" tokens are the end of the phrase (no rule reads either, so
+    only the end test sees them)."""
+
+    def __init__(self, found: Iterator[re.Match[str]]) -> None:
+        super().__init__([])
+        self._found = found
+
+    def _reach(self, i: int) -> bool:
+        """Cut tokens until there is one at `i`; False when the text ends first."""
+        while len(self.words) <= i:
+            match = next(self._found, None)
+            if match is None:
+                return False
+            self.words.append(match.group())
+        return True
+
+    def peek(self) -> str:
+        return self.words[self.i] if self._reach(self.i) else ""
+
+    def at_end(self) -> bool:
+        """Nothing but "." and "!" tokens from here on."""
+        j = self.i
+        while self._reach(j):
+            if self.words[j] not in (".", "!"):
+                return False
+            j += 1
+        return True
 
 
 def _diagnose(value: str, text: str) -> str:
