@@ -63,7 +63,7 @@ def test_truncation_at_every_position() -> None:
 
 def test_brief_pool_run() -> None:
     """Every mutation kind on every seed, on the same watched pool the benchmark uses."""
-    tally = fuzz_pool(3000, workers=2, open_bugs=False)
+    tally = fuzz_pool(3000, workers=2, open_bugs=True)
     _clean(tally)
     assert tally.inputs == 3000
     assert tally.read > 500  # not only refusals: mutations that keep the verdict readable are read
@@ -77,7 +77,7 @@ def test_rendered_judgments_survive_mutation(
     text = flexjudge.render(judgment, fmt)  # type: ignore[arg-type]
     assert judgment.verdict.winner is not None
     seed = seed_from_text(f"hypothesis {fmt}", text, judgment.verdict.winner)
-    cases = [(0, splice(seed, 0, 0, "", "none")), *enumerate(every_mutation(seed, rng, open_bugs=False), 1)]
+    cases = [(0, splice(seed, 0, 0, "", "none")), *enumerate(every_mutation(seed, rng, open_bugs=True), 1)]
     _clean(fuzz_inline(cases))
 
 
@@ -88,16 +88,15 @@ def test_rendered_think_survives_mutation(judgment: flexjudge.Judgment, rng: ran
     seed = seed_from_text(
         "hypothesis think", flexjudge.render(judgment, "think"), judgment.verdict.winner, think=True
     )
-    cases = [(0, splice(seed, 0, 0, "", "none")), *enumerate(every_mutation(seed, rng, open_bugs=False), 1)]
+    cases = [(0, splice(seed, 0, 0, "", "none")), *enumerate(every_mutation(seed, rng, open_bugs=True), 1)]
     _clean(fuzz_inline(cases))
 
 
-# ---------------------------------------------------------------- open bugs the fuzzer found
+# ---------------------------------------------------------------- bugs the fuzzer found
 
-# Minimal reproducer (lenient flex): a raw winner value that starts with a candidate and goes on is read
-# as that candidate, where the grammar refuses "Image 1 or 2". The JSON repair keeps the complete member
-# `"winner": "Image 1"` read before the junk. Strict mode refuses it. Routed to the lead; when it is fixed
-# this test passes, xfail_strict fails the suite, and OPEN_RAW in tests/fuzzing.py can be emptied.
+# Found by the fuzzer, fixed in _recovery.py (a member counts only when what follows shows it ended):
+# lenient flex read a raw winner value that starts with a candidate and goes on as that candidate, where
+# the grammar refuses "Image 1 or 2"; the JSON repair kept `"winner": 1` read before the junk.
 _RAW_WINNER = (
     '{"prompt": "p", "categories": [{"name": "A", "dims": [{"name": "d", "reason_1": "", "reason_2": "", '
     '"score_1": 1, "score_2": 2}], "cat_reason": "", "cat_winner": "Image 2"}], "reason": "r", '
@@ -105,24 +104,15 @@ _RAW_WINNER = (
 )
 
 
-# `raises` pins each expected failure to the bug itself (DID NOT RAISE, an invented verdict), not a crash.
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="open bug: lenient flex reads a raw winner's leading candidate",
-)
 @pytest.mark.parametrize("raw", OPEN_RAW)
-def test_open_bug_raw_winner_with_junk_is_refused(raw: str) -> None:
+def test_raw_winner_with_junk_is_refused(raw: str) -> None:
     text = _RAW_WINNER.replace('"Image 1" or "Image 2"', raw)
     with pytest.raises(flexjudge.ParseError):
         flexjudge.parse(text)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="open bug: lenient flex reads a raw winner's leading candidate"
-)
-def test_open_bug_fuzzed_with_open_inputs() -> None:
-    """The same bug as the fuzzer meets it: the open inputs left in, on every flex seed."""
+def test_raw_winners_with_junk_fuzzed_on_every_flex_seed() -> None:
+    """The same inputs as the fuzzer meets them, on every flex seed."""
     flex = [s for s in SEEDS if s.kind == "pair" and s.text[s.span[0] - 1] == '"']
     cases = [
         (i, splice(s, s.span[0] - 1, s.span[1] + 1, raw, raw)) for i, s in enumerate(flex) for raw in OPEN_RAW
@@ -197,4 +187,4 @@ def test_benchmark_runs_and_records(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_long_pool_run() -> None:
-    _clean(fuzz_pool(100_000, workers=2, salt=7, open_bugs=False))
+    _clean(fuzz_pool(100_000, workers=2, salt=7, open_bugs=True))

@@ -244,13 +244,23 @@ def _read_partial(text: str, start: int, fence_end: int | None, notes: list[str]
                 raise _Stop(i, f"expected a member name, found {text[i]!r}", False)
             key, i = reader.string(i)
             i = reader.expect(i, ":")
-            member, i = reader.value(i)
-            _put(value, key, member, notes)
-            i = reader.skip(i)
-            if i < reader.n and text[i] == ",":
-                i += 1
-            elif i < reader.n and text[i] != "}":
+            member, end = reader.value(i)
+            i = reader.skip(end)
+            # A member counts only when what follows shows it ended: "winner": 1 or 2 is not 1, and a
+            # number where the text stops may be cut short (2 of 25). Words, digits or quotes after it
+            # drop it whole; a stray closing bracket is a damaged tail after a finished member.
+            if i < reader.n and text[i] not in ",}":
+                if text[i] == "]":
+                    _put(value, key, member, notes)
                 raise _Stop(i, f"expected ',' or '}}', found {text[i]!r}", False)
+            if i >= reader.n and _may_be_cut(member):
+                raise _Stop(i, "the text ends right after a number", True)
+            if i < reader.n and text[i] == ",":
+                after = reader.skip(i + 1)  # "winner": 1,2 lists two: a comma must lead to a member
+                if after < reader.n and text[after] not in '"}':
+                    raise _Stop(after, f"expected a member name after ',', found {text[after]!r}", False)
+                i += 1
+            _put(value, key, member, notes)
     except _Stop as stop:
         notes.append(
             f"read {len(value)} complete member(s) before offset {stop.offset}: {stop.reason}"
@@ -259,6 +269,11 @@ def _read_partial(text: str, start: int, fence_end: int | None, notes: list[str]
         return Extracted(value, start, False, stop.offset, stop.hit_end, stop.reason, notes)
     notes.append("repaired the object (trailing commas or similar)")
     return Extracted(value, start, True, i + 1, False, notes=notes)
+
+
+def _may_be_cut(member: Any) -> bool:
+    """A number (or literal) read up to the end of the text: its last digits may be missing."""
+    return isinstance(member, (int, float)) and not isinstance(member, bool)
 
 
 class _Refused(Exception):
