@@ -133,8 +133,8 @@ def drive(schedule: Schedule, group: Group, rng: random.Random, swap: bool = Fal
     outcomes: list[Outcome] = []
     while pairs := schedule.next_pairs(group.g, outcomes, rng):
         outcomes.extend(group.ask_swapped(i, j) if swap else group.ask(i, j) for i, j in pairs)
-    estimate = "points" if schedule.complete else "bradley_terry"
-    return from_outcomes(group.g, outcomes, estimate=estimate).advantages
+    rewards = from_outcomes(group.g, outcomes, estimate="points" if schedule.complete else "bradley_terry")
+    return rewards.advantages
 
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
