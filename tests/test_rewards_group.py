@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from collections.abc import Iterator
 
 import pytest
 
-from flexjudge import Judge, ParseError
-from flexjudge.rewards import RandomGraph, RoundRobin, Swiss, agroup_rewards, group_rewards
+from flexjudge import Judge, ParseError, UsageError
+from flexjudge.rewards import Outcome, RandomGraph, RoundRobin, Swiss, agroup_rewards, group_rewards
+from flexjudge.rewards.schedules import Active
 from tests.simulated import SimulatedJudge, candidate
 
 QUALITIES = [120, 200, 40, 160, 80]  # true order, best first: 1, 3, 0, 4, 2
@@ -92,7 +94,11 @@ def test_failures_are_counted_and_returned_in_every_mode() -> None:
     assert tied.rewards.anchors[0][0] == 2 / 3  # the failed pair adds no anchor comparison
 
 
-@pytest.mark.parametrize("schedule", [RandomGraph(k=4), Swiss(rounds=4)], ids=["random-graph", "swiss"])
+@pytest.mark.parametrize(
+    "schedule",
+    [RandomGraph(k=4), Swiss(rounds=4), Active(fraction=0.5)],
+    ids=["random-graph", "swiss", "active"],
+)
 def test_cheaper_schedules_judge_fewer_pairs_and_still_rank(schedule: object) -> None:
     sim = SimulatedJudge()
     images = [candidate(q) for q in (10, 30, 50, 70, 90, 110, 130, 150, 170)]
@@ -106,3 +112,46 @@ def test_cheaper_schedules_judge_fewer_pairs_and_still_rank(schedule: object) ->
 
 def test_round_robin_is_complete_and_the_cheaper_ones_are_not() -> None:
     assert RoundRobin().complete and not RandomGraph().complete and not Swiss().complete
+    assert not Active().complete
+
+
+def _play(schedule: Active, g: int, seed: int) -> list[list[tuple[int, int]]]:
+    """The rounds `schedule` asks for when the better quality (the higher index) always wins."""
+    outcomes: list[Outcome] = []
+    rounds = []
+    rng = random.Random(seed)
+    while pairs := schedule.next_pairs(g, outcomes, rng):
+        rounds.append(pairs)
+        outcomes.extend((i, j, j, (j, j, j)) for i, j in pairs)
+    return rounds
+
+
+@pytest.mark.parametrize(
+    ("g", "fraction", "calls"), [(9, 0.5, 18), (16, 0.5, 60), (5, 1.0, 10), (6, 0.25, 3)]
+)
+def test_active_spends_its_budget_once_per_pair_in_concurrent_rounds(
+    g: int, fraction: float, calls: int
+) -> None:
+    rounds = _play(Active(fraction=fraction), g, seed=1)
+    pairs = [p for r in rounds for p in r]
+    assert len(pairs) == calls and len(set(pairs)) == calls  # the budget, no pair twice
+    assert all(0 <= i < j < g for i, j in pairs)
+    for r in rounds:  # a matching: no candidate waits on itself within a round
+        members = [c for p in r for c in p]
+        assert len(members) == len(set(members)) and len(r) <= g // 2
+    assert _play(Active(fraction=fraction), g, seed=1) == rounds  # deterministic given the rng
+    assert any(_play(Active(fraction=fraction), g, seed=s) != rounds for s in range(2, 6)) or fraction == 1.0
+
+
+def test_active_asks_the_pairs_the_fit_cannot_order_yet() -> None:
+    """0 beat 1 and 2 beat 3 on every decision: 0 and 2 stand level, as do 1 and 3, and those are the
+    pairs worth a call; 0 against 3 (a winner against a loser) is nearly settled."""
+    outcomes: list[Outcome] = [(0, 1, 0, (0, 0, 0)), (2, 3, 2, (2, 2, 2))]
+    for seed in range(5):
+        assert Active(fraction=1.0).next_pairs(4, outcomes, random.Random(seed)) == [(0, 2), (1, 3)]
+
+
+def test_active_rejects_a_budget_outside_0_1() -> None:
+    for fraction in (0.0, -0.5, 1.5):
+        with pytest.raises(UsageError):
+            Active(fraction=fraction).next_pairs(9, [], random.Random(0))

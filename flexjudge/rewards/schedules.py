@@ -8,6 +8,8 @@ asks once for all C(G, 2) pairs. The cheaper ones:
 - `Swiss(rounds)`: candidates are paired round by round with a neighbour in the current standings
   (never twice the same pair), so calls go where the order is still in doubt: a clear loser stops
   meeting clear winners after the first round.
+- `Active(fraction)`: a fixed share of the C(G, 2) pairs, spent round by round on the unplayed pairs whose
+  order is least settled (closest Bradley-Terry strengths, fitted on every decision judged so far).
 
 An incomplete schedule leaves some pairs unjudged, so points / comparisons would reward a candidate for
 its luck of the draw; `flexjudge.rewards` then fits Bradley-Terry strengths instead (see `bradley_terry`).
@@ -26,7 +28,7 @@ from flexjudge.errors import UsageError
 from flexjudge.rewards._bradley_terry import bradley_terry
 from flexjudge.rewards._formula import Outcome
 
-__all__ = ["RandomGraph", "RoundRobin", "Schedule", "Swiss"]
+__all__ = ["Active", "RandomGraph", "RoundRobin", "Schedule", "Swiss"]
 
 Pair = tuple[int, int]
 
@@ -115,6 +117,45 @@ class Swiss:
             waiting.remove(partner)
             pairs.append(_ordered(first, partner))
         return sorted(set(pairs))
+
+
+@dataclass(frozen=True)
+class Active:
+    """`fraction` of the C(G, 2) pairs (rounded down), spent where the ranking is still in doubt.
+
+    Each round fits Bradley-Terry strengths on every decision so far (the overall winner and the three
+    anchor winners, four games per judged pair: they all speak to which candidate is better, so the
+    standings settle four times faster than on the verdict alone), then greedily takes the unplayed pairs
+    with the closest strengths, each candidate at most once a round (so a round's pairs are judged
+    concurrently), until the budget is spent. A pair of clearly separated candidates would most likely
+    confirm what the fit already says; a close pair is the one whose answer can move the ranking. The
+    first round, with nothing fitted, is a random matching (every strength is equal; the rng breaks ties).
+    """
+
+    fraction: float = 0.5
+    complete: bool = False
+
+    def next_pairs(self, num_candidates: int, outcomes: Sequence[Outcome], rng: random.Random) -> list[Pair]:
+        if not 0.0 < self.fraction <= 1.0:
+            raise UsageError(f"Active needs a fraction in (0, 1], got {self.fraction}")
+        g = num_candidates
+        left = int(self.fraction * g * (g - 1) / 2) - len(outcomes)
+        if left <= 0:
+            return []
+        games = [(i, j, winner) for i, j, overall, anchors in outcomes for winner in (overall, *anchors)]
+        strength = bradley_terry(g, games)
+        played = {(i, j) for i, j, _, _ in outcomes}
+        unplayed = [p for p in itertools.combinations(range(g), 2) if p not in played]
+        closest = sorted(unplayed, key=lambda p: (abs(strength[p[0]] - strength[p[1]]), rng.random()))
+        busy: set[int] = set()
+        pairs: list[Pair] = []
+        for a, b in closest:
+            if len(pairs) == min(left, g // 2):
+                break
+            if a not in busy and b not in busy:
+                busy.update((a, b))
+                pairs.append((a, b))
+        return sorted(pairs)
 
 
 def _rounds_played(outcomes: Sequence[Outcome], g: int) -> int:
