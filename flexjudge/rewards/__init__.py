@@ -18,10 +18,11 @@ from flexjudge.rewards._group import (
     group_rewards,
 )
 from flexjudge.rewards._outcome import outcome_of
-from flexjudge.rewards.schedules import RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import Active, RandomGraph, RoundRobin, Schedule, Swiss
 
 __all__ = [
     "RELEASED_IMAGE_WEIGHTS",
+    "Active",
     "GroupResult",
     "GroupRewards",
     "JudgedPair",
