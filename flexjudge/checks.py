@@ -113,10 +113,9 @@ def _clean(judgment: Judgment, prompt: str | None, least: int, most: int, max_ge
     if (
         tuple(keys[:3]) != expected  # every anchor in its place
         or n - 3 > max_generated
-        or any(map(expected.__contains__, keys[3:]))  # no anchor again among the generated ones
         or list(map(_ORIGIN, dims)) != _ORIGINS[:3] + ["generated"] * (n - 3)
         or "" in keys
-        or len(set(keys)) != n
+        or len(set(keys)) != n  # (so no anchor comes again among the generated ones either)
     ):
         return False
     one = two = 0
