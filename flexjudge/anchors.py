@@ -70,6 +70,14 @@ def canonical_name(name: str) -> str:
     return found
 
 
+def canonical_names(names: list[str]) -> list[str]:
+    """`canonical_name` of each name; one C-level pass over the memo when all are in it (the usual case)."""
+    found = list(map(_CANONICAL.get, names))
+    if None in found:
+        return [canonical_name(name) for name in names]
+    return found  # type: ignore[return-value]  # no None in it
+
+
 def _canonical(name: str) -> str:
     text = name.strip().strip("*_#`").strip().casefold()
     text = _ENUMERATOR.sub("", text, count=1)
@@ -78,13 +86,14 @@ def _canonical(name: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def _canonical_anchors(modality: Modality, scoring: Scoring) -> tuple[str, ...]:
+def canonical_anchors(modality: Modality, scoring: Scoring) -> tuple[str, ...]:
+    """`canonical_name` of each anchor of this modality and scoring scheme, in order."""
     return tuple(canonical_name(a) for a in anchors(modality, scoring))
 
 
 def anchor_position(name: str, modality: Modality, scoring: Scoring = "split") -> int | None:
     """0-based index of the anchor that `name` denotes, or None when it is not an anchor."""
     try:
-        return _canonical_anchors(modality, scoring).index(canonical_name(name))
+        return canonical_anchors(modality, scoring).index(canonical_name(name))
     except ValueError:
         return None

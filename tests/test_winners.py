@@ -174,6 +174,17 @@ def test_a_second_judgment_whose_winner_is_cut_is_refused(flex_obj: dict) -> Non
         flexjudge.parse(f"{first}\n{cut}")
 
 
+@pytest.mark.parametrize("key", ["winner", "winn\\u0065r"])
+def test_a_second_judgment_with_conflicting_winners_of_its_own_is_refused(flex_obj: dict, key: str) -> None:
+    # The first judgment is whole and exact; the one after it names its winner twice, once each way.
+    first = json.dumps(flex_obj)
+    second = first[:-1] + f', "{key}": "{_other(flex_obj["winner"])}"}}'
+    with pytest.raises(ParseError):
+        flexjudge.parse(f"{first}\nOn reflection:\n{second}")
+    # The same second judgment without its repeat agrees with the first and reads.
+    assert flexjudge.parse(f"{first}\nOn reflection:\n{first}").verdict.winner == int(flex_obj["winner"][-1])
+
+
 @pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("where", ["verdict", "dimension", "evidence"])
 def test_native_booleans_are_no_candidate(native_obj: dict, strict: bool, where: str) -> None:
