@@ -45,10 +45,10 @@ def members_once(text: str, members: int) -> bool:
     add to that count, so a count of exactly `members` proves there is no duplicate. Anything else
     pays for the exact count on decoded names.
     """
-    if text.count('":') == members and (
-        # Every colon in the text ends a member name (the usual case: one fast count), or none follows
-        # whitespace (searching for " :" is slow on text full of spaces, so it comes second).
-        text.count(":") == members or not any(s in text for s in _SPACED_COLONS)
+    # Every member adds one colon, so a text whose colons number exactly `members` repeats no name (one
+    # fast count: the usual case). Otherwise every '":' must be a member and no colon follow whitespace.
+    if text.count(":") == members or (
+        text.count('":') == members and not any(s in text for s in _SPACED_COLONS)
     ):
         return True
     try:
