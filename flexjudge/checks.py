@@ -236,7 +236,12 @@ def _check_anchors(judgment: Judgment | PointwiseJudgment, add: _Add, max_genera
 def _similar(name: str, anchor: str) -> bool:
     a, b = canonical_name(name), canonical_name(anchor)
     shared = set(a.split()) & set(b.split()) - {"and", "of", "the"}
-    return bool(shared) or difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
+    if shared:
+        return True
+    # The cheap upper bounds first (same answer): a name far longer than the anchor cannot reach 0.6, and
+    # the full ratio is quadratic in the worst case on a hostile, huge name.
+    matcher = difflib.SequenceMatcher(None, a, b)
+    return matcher.real_quick_ratio() >= 0.6 and matcher.quick_ratio() >= 0.6 and matcher.ratio() >= 0.6
 
 
 def _check_unique(names: list[str], path: str, what: str, add: _Add) -> None:
