@@ -50,6 +50,7 @@ _CANONICAL_MAX = 16384  # names held; past it (or past the character budget) the
 _CANONICAL_MAX_CHARS = 1 << 20  # characters held, keys and values together: a few MB at most
 _CANONICAL_LONGEST = 128  # real criterion names are short; a longer one is computed, not remembered
 _canonical_chars = 0
+_last_long: tuple[str, str] = ("", "")
 
 
 def canonical_name(name: str) -> str:
@@ -57,16 +58,22 @@ def canonical_name(name: str) -> str:
     # A plain dict memo: checking a judgment looks up every criterion name, and a dict hit costs less
     # than an lru_cache hit. It is bounded in entries and in characters, and skips long names, so a
     # stream of huge or endlessly new names (hostile traces) cannot grow it past a few MB.
-    global _canonical_chars
+    global _canonical_chars, _last_long
     found = _CANONICAL.get(name)
     if found is None:
+        if len(name) > _CANONICAL_LONGEST:
+            # Not remembered, but `check` asks about the same long name several times in a row: the
+            # last one is kept by identity (one slot), so a huge hostile name is canonicalised once.
+            last = _last_long  # one read: another thread may replace the slot
+            if last[0] is not name:
+                last = _last_long = (name, _canonical(name))
+            return last[1]
         found = _canonical(name)
-        if len(name) <= _CANONICAL_LONGEST:
-            if len(_CANONICAL) >= _CANONICAL_MAX or _canonical_chars >= _CANONICAL_MAX_CHARS:
-                _CANONICAL.clear()
-                _canonical_chars = 0
-            _CANONICAL[name] = found
-            _canonical_chars += len(name) + len(found)
+        if len(_CANONICAL) >= _CANONICAL_MAX or _canonical_chars >= _CANONICAL_MAX_CHARS:
+            _CANONICAL.clear()
+            _canonical_chars = 0
+        _CANONICAL[name] = found
+        _canonical_chars += len(name) + len(found)
     return found
 
 
