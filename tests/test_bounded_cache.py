@@ -78,3 +78,20 @@ def _wait_for(condition: Callable[[], bool], limit: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the threads never got there"
         time.sleep(0.005)
+
+
+def test_a_weight_bound_drops_the_oldest_and_keeps_the_newest_whatever_it_weighs() -> None:
+    cache: BoundedCache[str, str] = BoundedCache(10, max_weight=100)
+    for key in "abc":
+        cache.get_or_build(key, lambda k=key: k, lambda _: 40)
+    assert "a" not in cache and "b" in cache and "c" in cache and cache.weight == 80
+    cache.put("huge", "h", weight=500)
+    assert len(cache) == 1 and "huge" in cache and cache.weight == 500
+    assert cache.evictions == 3
+
+
+def test_compiled_constraints_are_bounded_by_their_source_size() -> None:
+    from flexjudge.backends.engines import _compiled
+
+    assert _compiled._compiled.max_weight == _compiled.COMPILED_SOURCE_CHARS
+    assert _compiled._source_chars({"type": "string"}) == len('{"type": "string"}')

@@ -48,10 +48,14 @@ class BoundedCache(Generic[K, V]):
     thread waits on it (so the locks are bounded by the builds in progress, not by the keys ever seen).
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, *, max_weight: int | None = None) -> None:
         if maxsize < 1:
             raise ValueError("a BoundedCache holds at least one entry")
         self._maxsize = maxsize
+        self.max_weight = max_weight
+        """Most total weight (each entry's, as `put` was told it; e.g. bytes) kept; the newest entry is
+        kept whatever it weighs. None: bounded in entries only."""
+        self._weights: dict[K, int] = {}
         self._entries: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
         self._building: dict[K, _KeyLock] = {}
@@ -85,18 +89,29 @@ class BoundedCache(Generic[K, V]):
             self._entries.move_to_end(key)
             return self._entries[key]
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V, weight: int = 0) -> None:
         with self._lock:
             self._entries[key] = value
+            self._weights[key] = weight
             self._entries.move_to_end(key)
             self._trim()
+
+    @property
+    def weight(self) -> int:
+        """The total weight of the entries held."""
+        with self._lock:
+            return sum(self._weights.values())
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._weights.clear()
 
-    def get_or_build(self, key: K, build: Callable[[], V]) -> tuple[V, bool]:
-        """(the entry for `key`, whether it was already there), building it with `build` when missing.
+    def get_or_build(
+        self, key: K, build: Callable[[], V], weigh: Callable[[V], int] | None = None
+    ) -> tuple[V, bool]:
+        """(the entry for `key`, whether it was already there), building it with `build` when missing;
+        a built entry counts `weigh(entry)` towards `max_weight` (asked only on a build).
 
         Concurrent callers for the same missing key wait for the one build; callers for other keys do
         not. A build that raises caches nothing, and the next caller tries again."""
@@ -113,7 +128,7 @@ class BoundedCache(Generic[K, V]):
                         self._entries.move_to_end(key)
                         return self._entries[key], True
                 value = build()
-                self.put(key, value)
+                self.put(key, value, weigh(value) if weigh is not None else 0)
                 return value, False
         finally:
             with self._lock:
@@ -122,6 +137,10 @@ class BoundedCache(Generic[K, V]):
                     del self._building[key]
 
     def _trim(self) -> None:
-        while len(self._entries) > self._maxsize:
-            self._entries.popitem(last=False)
+        total = sum(self._weights.values())
+        while len(self._entries) > self._maxsize or (
+            self.max_weight is not None and total > self.max_weight and len(self._entries) > 1
+        ):
+            oldest, _ = self._entries.popitem(last=False)
+            total -= self._weights.pop(oldest, 0)
             self.evictions += 1

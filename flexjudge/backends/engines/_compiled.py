@@ -35,6 +35,10 @@ __all__ = [
 COMPILED_ENTRIES = 32
 """Compiled constraints kept per process. A judge uses a handful (one per output format, modality and
 scale); an outlines-core index at 150k tokens weighs hundreds of MB, so this is no place for thousands."""
+COMPILED_SOURCE_CHARS = 16 << 20
+"""Most characters of constraint source (schema JSON, grammar text) behind the compiled constraints kept:
+what a compiled artefact weighs grows with its source, so a stream of huge served constraints cannot hold
+32 huge artefacts at once."""
 TABLE_ENTRIES = 4
 """Engine tokenizer tables kept per process (one per engine and tokenizer in use)."""
 DISK_ENTRIES = 64
@@ -60,7 +64,9 @@ class CompileCacheStats:
     limit: int = COMPILED_ENTRIES
 
 
-_compiled: BoundedCache[tuple[Any, ...], tuple[Any, float]] = BoundedCache(COMPILED_ENTRIES)
+_compiled: BoundedCache[tuple[Any, ...], tuple[Any, float]] = BoundedCache(
+    COMPILED_ENTRIES, max_weight=COMPILED_SOURCE_CHARS
+)
 _tables: BoundedCache[tuple[Any, ...], Any] = BoundedCache(TABLE_ENTRIES)
 _stats_lock = threading.Lock()
 _stats = {"compiles": 0, "hits": 0, "tokenizer_builds": 0, "disk_hits": 0}
@@ -96,6 +102,10 @@ def constraint_hash(constraint: dict[str, Any] | str) -> str:
         return "grammar-" + hashlib.sha256(constraint.encode()).hexdigest()[:24]
     text = json.dumps(constraint, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _source_chars(constraint: dict[str, Any] | str) -> int:
+    return len(constraint) if isinstance(constraint, str) else len(json.dumps(constraint))
 
 
 def _table(engine: ConstraintEngine, tok: TokenizerView) -> Any:
@@ -147,7 +157,7 @@ def compiled(
             _save(on_disk, artefact)
         return artefact, time.perf_counter() - start
 
-    (artefact, seconds), cached = _compiled.get_or_build(key, build)
+    (artefact, seconds), cached = _compiled.get_or_build(key, build, lambda _: _source_chars(constraint))
     if cached:
         _count("hits")
     return artefact, seconds, cached or from_disk
