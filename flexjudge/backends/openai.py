@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
     from PIL.Image import Image as PILImage
 
+_REFUSALS_KEPT = 256
+"""Constraints a server refused, remembered (by digest) so they are not sent again; oldest out first."""
+
 Structured = Literal["response_format", "structured_outputs", "none"]
 SchemaVariant = Literal["auto", "full", "strict"]
 Enforced = Literal["grammar", "schema", "strict_schema"]
@@ -255,6 +258,8 @@ class OpenAIBackend:
                 if not refused(again):
                     raise exc from None
                 message = f"{self.base_url} takes structured outputs but refuses this constraint: {exc}"
+                if len(self._refused) >= _REFUSALS_KEPT:  # bounded: constraints may come from anywhere
+                    self._refused.pop(next(iter(self._refused)))
                 self._refused[constraint.digest] = message
                 raise ConstraintError(message, original=exc) from exc
             raise
