@@ -59,6 +59,14 @@ class ServeLimits:
     max_prompt_tokens: int = 32_768
     """Most tokens of the prompt as the model sees it, chat template and image tokens included (400);
     counted where the backend can count them (`CountsPromptTokens`)."""
+    max_groups: int = 64
+    """Most groups in one `/v1/rewards` request (400)."""
+    max_group_candidates: int = 32
+    """Most candidates in one group of a rewards request (400): a round robin judges C(G, 2) pairs."""
+    max_reward_images: int = 256
+    """Most images (video frames counted) in one rewards request (400), counted before any is decoded."""
+    max_reward_pixels: int = 128_000_000
+    """Most pixels over all images of one rewards request (400), each checked before it is decoded."""
     max_queue: int = 64
     """Most requests waiting for or in generation at once; one more is answered 503 with Retry-After."""
     retry_after_s: int = 1

@@ -291,6 +291,30 @@ def serve_command(
     max_queue: Annotated[
         int, typer.Option(min=1, help="Most requests waiting or generating; beyond, 503 with Retry-After.")
     ] = _SL.max_queue,
+    max_groups: Annotated[int, typer.Option(min=1, help="Most groups per rewards request.")] = _SL.max_groups,
+    max_group_candidates: Annotated[
+        int, typer.Option(min=2, help="Most candidates per group.")
+    ] = _SL.max_group_candidates,
+    max_reward_images: Annotated[
+        int, typer.Option(min=1, help="Most images per rewards request (frames counted).")
+    ] = _SL.max_reward_images,
+    max_reward_pixels: Annotated[
+        int, typer.Option(min=1, help="Most pixels per rewards request.")
+    ] = _SL.max_reward_pixels,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Front an OpenAI-compatible judge server (vLLM) at this URL instead of loading --model;"
+            " --model is then the name it serves.",
+            show_default=False,
+        ),
+    ] = None,
+    judge_api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEXJUDGE_JUDGE_API_KEY", help="The --base-url server's key.", show_default=False
+        ),
+    ] = None,
     body_timeout: Annotated[
         float, typer.Option(min=0.001, help="Seconds to receive a body.")
     ] = _SL.body_timeout_s,
@@ -298,11 +322,14 @@ def serve_command(
         float, typer.Option(min=0.001, help="Seconds for a connection's request headers to arrive.")
     ] = _SL.header_timeout_s,
 ) -> None:
-    """Serve a local model to OpenAI-compatible clients.
+    """Serve a local model to OpenAI-compatible clients, and GRPO group rewards.
 
-    The endpoint is /v1/chat/completions; concurrent requests are batched. Listening beyond loopback
-    needs --api-key (or FLEXJUDGE_API_KEY), or --insecure-no-auth."""
+    The endpoints are /v1/chat/completions (concurrent requests are batched) and /v1/rewards (a batch of
+    groups in, each group's rewards out). With --base-url, both go to that server instead of a local
+    model. Listening beyond loopback needs --api-key (or FLEXJUDGE_API_KEY), or --insecure-no-auth.
+    SIGTERM / Ctrl-C answer the requests already accepted, then exit."""
     from flexjudge._serve_limits import ServeLimits, is_loopback
+    from flexjudge.backends.base import Backend
     from flexjudge.errors import FlexjudgeError
     from flexjudge.serve import serve
 
@@ -318,19 +345,35 @@ def serve_command(
         max_body_bytes=max_body_bytes, max_images=max_images, max_image_pixels=max_image_pixels,
         max_total_pixels=max_total_pixels, max_tokens=max_tokens, max_prompt_chars=max_prompt_chars,
         max_prompt_tokens=max_prompt_tokens, max_queue=max_queue, body_timeout_s=body_timeout,
-        header_timeout_s=header_timeout,
+        header_timeout_s=header_timeout, max_groups=max_groups, max_group_candidates=max_group_candidates,
+        max_reward_images=max_reward_images, max_reward_pixels=max_reward_pixels,
     )  # fmt: skip
-    cj.check_device(device, dtype)
-    placement = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-    try:
-        from flexjudge.backends.transformers import TransformersBackend
+    backend: Backend
+    judge = None
+    if base_url is not None:
+        local = [f for f, v in (("--engine", engine), ("--device", device), ("--dtype", dtype)) if v]
+        if local:
+            _fail(f"{', '.join(local)} set a local model; with --base-url none is loaded")
+        from flexjudge.backends.openai import OpenAIBackend
+        from flexjudge.judging import Judge
 
-        backend = TransformersBackend(model, engine=engine, **placement)  # type: ignore[arg-type]
-    except (FlexjudgeError, ValueError) as exc:
-        _fail(f"could not load --model {model}: {exc}", code=cj.FAILURE_EXIT)
+        backend = OpenAIBackend(
+            base_url, model=model, api_key=judge_api_key, max_concurrency=limits.max_queue
+        )
+        # Rewards go to the server directly (it batches and bounds itself), not through the chat batcher.
+        judge = Judge(model, backend=backend, max_new_tokens=limits.max_tokens)
+    else:
+        cj.check_device(device, dtype)
+        placement = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        try:
+            from flexjudge.backends.transformers import TransformersBackend
+
+            backend = TransformersBackend(model, engine=engine, **placement)  # type: ignore[arg-type]
+        except (FlexjudgeError, ValueError) as exc:
+            _fail(f"could not load --model {model}: {exc}", code=cj.FAILURE_EXIT)
     serve(
         backend, model_name=model, host=host, port=port, limits=limits,
-        api_key=api_key, insecure_no_auth=insecure_no_auth,
+        api_key=api_key, insecure_no_auth=insecure_no_auth, judge=judge,
     )  # fmt: skip
 
 

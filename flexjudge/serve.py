@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from fastapi.responses import JSONResponse
     from starlette.requests import Request as HTTPRequest
 
+    from flexjudge.judging import Judge
+
 __all__ = [
     "ChatRequest",
     "LimitExceeded",
@@ -292,14 +294,22 @@ def create_app(
     window_s: float = 0.01,
     limits: ServeLimits = DEFAULT_SERVE_LIMITS,
     api_key: str | None = None,
+    judge: Judge | None = None,
 ) -> FastAPI:
     """The ASGI app; run it with uvicorn (`server_config` sets the protocol that drops connections whose
     headers never complete). `max_batch` defaults to the backend's `max_batch_size` (8 when it has none);
     `app.state.batcher` is the `BatchingBackend` in front of it and `app.state.admitted` the number of
-    requests waiting for or in generation. With `api_key`, every path but `/health` needs
-    `Authorization: Bearer <api_key>`."""
+    requests waiting for or in generation (chat and rewards alike). With `api_key`, every path but
+    `/health` needs `Authorization: Bearer <api_key>`.
+
+    `POST /v1/rewards` (`flexjudge.rewards.server`) judges through `judge`; by default a `Judge` over the
+    batcher, so reward pairs batch with chat requests. Pass a `Judge` over another backend (an
+    OpenAI-compatible server: `flexjudge serve --base-url`) to front that instead."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
+
+    from flexjudge.judging import Judge
+    from flexjudge.rewards.server import rewards_endpoint
 
     # No /docs or /openapi.json: nothing is served that the key check would have to know about.
     app = FastAPI(title="flexjudge judge server", docs_url=None, redoc_url=None, openapi_url=None)
@@ -365,6 +375,10 @@ def create_app(
             app.state.admitted -= 1
 
     app.router.add_route("/v1/chat/completions", chat, methods=["POST"])
+    # The served model is greedy and bounded by the server's token limit, as its chat requests are.
+    reward_judge = judge or Judge(model_name, backend=batcher, max_new_tokens=limits.max_tokens)
+    app.state.judge = reward_judge
+    app.router.add_route("/v1/rewards", rewards_endpoint(app, reward_judge, limits, error), methods=["POST"])
     return app
 
 
@@ -438,6 +452,10 @@ def server_config(
         http=protocol_with_deadline(limits.header_timeout_s),
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=64 * 1024,  # request line and headers; the body is read_body's
+        # On SIGTERM / should_exit uvicorn stops accepting and closes idle connections, then waits for the
+        # requests it holds: a trainer's accepted rewards batch is answered, not cut (no deadline here;
+        # the process manager's own kill timeout bounds it).
+        timeout_graceful_shutdown=None,
     )
 
 
@@ -450,9 +468,11 @@ def serve(
     limits: ServeLimits = DEFAULT_SERVE_LIMITS,
     api_key: str | None = None,
     insecure_no_auth: bool = False,
+    judge: Judge | None = None,
 ) -> None:
-    """Run the server until interrupted. Listening beyond loopback without `api_key` is refused
-    (`UsageError`) unless `insecure_no_auth`."""
+    """Run the server until interrupted (SIGINT / SIGTERM: accepted requests are answered first).
+    Listening beyond loopback without `api_key` is refused (`UsageError`) unless `insecure_no_auth`.
+    `judge`: see `create_app`."""
     import uvicorn
 
     if api_key is None and not is_loopback(host) and not insecure_no_auth:
@@ -460,5 +480,5 @@ def serve(
             f"refusing to serve on {host} without --api-key (anyone who reaches it could use the judge);"
             " pass --insecure-no-auth to do it anyway"
         )
-    app = create_app(backend, model_name=model_name, limits=limits, api_key=api_key)
+    app = create_app(backend, model_name=model_name, limits=limits, api_key=api_key, judge=judge)
     uvicorn.Server(server_config(app, host=host, port=port, limits=limits)).run()

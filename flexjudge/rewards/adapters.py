@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from flexjudge.errors import UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, OnFailure, SwapMode, agroup_rewards
-from flexjudge.rewards.schedules import Schedule
+from flexjudge.rewards.client import RewardClient
+from flexjudge.rewards.schedules import RandomGraph, RoundRobin, Schedule, Swiss
 
-__all__ = ["FlowGRPOReward", "GroupReward", "RewardOutput", "to_candidates"]
+__all__ = ["FlowGRPOReward", "GroupReward", "RewardOutput", "schedule_spec", "to_candidates"]
+
+T = TypeVar("T")
 
 RewardOutput = Literal["advantages", "reward"]
 """`advantages`: the paper's blended, group-normalised advantages (0 for an unscored sample), for loops
@@ -32,9 +35,12 @@ that normalise per group themselves (NaN for an unscored sample: a loop must see
 @dataclass
 class GroupReward:
     """Rewards one group: `reward(prompt, candidates) -> list[float]` (see `RewardOutput`); `arun` gives the
-    whole `GroupResult` (judgments, outcomes, failures)."""
+    whole `GroupResult` (judgments, outcomes, failures).
 
-    judge: Judge
+    `judge` is an in-process `Judge`, or a `RewardClient` of a reward server (`flexjudge serve`'s
+    `/v1/rewards`), which judges the group there with the same settings and answers the same result."""
+
+    judge: Judge | RewardClient
     output: RewardOutput = "advantages"
     schedule: Schedule | None = None
     swap: SwapMode = False
@@ -50,6 +56,8 @@ class GroupReward:
             raise UsageError(f"output must be 'advantages' or 'reward', got {self.output!r}")
 
     async def arun(self, prompt: str, candidates: Sequence[Any]) -> GroupResult:
+        if isinstance(self.judge, RewardClient):
+            return await self._remote(self.judge, prompt, candidates)
         return await agroup_rewards(
             prompt,
             candidates,
@@ -63,6 +71,29 @@ class GroupReward:
             **self.options,
         )
 
+    async def _remote(self, client: RewardClient, prompt: str, candidates: Sequence[Any]) -> GroupResult:
+        if self.options:
+            raise UsageError(
+                f"a reward server takes no {sorted(self.options)}: its judge's settings are its own"
+            )
+        result = await client.agroup(
+            prompt,
+            candidates,
+            schedule=schedule_spec(self.schedule),
+            swap=self.swap,
+            on_failure="drop" if self.on_failure == "raise" else self.on_failure,
+            alpha=self.alpha,
+            category_weights=self.category_weights,
+            seed=self.seed,
+        )
+        if self.on_failure == "raise" and result.failures:  # the server returns failures; raise the first
+            raise result.failures[0].error
+        return result
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the judge's (or client's) loop thread."""
+        return self.judge._run(coroutine)
+
     def values(self, result: GroupResult) -> list[float]:
         """The floats a loop receives from a result, per `output`."""
         if self.output == "advantages":
@@ -73,7 +104,7 @@ class GroupReward:
         return self.values(await self.arun(prompt, candidates))
 
     def __call__(self, prompt: str, candidates: Sequence[Any]) -> list[float]:
-        return self.judge._run(self.acall(prompt, candidates))
+        return self.run(self.acall(prompt, candidates))
 
 
 @dataclass
@@ -98,7 +129,7 @@ class FlowGRPOReward:
         self, images: Any, prompts: Sequence[str], metadata: Any = None, only_strict: bool = True
     ) -> tuple[list[float], dict[str, Any]]:
         """`metadata` and `only_strict` are accepted as Flow-GRPO passes them, and not used."""
-        return self.group.judge._run(self.acall(images, prompts))
+        return self.group.run(self.acall(images, prompts))
 
     async def acall(self, images: Any, prompts: Sequence[str]) -> tuple[list[float], dict[str, Any]]:
         candidates = to_candidates(images)
@@ -144,3 +175,14 @@ def _groups(prompts: Sequence[str], count: int, size: int) -> list[tuple[int, in
                 f"samples {start}..{end - 1} should share one prompt (a group of {size} consecutive samples)"
             )
     return spans
+
+
+def schedule_spec(schedule: Schedule | None) -> dict[str, Any] | None:
+    """A schedule as a reward server takes it in a request body (the three built-in kinds)."""
+    if schedule is None or isinstance(schedule, RoundRobin):
+        return None if schedule is None else {"kind": "round_robin"}
+    if isinstance(schedule, RandomGraph):
+        return {"kind": "random_graph", "k": schedule.k}
+    if isinstance(schedule, Swiss):
+        return {"kind": "swiss", "rounds": schedule.rounds}
+    raise UsageError(f"a reward server knows round robin, RandomGraph and Swiss schedules, not {schedule!r}")
