@@ -76,7 +76,9 @@ class Sim(SimulatedJudge):
 def running(app: Any, limits: ServeLimits | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
     """Serve `app` with the configuration `flexjudge serve` uses; yields (base url, server)."""
     port = free_port()
-    config = server_config(app, host="127.0.0.1", port=port, limits=limits or ServeLimits())
+    config = server_config(
+        app, host="127.0.0.1", port=port, limits=limits or ServeLimits(), log_level="warning"
+    )
     server = uvicorn.Server(config)
     with serving(server):
         yield f"http://127.0.0.1:{port}", server
@@ -410,11 +412,10 @@ def test_serve_base_url_refuses_local_model_flags() -> None:
 # ---------------------------------------------------------------- the tiny local model
 
 
-def test_rewards_through_the_tiny_local_model(tmp_path: Path) -> None:
+def test_rewards_through_the_tiny_local_model() -> None:
     pytest.importorskip("transformers")
     from flexjudge.backends.transformers import TransformersBackend
 
-    os.environ["FLEXJUDGE_CACHE_DIR"] = str(tmp_path)
     batcher = BatchingBackend(
         TransformersBackend("tiny-random", max_batch_size=8), max_batch=8, window_s=0.01
     )
