@@ -74,7 +74,7 @@ class RewardClient:
         return_judgments: bool = False,
     ) -> list[GroupResult]:
         """Each `(prompt, candidates)` group's result, in order, from one request."""
-        encoded = await asyncio.to_thread(_encode_groups, groups, self.frames_per_video)
+        encoded = await _encode_groups(groups, self.frames_per_video)
         body: dict[str, Any] = {
             "groups": encoded,
             "swap": swap,
@@ -172,25 +172,33 @@ def _reason(answer: Any) -> str | None:
     return message if isinstance(message, str) else None
 
 
-def _encode_groups(groups: Sequence[tuple[str, Sequence[Candidate]]], frames: int) -> list[dict[str, Any]]:
+async def _encode_groups(
+    groups: Sequence[tuple[str, Sequence[Candidate]]], frames: int
+) -> list[dict[str, Any]]:
     """Each candidate as the server takes it: an image as a PNG data URL, a video as the data URLs of
     `frames` frames sampled here (the server's judge samples as many, so it keeps them all). Decoded
-    here, where the paths are."""
-    from flexjudge import media
-
-    out = []
-    for prompt, candidates in groups:
+    here, where the paths are; encoded in worker threads, one candidate each (zlib runs without the GIL,
+    and PNG encoding is most of a client's cost)."""
+    for _, candidates in groups:
         if isinstance(candidates, str | bytes) or not isinstance(candidates, Sequence):
             raise UsageError("a group's candidates must be a list")
-        encoded: list[str | list[str]] = []
-        for candidate in candidates:
-            if media.guess_modality(candidate) == "video":
-                sampled = media.load_candidate(candidate, modality="video", frames=frames)
-                encoded.append([media.to_data_url(f) for f in sampled])
-            else:
-                encoded.append(media.to_data_url(media.load_image(candidate)))
-        out.append({"prompt": prompt, "candidates": encoded})
+    encoded = await asyncio.gather(
+        *(asyncio.to_thread(_encode, c, frames) for _, candidates in groups for c in candidates)
+    )
+    out, start = [], 0
+    for prompt, candidates in groups:
+        out.append({"prompt": prompt, "candidates": encoded[start : start + len(candidates)]})
+        start += len(candidates)
     return out
+
+
+def _encode(candidate: Candidate, frames: int) -> str | list[str]:
+    from flexjudge import media
+
+    if media.guess_modality(candidate) == "video":
+        sampled = media.load_candidate(candidate, modality="video", frames=frames)
+        return [media.to_data_url(f) for f in sampled]
+    return media.to_data_url(media.load_image(candidate))
 
 
 def _result(group: dict[str, Any]) -> GroupResult:
