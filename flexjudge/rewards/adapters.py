@@ -20,7 +20,7 @@ from flexjudge.errors import UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, OnFailure, SwapMode, agroup_rewards
 from flexjudge.rewards.client import RewardClient
-from flexjudge.rewards.schedules import RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import Active, RandomGraph, RoundRobin, Schedule, Swiss
 
 __all__ = ["FlowGRPOReward", "GroupReward", "RewardOutput", "schedule_spec", "to_candidates"]
 
@@ -185,4 +185,6 @@ def schedule_spec(schedule: Schedule | None) -> dict[str, Any] | None:
         return {"kind": "random_graph", "k": schedule.k}
     if isinstance(schedule, Swiss):
         return {"kind": "swiss", "rounds": schedule.rounds}
-    raise UsageError(f"a reward server knows round robin, RandomGraph and Swiss schedules, not {schedule!r}")
+    if isinstance(schedule, Active):
+        return {"kind": "active", "fraction": schedule.fraction}
+    raise UsageError(f"a reward server knows the built-in schedules, not {schedule!r}")

@@ -22,7 +22,7 @@ from flexjudge._serve_limits import LimitExceeded, ServeLimits, read_body
 from flexjudge.errors import MediaError, UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, agroup_rewards
-from flexjudge.rewards.schedules import RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import Active, RandomGraph, RoundRobin, Schedule, Swiss
 
 if TYPE_CHECKING:
     from fastapi.responses import JSONResponse
@@ -54,7 +54,14 @@ class SwissSpec(_Body):
     rounds: _Small = 4
 
 
-ScheduleSpec = Annotated[RoundRobinSpec | RandomGraphSpec | SwissSpec, Field(discriminator="kind")]
+class ActiveSpec(_Body):
+    kind: Literal["active"]
+    fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+
+
+ScheduleSpec = Annotated[
+    RoundRobinSpec | RandomGraphSpec | SwissSpec | ActiveSpec, Field(discriminator="kind")
+]
 _Candidate = str | Annotated[list[str], Field(min_length=1)]
 
 
@@ -84,6 +91,8 @@ class RewardsRequest(_Body):
             return RandomGraph(k=spec.k)
         if isinstance(spec, SwissSpec):
             return Swiss(rounds=spec.rounds)
+        if isinstance(spec, ActiveSpec):
+            return Active(fraction=spec.fraction)
         return RoundRobin()
 
 
