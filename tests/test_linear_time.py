@@ -136,6 +136,11 @@ JSON: dict[str, Builder] = {
     "flex-long-winner": lambda n: _flex_with_winner(_repeat(_LONG_WINNER, n) + "Image 1"),
     "native-long-winner": lambda n: _native_with_winner(_repeat(_LONG_WINNER, n) + "Image 1"),
     "quotes": lambda n: '{"winner": ' + '"' * n,
+    # 256 brackets opened in the middle of a judgment padded to size (the fuzzer's slowest input): each
+    # damaged level used to be scanned again from its start, 256 times the text.
+    "brackets-inside": lambda n: _flex_with_winner("Image 1" + " " * n).replace(
+        '"categories": ', '"categories": ' + "[" * 256, 1
+    ),
 }
 
 

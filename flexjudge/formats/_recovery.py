@@ -293,6 +293,10 @@ def _bounded(convert: Any) -> Any:
     return read
 
 
+MAX_DEPTH = 16
+"""Deepest nesting the step-by-step reader follows into damaged JSON (a judgment nests five levels)."""
+
+
 class _Reader:
     """A forgiving JSON value reader that reports exactly where and why it stops.
 
@@ -307,6 +311,7 @@ class _Reader:
         self.n = len(text)
         self.notes = notes
         self._scanned: list[str] = []  # a C read's notes, kept only when the read succeeds
+        self.depth = 1  # containers being read step by step, the judgment's own object included
 
         def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -366,7 +371,15 @@ class _Reader:
             whole = self._whole(i)
             if whole is not None:
                 return whole
-            return self._object(i) if char == "{" else self._array(i)
+            # Each damaged level is scanned again from its start: bounding the depth bounds that cost
+            # at MAX_DEPTH times the text (a judgment nests five levels deep).
+            if self.depth >= MAX_DEPTH:
+                raise _Stop(i, f"nested deeper than {MAX_DEPTH} levels", False)
+            self.depth += 1
+            try:
+                return self._object(i) if char == "{" else self._array(i)
+            finally:
+                self.depth -= 1
         number = _NUMBER.match(self.text, i)
         if number is not None:
             end = number.end()
