@@ -60,3 +60,15 @@ def test_preferences_validate() -> None:
         flexjudge.Preferences(custom_dimensions=("Text\x7fLegibility",))
     prefs = flexjudge.Preferences(weights={"A. Semantic Alignment & Accuracy": 3})
     assert prefs.weight("semantic alignment and accuracy") == 3 and prefs.weight("other") == 1.0
+
+
+def test_a_template_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    """Templates are cached for speed, by path, modification time and size: an edit still shows."""
+    from flexjudge.prompts import load_template
+
+    path = tmp_path / "mine.md"
+    path.write_text("first {prompt}", encoding="utf-8")
+    assert load_template(path) == "first {prompt}"
+    path.write_text("second, longer {prompt}", encoding="utf-8")
+    assert load_template(path) == "second, longer {prompt}"
+    assert load_template("flex_image") is load_template("flex_image")  # bundled: read once
