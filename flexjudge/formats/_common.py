@@ -13,12 +13,33 @@ from pydantic import BaseModel, ValidationError
 
 from flexjudge.errors import ParseError, TruncatedOutput
 from flexjudge.formats._recovery import Extracted, paused_gc
+from flexjudge.schema import JudgmentMeta
 
 Loc = tuple[int | str, ...]
 M = TypeVar("M", bound=BaseModel)
 
 
 _set = object.__setattr__
+
+
+_META_FIELDS = set(JudgmentMeta.model_fields)
+# Defaults that are immutable (None, False, strings) can be shared; list defaults are set per call below.
+_META_DEFAULTS = {
+    name: field.default for name, field in JudgmentMeta.model_fields.items() if field.default_factory is None
+}
+
+
+def fresh_meta(source_format: str, text: str, notes: list[str] | None) -> JudgmentMeta:
+    """The metadata of a judgment just read from `text` (without validating it again: a fast path)."""
+    meta = {
+        **_META_DEFAULTS,
+        "source_format": source_format,
+        "candidate_order": [1, 2],
+        "raw_text": text,
+        "recovered": notes is not None,
+        "recovery_notes": notes or [],
+    }
+    return trusted(JudgmentMeta, meta, _META_FIELDS)
 
 
 def trusted(cls: type[M], data: dict[str, Any], fields: set[str]) -> M:

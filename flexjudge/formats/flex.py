@@ -18,7 +18,7 @@ from flexjudge.errors import ParseError, RenderError
 from flexjudge.formats import _common
 from flexjudge.formats._recovery import NoObject, extract_object
 from flexjudge.formats.winners import WinnerError, read_winner, winner_text
-from flexjudge.schema import Candidate, Criterion, Dimension, Judgment, JudgmentMeta, Score, Verdict
+from flexjudge.schema import Candidate, Criterion, Dimension, Judgment, Score, Verdict
 
 FORMAT: Final = "flex"
 
@@ -115,11 +115,6 @@ _LAX = _validator(strict=False)  # the lenient reader's second try: "7" and 7.0 
 _CRITERION_FIELDS = set(Criterion.model_fields)
 _DIMENSION_FIELDS = set(Dimension.model_fields)
 _VERDICT_FIELDS = set(Verdict.model_fields)
-_META_FIELDS = set(JudgmentMeta.model_fields)
-# Defaults that are immutable (None, False, strings) can be shared; list defaults are set per call below.
-_META_DEFAULTS = {
-    name: field.default for name, field in JudgmentMeta.model_fields.items() if field.default_factory is None
-}
 _JUDGMENT_FIELDS = set(Judgment.model_fields)
 _EXACT_WINNERS: dict[str, tuple[Modality, Candidate]] = {
     "Image 1": ("image", 1),
@@ -167,14 +162,6 @@ def _assemble(
         return None
     if modality is not None and modality != said:
         return None
-    meta = {
-        **_META_DEFAULTS,
-        "source_format": FORMAT,
-        "candidate_order": [1, 2],
-        "raw_text": text,
-        "recovered": notes is not None,
-        "recovery_notes": notes or [],
-    }
     judgment = {
         "prompt": raw["prompt"],
         "modality": said,
@@ -183,7 +170,7 @@ def _assemble(
         "evidence": [],
         "dimensions": dimensions,
         "verdict": _common.trusted(Verdict, {"analysis": raw["reason"], "winner": winner}, _VERDICT_FIELDS),
-        "meta": _common.trusted(JudgmentMeta, meta, _META_FIELDS),
+        "meta": _common.fresh_meta(FORMAT, text, notes),
     }
     return _common.trusted(Judgment, judgment, _JUDGMENT_FIELDS)
 

@@ -37,7 +37,9 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
         and _common.members_once(text, _members(judgment))  # no duplicated key, however escaped
     )
     if judgment is not None and exact and modality in (None, judgment.modality):
-        judgment.meta = JudgmentMeta(source_format=FORMAT, raw_text=text)
+        # Set as `trusted` sets fields: assignment through pydantic costs more than the rest of this step.
+        judgment.__dict__["meta"] = _common.fresh_meta(FORMAT, text, None)
+        judgment.__pydantic_fields_set__.add("meta")
         return judgment
     if strict:
         raise _strict_failure(text, modality)
