@@ -393,9 +393,9 @@ def test_serve_base_url_fronts_a_judge_server_and_sigterm_finishes_accepted_work
         entered = sim.entered
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(call, url, "/v1/rewards", {"groups": [group(3)]}, KEY)
-            wait_until(
-                lambda: sim.entered >= entered + 3 or pending.done(), "the group at the upstream judge"
-            )
+            # One pair at the upstream judge shows the request accepted and in progress; the others may
+            # wait behind it (the upstream batches what arrives together, and under load that is one).
+            wait_until(lambda: sim.entered > entered or pending.done(), "the group at the upstream judge")
             assert not pending.done(), pending.result()
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.5)
