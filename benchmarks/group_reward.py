@@ -2,9 +2,9 @@
 """One group's reward against a judge server with a fixed latency: how close to the ideal, and to a bare
 client making the same calls.
 
-The server (`flexjudge serve`'s app in its own process) answers each batch of requests after a fixed
-latency (default 50 ms) with one valid flex judgment: a stand-in model, so that scheduling and client
-cost show, not a model's. A group of G = 9 images is 36 pairs (72 with swap).
+The server (a bare ASGI app in its own process) reads each request, waits a fixed latency (default
+50 ms) and answers one valid flex judgment: a stand-in for a model server, doing nothing else (it decodes
+no image), so that scheduling and client cost show. A group of G = 9 images is 36 pairs (72 with swap).
 
 - ideal: ceil(calls / concurrency) x latency, the best any client can do at that concurrency;
 - bare: the `openai` client making the same calls (images encoded once, `json.loads` of each answer);
@@ -33,7 +33,7 @@ from typing import Any
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_overhead import _free_port, _serve
+from openai_overhead import CANNED, _free_port
 
 import flexjudge
 from flexjudge.constraints import pair_constraint
@@ -43,6 +43,46 @@ from flexjudge.rewards import agroup_rewards
 
 PROMPT = "A child in a yellow raincoat feeding ducks at a pond, storybook illustration"
 G = 9
+
+
+def _serve_latency(port: int, latency_s: float) -> None:
+    """Answer every chat completion after `latency_s` with the canned judgment (and the capability probe
+    with what a schema-enforcing server gives)."""
+    import uvicorn
+
+    from flexjudge.backends._probe import PROBE_TOKENS
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        probe = json.loads(raw).get("max_tokens") == PROBE_TOKENS
+        await asyncio.sleep(latency_s)
+        answer = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "canned",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": '{"ok": true}' if probe else CANNED},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 800, "total_tokens": 900},
+        }
+        body = json.dumps(answer).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="off")
 
 
 def _images() -> list[Image.Image]:
@@ -110,7 +150,7 @@ def main() -> None:
     latency = args.latency_ms / 1000
     port = _free_port()
     ctx = multiprocessing.get_context("spawn")
-    server = ctx.Process(target=_serve, args=(port, latency, 128), daemon=True)
+    server = ctx.Process(target=_serve_latency, args=(port, latency), daemon=True)
     server.start()
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(400):
