@@ -225,6 +225,7 @@ def test_chat_template_options_reach_the_model(backend: TransformersBackend) -> 
     assert prompt_tokens[True] > prompt_tokens[False]  # the template wrote "Picture 1: ", "Picture 2: "
 
 
+@pytest.mark.slow  # README's group_rewards block runs the same path in the default run
 def test_group_rewards_on_the_local_model(judge: Judge) -> None:
     """A group of three through the tiny model: three constrained judgments, rewards from their outcomes
     exactly (the random model's verdicts are whatever they are; the arithmetic must follow them)."""
