@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from flexjudge.errors import FlexjudgeError, UsageError
 
 if TYPE_CHECKING:
+    from fastapi.responses import JSONResponse
+    from starlette.requests import Request as HTTPRequest
+
     from flexjudge.backends.base import Request
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "ServeLimits",
     "authorized",
     "check_prompt_tokens",
+    "guarded",
     "is_loopback",
     "protocol_with_deadline",
     "read_body",
@@ -37,6 +41,8 @@ __all__ = [
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ErrorResponse = Callable[..., "JSONResponse"]
+"""`error(status, message, kind, headers=None)`: the server's JSON error answer."""
 
 
 @dataclass(frozen=True)
@@ -241,3 +247,45 @@ def protocol_with_deadline(header_timeout_s: float) -> type[asyncio.Protocol]:
                 self.transport.close()
 
     return HeaderDeadlineProtocol
+
+
+async def guarded(
+    http: HTTPRequest,
+    state: Any,
+    limits: ServeLimits,
+    error: ErrorResponse,
+    parse: Callable[[bytes], Any],
+    refusals: tuple[type[Exception], ...],
+    handle: Callable[[Any], Awaitable[JSONResponse]],
+) -> JSONResponse:
+    """What every model route does around its work: read the body within the size limit and deadline,
+    `parse` it off the event loop (a `refusals` error is a 400, a `LimitExceeded` its own status, anything
+    else a JSON 500), then hold a place in the bounded queue (`state.admitted`; full: 503 with
+    Retry-After) while `handle` answers."""
+    try:
+        raw = await read_body(
+            http.receive,
+            http.scope["headers"],
+            max_bytes=limits.max_body_bytes,
+            timeout_s=limits.body_timeout_s,
+        )
+        parsed = await asyncio.to_thread(parse, raw)
+    except LimitExceeded as exc:
+        kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
+        return error(exc.status, str(exc), kind)
+    except refusals as exc:
+        return error(400, str(exc), "invalid_request_error")
+    except Exception as exc:  # our own bug: still a JSON error body, never a bare 500 page
+        return error(500, f"{type(exc).__name__}: {exc}", "server_error")
+    if state.admitted >= limits.max_queue:
+        return error(
+            503,
+            f"the server holds {limits.max_queue} requests already (--max-queue); retry later",
+            "server_overloaded",
+            {"Retry-After": str(limits.retry_after_s)},
+        )
+    state.admitted += 1
+    try:
+        return await handle(parsed)
+    finally:
+        state.admitted -= 1

@@ -28,9 +28,9 @@ from flexjudge._serve_limits import (
     RequireKey,
     ServeLimits,
     check_prompt_tokens,
+    guarded,
     is_loopback,
     protocol_with_deadline,
-    read_body,
 )
 from flexjudge.backends.base import Backend, Constraint, Generation, ImagePart, Message, Request, TextPart
 from flexjudge.batching import BatchingBackend
@@ -346,33 +346,10 @@ def create_app(
     async def chat(http: HTTPRequest) -> JSONResponse:
         # A plain Starlette endpoint: the body is validated here, so that every refusal is this server's
         # 4xx (FastAPI's own validation would answer 422 with its own error shape).
-        try:
-            raw = await read_body(
-                http.receive,
-                http.scope["headers"],
-                max_bytes=limits.max_body_bytes,
-                timeout_s=limits.body_timeout_s,
-            )
-            request = await asyncio.to_thread(parsed, raw)
-        except LimitExceeded as exc:
-            kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
-            return error(exc.status, str(exc), kind)
-        except RequestError as exc:
-            return error(400, str(exc), "invalid_request_error")
-        except Exception as exc:  # our own bug: still a JSON error body, never a bare 500 page
-            return error(500, f"{type(exc).__name__}: {exc}", "server_error")
-        if app.state.admitted >= limits.max_queue:
-            return error(
-                503,
-                f"the server holds {limits.max_queue} requests already (--max-queue); retry later",
-                "server_overloaded",
-                {"Retry-After": str(limits.retry_after_s)},
-            )
-        app.state.admitted += 1
-        try:
+        async def handle(request: Request) -> JSONResponse:
             return await _generate(http, batcher, request, error, model_name)
-        finally:
-            app.state.admitted -= 1
+
+        return await guarded(http, app.state, limits, error, parsed, (RequestError,), handle)
 
     app.router.add_route("/v1/chat/completions", chat, methods=["POST"])
     # The served model is greedy and bounded by the server's token limit, as its chat requests are.

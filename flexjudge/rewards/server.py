@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from flexjudge._serve_limits import LimitExceeded, ServeLimits, read_body
+from flexjudge._serve_limits import LimitExceeded, ServeLimits, guarded
 from flexjudge.errors import MediaError, UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, agroup_rewards
@@ -205,31 +205,14 @@ def rewards_endpoint(
     is the app's middleware; body size and deadline, limits, the bounded queue in `app.state.admitted`)."""
 
     async def rewards(http: HTTPRequest) -> JSONResponse:
-        try:
-            raw = await read_body(
-                http.receive, http.scope["headers"], max_bytes=limits.max_body_bytes,
-                timeout_s=limits.body_timeout_s,
-            )  # fmt: skip
-            body, media = await asyncio.to_thread(parse_rewards_request, raw, limits)
-        except LimitExceeded as exc:
-            kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
-            return error(exc.status, str(exc), kind)
-        except UsageError as exc:
-            return error(400, str(exc), "invalid_request_error")
-        except Exception as exc:  # our own bug: still a JSON error body, never a bare 500 page
-            return error(500, f"{type(exc).__name__}: {exc}", "server_error")
-        if app.state.admitted >= limits.max_queue:
-            return error(
-                503,
-                f"the server holds {limits.max_queue} requests already (--max-queue); retry later",
-                "server_overloaded",
-                {"Retry-After": str(limits.retry_after_s)},
-            )
-        app.state.admitted += 1
-        try:
+        async def handle(parsed: tuple[RewardsRequest, list[list[Any]]]) -> JSONResponse:
+            body, media = parsed
             return await _answer(http, judge, body, media, error)
-        finally:
-            app.state.admitted -= 1
+
+        def parse(raw: bytes) -> tuple[RewardsRequest, list[list[Any]]]:
+            return parse_rewards_request(raw, limits)
+
+        return await guarded(http, app.state, limits, error, parse, (UsageError,), handle)
 
     return rewards
 
