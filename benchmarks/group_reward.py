@@ -33,7 +33,7 @@ from typing import Any
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_overhead import CANNED, _free_port
+from openai_overhead import CANNED, _free_port, bare_judgment
 
 import flexjudge
 from flexjudge.constraints import pair_constraint
@@ -101,22 +101,7 @@ async def _bare(url: str, images: list[Image.Image], calls: int, concurrency: in
 
     async def one(i: int, j: int, urls: list[str]) -> Any:
         async with gate:
-            content: list[dict[str, Any]] = [
-                {"type": "image_url", "image_url": {"url": urls[i]}},
-                {"type": "image_url", "image_url": {"url": urls[j]}},
-                {"type": "text", "text": text},
-            ]
-            response = await client.chat.completions.create(
-                model="canned",
-                messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {"name": "judgment", "schema": schema, "strict": True},
-                },
-                max_tokens=4096,
-                temperature=0.0,
-            )
-            return json.loads(response.choices[0].message.content or "")
+            return await bare_judgment(client, [urls[i], urls[j]], text, schema)
 
     started = time.perf_counter()
     urls = [to_data_url(im) for im in images]  # once per group, as flexjudge does

@@ -79,6 +79,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def bare_judgment(client: Any, urls: list[str], text: str, schema: dict[str, Any]) -> Any:
+    """One judgment as a bare `openai` client asks for it: the images' data URLs, the prompt, the strict
+    json_schema response format, `json.loads` of the answer."""
+    content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    content.append({"type": "text", "text": text})
+    response = await client.chat.completions.create(
+        model="canned",
+        messages=[{"role": "user", "content": content}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "judgment", "schema": schema, "strict": True},
+        },
+        max_tokens=4096,
+        temperature=0.0,
+    )
+    return json.loads(response.choices[0].message.content or "")
+
+
 async def _bare(url: str, images: list[Image.Image], prompt: str, n: int, concurrency: int) -> float:
     from openai import AsyncOpenAI
 
@@ -89,21 +107,7 @@ async def _bare(url: str, images: list[Image.Image], prompt: str, n: int, concur
 
     async def one() -> Any:
         async with gate:
-            content: list[dict[str, Any]] = [
-                {"type": "image_url", "image_url": {"url": to_data_url(im)}} for im in images
-            ]
-            content.append({"type": "text", "text": text})
-            response = await client.chat.completions.create(
-                model="canned",
-                messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {"name": "judgment", "schema": schema, "strict": True},
-                },
-                max_tokens=4096,
-                temperature=0.0,
-            )
-            return json.loads(response.choices[0].message.content or "")
+            return await bare_judgment(client, [to_data_url(im) for im in images], text, schema)
 
     started = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(n)))
