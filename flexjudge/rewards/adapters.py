@@ -92,7 +92,9 @@ class GroupReward:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the judge's (or client's) loop thread."""
-        return self.judge._run(coroutine)
+        if isinstance(self.judge, Judge):
+            return self.judge._run(coroutine)
+        return self.judge.run(coroutine)
 
     def values(self, result: GroupResult) -> list[float]:
         """The floats a loop receives from a result, per `output`."""

@@ -114,7 +114,6 @@ class RewardClient:
             self._loop = LoopThread()
         return self._loop.run(coroutine)
 
-    _run = run  # the name `Judge` gives it, so adapters run either on its loop thread
 
     async def aclose(self) -> None:
         """Close the connection pool of the running loop."""

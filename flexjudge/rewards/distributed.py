@@ -59,7 +59,7 @@ class Gathered:
         mine = [g for k, g in enumerate(groups) if k % world == rank]
         failure: FlexjudgeError | None = None
         try:
-            judged: Any = self.reward.group.judge._run(self._judge(shared, mine))
+            judged: Any = self.reward.group.run(self._judge(shared, mine))
         except FlexjudgeError as error:  # told to every rank, so none waits forever for this one
             failure, judged = error, _Failed(rank, repr(error))
         answers: list[Any] = [None] * world
