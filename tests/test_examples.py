@@ -43,3 +43,49 @@ def test_malformed_example(record: dict) -> None:
 def test_every_behaviour_is_covered_twice() -> None:
     kinds = [r["expect"] for r in MALFORMED]
     assert all(kinds.count(k) >= 2 for k in ("recovered", "truncated", "parse_error", "findings"))
+
+
+# ------------------------------------------------------------------- the reward examples, run as shipped
+
+ROOT = Path(__file__).parent.parent
+
+
+def _run_example(args: list[str], tmp_path: Path) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FLEXJUDGE_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _floats(line: str) -> list[float]:
+    return [float(x) for x in line.split("[", 1)[1].split("]", 1)[0].split(",")]
+
+
+@pytest.mark.slow  # the tiny model judges six pairs
+def test_the_flow_grpo_reward_example_runs(tmp_path: Path) -> None:
+    out = _run_example(["examples/rewards/flow_grpo_reward.py"], tmp_path).splitlines()
+    rewards = [float(line.split()[0]) for line in out[:6]]
+    for group in (rewards[:3], rewards[3:]):  # advantages are z-scores within each group
+        assert sum(group) == pytest.approx(0.0, abs=1e-6)
+    assert out[6] == "failed pairs per group: [0, 0]"
+
+
+@pytest.mark.slow  # two ranks, each loading the tiny model
+def test_the_distributed_example_runs_under_torchrun(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out = _run_example(
+        ["-m", "torch.distributed.run", "--nproc-per-node", "2", "examples/rewards/distributed_rewards.py"],
+        tmp_path,
+    )
+    lines = sorted(line for line in out.splitlines() if line.startswith("rank "))
+    assert [line[:19] for line in lines] == ["rank 0: 4 rewards [", "rank 1: 4 rewards ["]
+    zero, one = (_floats(line) for line in lines)
+    # Each rank holds two samples of each prompt: a group is rank 0's pair and rank 1's pair, judged whole.
+    for k in (0, 2):
+        assert sum(zero[k : k + 2] + one[k : k + 2]) == pytest.approx(0.0, abs=1e-3)

@@ -391,12 +391,18 @@ def build_tiny_model(
     model = _build_model(tokenizer, arch, seed, text_overrides)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a progress bar for a 1 MB file is noise
+    # With torch.distributed initialized, transformers writes weights only on rank 0; this model is each
+    # process's own build (ranks may build it at once under torchrun), so every process writes it whole.
+    model.should_save_on_this_rank = lambda is_main_process: True
     try:
         model.save_pretrained(directory)
         processor.save_pretrained(directory)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    missing = [name for name in ("config.json", "model.safetensors") if not (directory / name).is_file()]
+    if missing:  # never publish a model a loader would choke on
+        raise RuntimeError(f"the tiny model build in {directory} wrote no {', '.join(missing)}")
     info = {"flexjudge_tiny_version": TINY_VERSION, "arch": arch, "seed": seed}
     (directory / "flexjudge_tiny.json").write_text(json.dumps(info, indent=2) + "\n")
     return directory
