@@ -18,13 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import math
-import multiprocessing
-import os
-import platform
-import socket
 import sys
 import time
 from pathlib import Path
@@ -33,7 +28,7 @@ from typing import Any
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_overhead import CANNED, _free_port, bare_judgment
+from openai_overhead import CANNED, bare_judgment, machine, report, spawn_server
 
 import flexjudge
 from flexjudge.constraints import pair_constraint
@@ -133,17 +128,8 @@ def main() -> None:
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     latency = args.latency_ms / 1000
-    port = _free_port()
-    ctx = multiprocessing.get_context("spawn")
-    server = ctx.Process(target=_serve_latency, args=(port, latency), daemon=True)
-    server.start()
+    server, port = spawn_server(_serve_latency, latency)
     url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(400):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
     images = _images()
     pairs = G * (G - 1) // 2
     rows = []
@@ -166,14 +152,8 @@ def main() -> None:
         f"| {c} | {n} | {i * 1000:.0f} | {b * 1000:.0f} | {o * 1000:.0f} | {o / i:.2f} | {o / b:.2f} |"
         for c, n, i, b, o in rows
     ]
-    machine = f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    setup = f"{machine}; G = {G}, 256x256 images, latency {args.latency_ms:.0f} ms, best of {args.repeat}"
-    print(f"{stamp}; {setup}\n")
-    print("\n".join(table))
-    if args.record:
-        with (Path(__file__).parent / "RESULTS.md").open("a", encoding="utf-8") as fh:
-            fh.write(f"\n## group_reward ({stamp})\n\n{setup}\n\n" + "\n".join(table) + "\n")
+    setup = f"{machine()}; G = {G}, 256x256 images, latency {args.latency_ms:.0f} ms, best of {args.repeat}"
+    report("group_reward", setup, table, args.record)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,34 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def spawn_server(target: Any, *args: Any) -> tuple[multiprocessing.process.BaseProcess, int]:
+    """Start `target(port, *args)` in a spawned process on a free port; return once it accepts."""
+    port = _free_port()
+    server = multiprocessing.get_context("spawn").Process(target=target, args=(port, *args), daemon=True)
+    server.start()
+    for _ in range(400):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return server, port
+
+
+def machine() -> str:
+    return f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def report(name: str, setup: str, table: list[str], record: bool) -> None:
+    """Print the table under its setup line; with `record`, append it to benchmarks/RESULTS.md."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"{stamp}; {setup}\n")
+    print("\n".join(table))
+    if record:
+        with (Path(__file__).parent / "RESULTS.md").open("a", encoding="utf-8") as fh:
+            fh.write(f"\n## {name} ({stamp})\n\n{setup}\n\n" + "\n".join(table) + "\n")
+
+
 async def bare_judgment(client: Any, urls: list[str], text: str, schema: dict[str, Any]) -> Any:
     """One judgment as a bare `openai` client asks for it: the images' data URLs, the prompt, the strict
     json_schema response format, `json.loads` of the answer."""
@@ -132,16 +160,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
-    port = _free_port()
-    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
-    server.start()
+    server, port = spawn_server(_serve)
     url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
     images = [Image.new("RGB", (256, 256), (200, 40, 40)), Image.new("RGB", (256, 256), (40, 40, 200))]
     prompt = "A child in a yellow raincoat feeding ducks at a pond, storybook illustration"
     rows = []
@@ -159,15 +179,12 @@ def main() -> None:
         "|---:|---:|---:|---:|",
     ]
     table += [f"| {c} | {b:,.0f} | {s:,.0f} | {r:.3f} |" for c, b, s, r in rows]
-    machine = f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"{stamp}; {machine}; {args.requests} requests, best of {args.repeat}\n")
-    print("\n".join(table))
-    if args.record:
-        setup = f"{machine}; {args.requests} requests per point, best of {args.repeat}"
-        section = f"\n## openai_overhead ({stamp})\n\n{setup}\n\n"
-        with (Path(__file__).parent / "RESULTS.md").open("a", encoding="utf-8") as fh:
-            fh.write(section + "\n".join(table) + "\n")
+    report(
+        "openai_overhead",
+        f"{machine()}; {args.requests} requests per point, best of {args.repeat}",
+        table,
+        args.record,
+    )
 
 
 if __name__ == "__main__":

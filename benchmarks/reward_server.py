@@ -21,11 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import multiprocessing
-import os
-import platform
-import socket
 import sys
 import time
 from pathlib import Path
@@ -33,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_overhead import CannedBackend, _free_port
+from openai_overhead import CannedBackend, machine, report, spawn_server
 
 from flexjudge import Judge
 from flexjudge.batching import BatchingBackend
@@ -104,18 +99,8 @@ def main() -> None:
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     latency = args.latency_ms / 1000
-    port = _free_port()
-    server = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(port, latency, args.max_batch), daemon=True
-    )
-    server.start()
+    server, port = spawn_server(_serve, latency, args.max_batch)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
     rows = []
     try:
         for count in args.groups:
@@ -139,17 +124,11 @@ def main() -> None:
         f"| {s / d:.2f} |"
         for c, n, d, s in rows
     ]
-    machine = f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     setup = (
-        f"{machine}; G = {G} (36 pairs, round robin), 256x256 images, latency {args.latency_ms:.0f} ms per "
+        f"{machine()}; G = {G} (36 pairs, round robin), 256x256 images, latency {args.latency_ms:.0f} ms per "
         f"batch of up to {args.max_batch}, best of {args.repeat}"
     )
-    print(f"{stamp}; {setup}\n")
-    print("\n".join(table))
-    if args.record:
-        with (Path(__file__).parent / "RESULTS.md").open("a", encoding="utf-8") as fh:
-            fh.write(f"\n## reward_server ({stamp})\n\n{setup}\n\n" + "\n".join(table) + "\n")
+    report("reward_server", setup, table, args.record)
 
 
 if __name__ == "__main__":
