@@ -16,7 +16,7 @@ import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from flexjudge.errors import FlexjudgeError, UsageError
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from flexjudge.backends.base import Request
 
 __all__ = [
+    "ClientLeft",
     "CountsPromptTokens",
     "LimitExceeded",
     "RequireKey",
@@ -37,8 +38,10 @@ __all__ = [
     "is_loopback",
     "protocol_with_deadline",
     "read_body",
+    "unless_client_leaves",
 ]
 
+T = TypeVar("T")
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ErrorResponse = Callable[..., "JSONResponse"]
@@ -289,3 +292,24 @@ async def guarded(
         return await handle(parsed)
     finally:
         state.admitted -= 1
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its work was done (the work was cancelled; answered 499)."""
+
+
+async def unless_client_leaves(http: HTTPRequest, work: Awaitable[T]) -> T:
+    """`work`'s result, or `ClientLeft` once the client disconnects first: the work is then cancelled
+    (a request still queued never reaches the model; one decoding is stopped at its next step)."""
+    job = asyncio.ensure_future(work)
+    # The body is read: the next message from the client side is its disconnect.
+    disconnect = asyncio.ensure_future(http.receive())
+    try:
+        await asyncio.wait({job, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        if not job.done():
+            job.cancel()
+            await asyncio.wait({job})
+            raise ClientLeft
+        return job.result()
+    finally:
+        disconnect.cancel()

@@ -14,7 +14,6 @@ flexjudge extension, names the arrays whose items' names must stay distinct (`Co
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flexjudge._serve_limits import (
+    ClientLeft,
     CountsPromptTokens,
     LimitExceeded,
     RequireKey,
@@ -31,6 +31,7 @@ from flexjudge._serve_limits import (
     guarded,
     is_loopback,
     protocol_with_deadline,
+    unless_client_leaves,
 )
 from flexjudge.backends.base import Backend, Constraint, Generation, ImagePart, Message, Request, TextPart
 from flexjudge.batching import BatchingBackend
@@ -371,22 +372,14 @@ async def _generate(
     batcher sets its `Request.stop`), and its batch mates go on."""
     from fastapi.responses import JSONResponse
 
-    generation_task = asyncio.ensure_future(batcher.generate([request]))
-    # The body is read: the next message from the client side is its disconnect.
-    disconnect_task = asyncio.ensure_future(http.receive())
     try:
-        await asyncio.wait({generation_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
-        if not generation_task.done():
-            generation_task.cancel()
-            await asyncio.wait({generation_task})
-            return error(499, "the client disconnected", "client_closed_request")
-        (generation,) = generation_task.result()
+        (generation,) = await unless_client_leaves(http, batcher.generate([request]))
+    except ClientLeft:
+        return error(499, "the client disconnected", "client_closed_request")
     except ConstraintError as exc:  # a schema or grammar this backend cannot compile
         return error(400, str(exc), "invalid_request_error")
     except Exception as exc:
         return error(500, f"{type(exc).__name__}: {exc}", "server_error")
-    finally:
-        disconnect_task.cancel()
     return JSONResponse(_completion(generation, model_name))
 
 

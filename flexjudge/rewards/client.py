@@ -114,7 +114,6 @@ class RewardClient:
             self._loop = LoopThread()
         return self._loop.run(coroutine)
 
-
     async def aclose(self) -> None:
         """Close the connection pool of the running loop."""
         client = self._clients.pop(asyncio.get_running_loop(), None)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from flexjudge._serve_limits import LimitExceeded, ServeLimits, guarded
+from flexjudge._serve_limits import ClientLeft, LimitExceeded, ServeLimits, guarded, unless_client_leaves
 from flexjudge.errors import MediaError, UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, agroup_rewards
@@ -228,20 +228,13 @@ async def _answer(
     decoding is cancelled; the batcher stops a cancelled row's decoding at its next step)."""
     from fastapi.responses import JSONResponse
 
-    job = asyncio.ensure_future(judge_groups(judge, body, media))
-    disconnect = asyncio.ensure_future(http.receive())  # the body is read: the next message is a disconnect
     try:
-        await asyncio.wait({job, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-        if not job.done():
-            job.cancel()
-            await asyncio.wait({job})
-            return error(499, "the client disconnected", "client_closed_request")
-        results = job.result()
+        results = await unless_client_leaves(http, judge_groups(judge, body, media))
+    except ClientLeft:
+        return error(499, "the client disconnected", "client_closed_request")
     except (UsageError, MediaError) as exc:  # what the request asked: a schedule that does not fit a group
         return error(400, str(exc), "invalid_request_error")
     except Exception as exc:
         return error(500, f"{type(exc).__name__}: {exc}", "server_error")
-    finally:
-        disconnect.cancel()
     groups = [result_json(r, judgments=body.return_judgments) for r in results]
     return JSONResponse({"object": "rewards", "groups": groups})
