@@ -244,8 +244,8 @@ def _read_partial(text: str, start: int, fence_end: int | None, notes: list[str]
                 raise _Stop(i, f"expected a member name, found {text[i]!r}", False)
             key, i = reader.string(i)
             i = reader.expect(i, ":")
-            member, end = reader.value(i)
-            i = reader.skip(end)
+            member, i = reader.value(i)
+            i = reader.skip(i)
             # A member counts only when what follows shows it ended: "winner": 1 or 2 is not 1, and a
             # number where the text stops may be cut short (2 of 25). Words, digits or quotes after it
             # drop it whole; a stray closing bracket is a damaged tail after a finished member.
@@ -259,7 +259,7 @@ def _read_partial(text: str, start: int, fence_end: int | None, notes: list[str]
                 after = reader.skip(i + 1)  # "winner": 1,2 lists two: a comma must lead to a member
                 if after < reader.n and text[after] not in '"}':
                     raise _Stop(after, f"expected a member name after ',', found {text[after]!r}", False)
-                i += 1
+                i = after  # the whitespace is skipped once
             _put(value, key, member, notes)
     except _Stop as stop:
         notes.append(
