@@ -26,12 +26,11 @@ import asyncio
 import os
 import threading
 import weakref
-from collections import OrderedDict
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from flexjudge.backends._cache import BoundedCache
 from flexjudge.backends._probe import PROBE_CONSTRAINT, PROBE_PROMPT, PROBE_TOKENS, probe, refused
 from flexjudge.backends._retry import complete
 from flexjudge.backends.base import Constraint, Generation, ImagePart, Message, Request, Usage
@@ -345,55 +344,34 @@ def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
     return out
 
 
-class _DataUrlMemo:
+class _DataUrls:
     """Data URLs by pixel content, so an image is PNG-encoded once while it is in use: a group reward
     sends each of G images in G - 1 pairs, often at the same moment, and encoding costs far more than
     hashing the pixels (about 20x for a 1024x1024 photo). Keyed by content, not by object, so an image
-    changed in place is encoded afresh. Bounded in entries and characters, least recently used out;
-    threads asking for an image being encoded wait for that encoding instead of starting their own."""
+    changed in place is encoded afresh. A `BoundedCache` (64 entries, 256 M characters): threads asking
+    for an image being encoded wait for that encoding instead of starting their own."""
 
-    def __init__(self, max_entries: int = 64, max_chars: int = 256 << 20) -> None:
-        self.max_entries, self.max_chars = max_entries, max_chars
+    def __init__(self) -> None:
         self.encodings = 0
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[str, Future[str]] = OrderedDict()
-        self._chars = 0
+        self._counting = threading.Lock()  # builds of different images run at once
+        self._urls: BoundedCache[str, str] = BoundedCache(64, max_weight=256 << 20)
 
     def get(self, image: PILImage) -> str:
-        from flexjudge.media import image_digest, to_data_url
+        from flexjudge.media import image_digest
 
-        key = image_digest(image)
-        with self._lock:
-            pending = self._entries.get(key)
-            owner = pending is None
-            if pending is None:
-                pending = self._entries[key] = Future()
-            else:
-                self._entries.move_to_end(key)
-        if not owner:
-            return pending.result()
-        try:
-            url = to_data_url(image)
-        except BaseException as error:
-            pending.set_exception(error)
-            with self._lock:
-                self._entries.pop(key, None)
-            raise
-        pending.set_result(url)
-        self._admit(len(url))
+        url, _ = self._urls.get_or_build(image_digest(image), lambda: self._encode(image), len)
         return url
 
-    def _admit(self, chars: int) -> None:
-        with self._lock:
+    def _encode(self, image: PILImage) -> str:
+        from flexjudge.media import to_data_url
+
+        url = to_data_url(image)
+        with self._counting:
             self.encodings += 1
-            self._chars += chars
-            while self._entries and (len(self._entries) > self.max_entries or self._chars > self.max_chars):
-                _, done = self._entries.popitem(last=False)
-                if done.done() and done.exception() is None:
-                    self._chars -= len(done.result())
+        return url
 
 
-_DATA_URLS = _DataUrlMemo()
+_DATA_URLS = _DataUrls()
 
 
 def _generation(response: ChatCompletion, constrained: bool) -> Generation:
