@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 _REFUSALS_KEPT = 256
-"""Constraints a server refused, remembered (by digest) so they are not sent again; oldest out first."""
+"""Constraints a server refused, kept by digest so they are not sent again (least recently used out)."""
 
 Structured = Literal["response_format", "structured_outputs", "none"]
 SchemaVariant = Literal["auto", "full", "strict"]
@@ -119,7 +119,7 @@ class OpenAIBackend:
         self._no_structured: str | None = None
         """Why the server does not enforce structured outputs, once the probe found out."""
         self._probed = False
-        self._refused: dict[str, str] = {}
+        self._refused: BoundedCache[str, str] = BoundedCache(_REFUSALS_KEPT)  # constraints come from anywhere
         """Digests of constraints the server refused, with its message: refused again without a call."""
         # Connection pools, semaphores and locks belong to one event loop: each loop that calls this
         # backend (a Judge's sync facade runs its own) gets its own.
@@ -194,8 +194,9 @@ class OpenAIBackend:
             raise ConstraintError(
                 "a grammar travels only as structured_outputs: set structured='structured_outputs'"
             )
-        if given.digest in self._refused:
-            raise ConstraintError(self._refused[given.digest])
+        refusal = self._refused.get(given.digest)
+        if refusal is not None:
+            raise ConstraintError(refusal)
         if not await self._enforces_structured(request):
             if self.allow_unconstrained:
                 return {}, None
@@ -257,9 +258,7 @@ class OpenAIBackend:
                 if not refused(again):
                     raise exc from None
                 message = f"{self.base_url} takes structured outputs but refuses this constraint: {exc}"
-                if len(self._refused) >= _REFUSALS_KEPT:  # bounded: constraints may come from anywhere
-                    self._refused.pop(next(iter(self._refused)))
-                self._refused[constraint.digest] = message
+                self._refused.put(constraint.digest, message)
                 raise ConstraintError(message, original=exc) from exc
             raise
 
