@@ -155,3 +155,14 @@ def test_active_rejects_a_budget_outside_0_1() -> None:
     for fraction in (0.0, -0.5, 1.5):
         with pytest.raises(UsageError):
             Active(fraction=fraction).next_pairs(9, [], random.Random(0))
+
+
+def test_a_group_call_that_cannot_be_judged_is_refused_before_anything_loads(judge: Judge) -> None:
+    from flexjudge import UsageError
+
+    with pytest.raises(UsageError, match="at least 2 candidate"):
+        group_rewards("a red fox", [candidate(1)], judge)
+    with pytest.raises(UsageError, match="non-empty prompt"):
+        group_rewards("  ", [candidate(1), candidate(2)], judge)
+    with pytest.raises(UsageError, match="on_failure"):
+        group_rewards("a red fox", [candidate(1), candidate(2)], judge, on_failure="guess")  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from flexjudge._preflight import Candidate as Media
-from flexjudge._preflight import Frames
+from flexjudge._preflight import Frames, check_call
 from flexjudge.anchors import Modality
 from flexjudge.errors import FlexjudgeError, UsageError
 from flexjudge.judging import Judge
@@ -104,10 +104,7 @@ async def agroup_rewards(
         raise UsageError(f"on_failure must be 'drop', 'tie' or 'raise', got {on_failure!r}")
     if swap not in (False, True, "both"):
         raise UsageError(f"swap must be False, True or 'both', got {swap!r}")
-    if len(candidates) < 2:
-        raise UsageError(f"a group needs at least two candidates, got {len(candidates)}")
-    if not prompt.strip():
-        raise UsageError("the prompt is empty")
+    check_call("group_rewards", prompt, candidates, 2, None)  # the checks every verb makes
     call = Call(preferences=Preferences.coerce(preferences), swap=swap is True, seed=seed, modality=modality)
     media, loaded_modality = await judge.load(candidates, modality)
     rng = random.Random(seed)
