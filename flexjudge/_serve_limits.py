@@ -15,13 +15,14 @@ import hmac
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from flexjudge.errors import FlexjudgeError, UsageError
 
 if TYPE_CHECKING:
     from fastapi.responses import JSONResponse
+    from PIL.Image import Image as PILImage
     from starlette.requests import Request as HTTPRequest
 
     from flexjudge.backends.base import Request
@@ -30,6 +31,7 @@ __all__ = [
     "ClientLeft",
     "CountsPromptTokens",
     "LimitExceeded",
+    "PixelBudget",
     "RequireKey",
     "ServeLimits",
     "authorized",
@@ -313,3 +315,41 @@ async def unless_client_leaves(http: HTTPRequest, work: Awaitable[T]) -> T:
         return job.result()
     finally:
         disconnect.cancel()
+
+
+@dataclass
+class PixelBudget:
+    """One request's images, decoded against what is left of its pixel budget: each image's header is
+    checked against the smaller of the per-image limit and what is left, before any pixel is decoded."""
+
+    total: int
+    per_image: int
+    flag: str
+    """The flag that sets `total`, named in refusals."""
+    refusal: type[FlexjudgeError]
+    """What a bad image raises (the route answers it 400)."""
+    subject: str = "images"
+    left: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.left = self.total
+
+    def decode(self, url: str) -> PILImage:
+        from flexjudge.media import Limits, MediaError, load_image
+
+        if not url.startswith("data:"):
+            raise self.refusal(
+                f"{self.subject} must be sent as data URLs; this server opens no paths or URLs"
+            )
+        if self.left <= 0:
+            raise LimitExceeded(
+                f"the request's images have more than {self.total} pixels in all ({self.flag})", status=400
+            )
+        budget = min(self.per_image, self.left)
+        try:
+            image = load_image(url, limits=Limits(max_pixels=budget))
+        except MediaError as exc:
+            left = f" ({budget} pixels left of the request's {self.total}, {self.flag})"
+            raise self.refusal(f"{exc}{left if budget < self.per_image else ''}") from None
+        self.left -= image.size[0] * image.size[1]
+        return image

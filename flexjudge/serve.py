@@ -25,6 +25,7 @@ from flexjudge._serve_limits import (
     ClientLeft,
     CountsPromptTokens,
     LimitExceeded,
+    PixelBudget,
     RequireKey,
     ServeLimits,
     check_prompt_tokens,
@@ -190,7 +191,6 @@ def to_request(chat: ChatRequest, *, limits: ServeLimits = DEFAULT_SERVE_LIMITS)
     """A validated body -> a backend `Request` (decoding its images, which may be refused), within
     `limits`: token budget, prompt characters, image count and pixels (each image checked against what
     is left of the request's pixel budget before it is decoded)."""
-    from flexjudge.media import Limits, MediaError, load_image
 
     asked = chat.max_completion_tokens or chat.max_tokens
     if asked is not None and asked > limits.max_tokens:
@@ -214,7 +214,7 @@ def to_request(chat: ChatRequest, *, limits: ServeLimits = DEFAULT_SERVE_LIMITS)
             " (--max-images)",
             status=400,
         )
-    pixels_left = limits.max_total_pixels
+    budget = PixelBudget(limits.max_total_pixels, limits.max_image_pixels, "--max-total-pixels", RequestError)
     messages = []
     for message, items in zip(chat.messages, items_of, strict=True):
         parts: list[TextPart | ImagePart] = []
@@ -222,18 +222,7 @@ def to_request(chat: ChatRequest, *, limits: ServeLimits = DEFAULT_SERVE_LIMITS)
             if isinstance(item, TextContent):
                 parts.append(TextPart(item.text))
             elif isinstance(item, ImageContent):
-                url = item.image_url.url
-                if not url.startswith("data:"):
-                    raise RequestError("images must be sent as data URLs; this server opens no paths or URLs")
-                if pixels_left <= 0:
-                    raise _pixels_refused(limits)
-                budget = min(limits.max_image_pixels, pixels_left)
-                try:
-                    # The header is checked against what is left before any pixel is decoded.
-                    image = load_image(url, limits=Limits(max_pixels=budget))
-                except MediaError as exc:
-                    raise RequestError(f"{exc}{_pixels_left(budget, limits)}") from None
-                pixels_left -= image.size[0] * image.size[1]
+                image = budget.decode(item.image_url.url)
                 parts.append(ImagePart(image))
         messages.append(Message(role=message.role, parts=tuple(parts)))
     temperature = 1.0 if chat.temperature is None else chat.temperature
@@ -254,19 +243,6 @@ def to_request(chat: ChatRequest, *, limits: ServeLimits = DEFAULT_SERVE_LIMITS)
         top_p=1.0 if chat.top_p is None else chat.top_p,
         seed=chat.seed,
         chat_template_kwargs=chat.chat_template_kwargs,
-    )
-
-
-def _pixels_left(budget: int, limits: ServeLimits) -> str:
-    if budget == limits.max_image_pixels:
-        return ""
-    return f" ({budget} pixels left of the request's {limits.max_total_pixels}, --max-total-pixels)"
-
-
-def _pixels_refused(limits: ServeLimits) -> LimitExceeded:
-    return LimitExceeded(
-        f"the request's images have more than {limits.max_total_pixels} pixels in all (--max-total-pixels)",
-        status=400,
     )
 
 

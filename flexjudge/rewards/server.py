@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from flexjudge._serve_limits import ClientLeft, LimitExceeded, ServeLimits, guarded, unless_client_leaves
+from flexjudge._serve_limits import (
+    ClientLeft,
+    LimitExceeded,
+    PixelBudget,
+    ServeLimits,
+    guarded,
+    unless_client_leaves,
+)
 from flexjudge.errors import MediaError, UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, agroup_rewards
@@ -26,7 +33,6 @@ from flexjudge.rewards.schedules import Active, RandomGraph, RoundRobin, Schedul
 
 if TYPE_CHECKING:
     from fastapi.responses import JSONResponse
-    from PIL.Image import Image as PILImage
     from starlette.requests import Request as HTTPRequest
 
 __all__ = ["RewardsRequest", "judge_groups", "parse_rewards_request", "result_json", "rewards_endpoint"]
@@ -101,7 +107,6 @@ def parse_rewards_request(raw: bytes, limits: ServeLimits) -> tuple[RewardsReque
     list of frames), within `limits`; `UsageError` or `LimitExceeded` (400) saying what is wrong. Counts
     are checked before any image is decoded, and each image's header against what is left of the
     request's pixel budget before its pixels are."""
-    from flexjudge.media import Limits, load_image
     from flexjudge.serve import _describe
 
     try:
@@ -120,26 +125,11 @@ def parse_rewards_request(raw: bytes, limits: ServeLimits) -> tuple[RewardsReque
     if images > limits.max_reward_images:
         raise _over(f"the request has {images} images (frames counted)", limits.max_reward_images,
                     "--max-reward-images")  # fmt: skip
-    pixels_left = limits.max_reward_pixels
-
-    def decode(url: str) -> PILImage:
-        nonlocal pixels_left
-        if not url.startswith("data:"):
-            raise UsageError("candidates must be sent as data URLs; this server opens no paths or URLs")
-        if pixels_left <= 0:
-            raise _over("the request's images have more pixels", limits.max_reward_pixels,
-                        "--max-reward-pixels")  # fmt: skip
-        budget = min(limits.max_image_pixels, pixels_left)
-        try:
-            image = load_image(url, limits=Limits(max_pixels=budget))
-        except MediaError as exc:
-            left = f" ({budget} pixels left, --max-reward-pixels)" if budget < limits.max_image_pixels else ""
-            raise UsageError(f"{exc}{left}") from None
-        pixels_left -= image.size[0] * image.size[1]
-        return image
-
+    budget = PixelBudget(
+        limits.max_reward_pixels, limits.max_image_pixels, "--max-reward-pixels", UsageError, "candidates"
+    )
     candidates = [
-        [[decode(f) for f in c] if isinstance(c, list) else decode(c) for c in group.candidates]
+        [[budget.decode(f) for f in c] if isinstance(c, list) else budget.decode(c) for c in group.candidates]
         for group in body.groups
     ]
     return body, candidates
