@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,14 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import fuzzing  # noqa: E402
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):  # platform.processor() is often empty on Linux
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    return f"{platform.platform()}; {cpu}, {os.cpu_count()} CPUs; Python {platform.python_version()}"
+from _machine import machine  # noqa: E402
 
 
 def _json_us_per_kb() -> float:
@@ -102,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         found = "".join(f"- `{json.dumps(f.__dict__, ensure_ascii=True)}`\n" for f in tally.findings[:10])
         section = (
             f"\n## fuzz: {tried} inputs ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC})\n\n"
-            f"{_machine()};\n`{command}`. Inputs are single splices of the example outputs and\n"
+            f"{machine()};\n`{command}`. Inputs are single splices of the example outputs and\n"
             "their renders in every format (truncations, bit flips, quotes and braces, duplicated keys,\n"
             "confusables, long runs, second judgments, rewritten winners), each read strictly and\n"
             "leniently, then checked; the oracle and the watched pool are in tests/fuzzing.py. Per-input\n"

@@ -28,7 +28,8 @@ from typing import Any
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_overhead import CANNED, bare_judgment, machine, report, spawn_server
+from _machine import machine
+from openai_overhead import CANNED, bare_judgment, report, spawn_server
 
 import flexjudge
 from flexjudge.constraints import pair_constraint

@@ -19,13 +19,12 @@ import asyncio
 import datetime
 import json
 import multiprocessing
-import os
-import platform
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
+from _machine import machine
 from PIL import Image
 
 import flexjudge
@@ -91,10 +90,6 @@ def spawn_server(target: Any, *args: Any) -> tuple[multiprocessing.process.BaseP
         except OSError:
             time.sleep(0.05)
     return server, port
-
-
-def machine() -> str:
-    return f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def report(name: str, setup: str, table: list[str], record: bool) -> None:

@@ -16,8 +16,6 @@ import cProfile
 import datetime
 import gc
 import json
-import os
-import platform
 import pstats
 import random
 import sys
@@ -27,6 +25,7 @@ from time import perf_counter
 
 import pydantic
 import pydantic_core
+from _machine import machine
 
 import flexjudge
 
@@ -200,18 +199,6 @@ def loops(texts: list[str], prompts: list[str], think: bool) -> dict[str, Callab
     return {"json.loads": loads, "parse": parse_only, "parse+check": full}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):  # platform.processor() is often empty on Linux
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    return (
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; {platform.platform()}; {cpu}, "
-        f"{os.cpu_count()} CPUs; Python {platform.python_version()}; pydantic {pydantic.VERSION} "
-        f"(core {pydantic_core.__version__}); flexjudge {flexjudge.__version__}"
-    )
-
-
 HEADER = """# Benchmark results
 
 Appended by `benchmarks/*.py --record`; newest last. Timings are best of `--repeat` runs, one process,
@@ -283,7 +270,11 @@ def main() -> None:
     for f, p, us, ratio, g in rows:
         x = "—" if ratio is None else f"{ratio:.1f}"
         table.append(f"| {f} | {p} | {1e6 / us:,.0f} | {us:,.1f} | {x} | {g:,.1f} |")
-    info = f"{machine()}\n\n`--n {args.n} --seed {args.seed} --repeat {args.repeat} --messy {args.messy}`"
+    info = (
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; {machine()}; pydantic {pydantic.VERSION} "
+        f"(core {pydantic_core.__version__}); flexjudge {flexjudge.__version__}\n\n"
+        f"`--n {args.n} --seed {args.seed} --repeat {args.repeat} --messy {args.messy}`"
+    )
     print(info + "\n\n" + "\n".join(table))
     if args.record:
         out = Path(args.record)

@@ -28,7 +28,8 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_overhead import CannedBackend, machine, report, spawn_server
+from _machine import machine
+from openai_overhead import CannedBackend, report, spawn_server
 
 from flexjudge import Judge
 from flexjudge.batching import BatchingBackend

@@ -50,7 +50,6 @@ import itertools
 import math
 import multiprocessing
 import os
-import platform
 import random
 import statistics
 import sys
@@ -60,6 +59,9 @@ from pathlib import Path
 
 from flexjudge.rewards import Outcome, RandomGraph, RoundRobin, Schedule, Swiss, from_outcomes
 from flexjudge.rewards.schedules import Active
+
+sys.path.insert(0, str(Path(__file__).parent))  # run from anywhere: the shared machine line
+from _machine import machine
 
 Decision = tuple[int, tuple[int, int, int]]
 """A judgment at the outcome level: the overall winner and the three anchor winners (group indices)."""
@@ -272,17 +274,6 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):  # platform.processor() is often empty on Linux
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    return (
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; {platform.platform()}; {cpu}, "
-        f"{os.cpu_count()} CPUs; Python {platform.python_version()}"
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--groups", type=int, default=1000, help="groups per setting (G x judge)")
@@ -296,7 +287,10 @@ def main() -> None:
         ap.error("--groups must be at least 1")
 
     rows = run([int(s) for s in args.sizes.split(",")], args.groups, args.seed, args.jobs)
-    info = f"{machine()}\n\n`python benchmarks/schedules.py --groups {args.groups} --seed {args.seed}`"
+    stamp = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}"
+    info = (
+        f"{stamp}; {machine()}\n\n`python benchmarks/schedules.py --groups {args.groups} --seed {args.seed}`"
+    )
     text = table(rows)
     print(info + "\n\n" + text)
     if args.record:
