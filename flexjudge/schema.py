@@ -17,15 +17,44 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
-from pydantic.json_schema import SkipJsonSchema
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
 from flexjudge.anchors import MAX_GENERATED, Modality, Scoring, canonical_name
 
 Origin = Literal["predefined", "generated"]
 SourceFormat = Literal["flex", "think", "native"]
-Candidate = Literal[1, 2]
+
+
+class _ExactCandidate:
+    """Validate a candidate number as a strict integer 1 or 2 (the JSON schema stays `enum: [1, 2]`).
+
+    pydantic reads JSON `true` as the literal 1, even in strict mode, which would make a boolean
+    candidate 1; a strict integer refuses booleans in pydantic-core itself, at no cost per judgment
+    (a text scan for booleans before this cost about a fifth of a `json.loads` of the same text).
+    """
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.int_schema(strict=True, ge=1, le=2)
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(core_schema.literal_schema([1, 2]))
+
+
+Candidate = Annotated[Literal[1, 2], _ExactCandidate()]
 Score = Annotated[int, Strict(), Field(ge=0, le=10)]
 """A criterion score: an integer (never a boolean or a string) from 0 to 10."""
 PointScore = Annotated[int, Strict()]

@@ -7,7 +7,6 @@ This is the format new students learn: intent and evidence come before any score
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -33,7 +32,6 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
     exact = (
         judgment is not None
         and not judgment.model_fields_set.intersection(_NOT_WIRE)
-        and not _holds_boolean(text)
         and _common.members_once(text, _members(judgment))  # no duplicated key, however escaped
     )
     if judgment is not None and exact and modality in (None, judgment.modality):
@@ -44,24 +42,6 @@ def parse_native(text: str, *, modality: Modality | None, strict: bool) -> Judgm
     if strict:
         raise _strict_failure(text, modality)
     return _parse_lenient(text, modality)
-
-
-_BOOLEAN_MEMBER = re.compile(r":\s*(?:true|false)\b")
-
-
-def _holds_boolean(text: str) -> bool:
-    """True when a member of the JSON `text` may be a boolean, which no wire field of `Judgment` is.
-
-    pydantic reads JSON `true` as the literal 1 even in strict mode, which would make it candidate 1.
-    One regex search (cheaper than two substring searches for the words: it only stops at colons);
-    only a text with something like ": true" in it is decoded to look.
-    """
-    if _BOOLEAN_MEMBER.search(text) is None:
-        return False
-    try:
-        return next(_booleans(json.loads(text)), None) is not None
-    except (ValueError, RecursionError):  # pydantic-core read JSON that Python's json will not: not exact
-        return True
 
 
 def _members(value: Judgment) -> int:
