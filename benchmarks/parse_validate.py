@@ -21,7 +21,7 @@ import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from time import perf_counter
+from time import process_time
 
 import pydantic
 import pydantic_core
@@ -163,20 +163,25 @@ def sanity(fmt: str, texts: list[str], prompts: list[str], recovered: bool, clea
             sys.exit(f"sanity: messy {fmt} trace {i} does not read as its clean original")
 
 
-def best(loop: Callable[[], None], repeat: int, gc_on: bool) -> float:
-    """Best-of-`repeat` seconds: the minimum is the least noisy estimate of what the code costs."""
-    times = []
+def best(loops: dict[str, Callable[[], None]], repeat: int, gc_on: bool) -> dict[str, float]:
+    """Best-of-`repeat` seconds per path, the paths interleaved: each round times every path once, so a
+    burst of load from other processes lands on all of them alike and the ratios stay comparable (timing
+    one path's repeats back to back let a slow stretch inflate one path only). Time is this process's CPU
+    time, not wall time, so waiting for a core that other processes hold does not count. The minimum is
+    the least noisy estimate of what the code costs."""
+    times: dict[str, float] = dict.fromkeys(loops, float("inf"))
     for _ in range(repeat):
-        gc.collect()
-        if not gc_on:
-            gc.disable()  # cyclic GC pauses land on whichever trace triggers them: noise for this purpose
-        try:
-            t0 = perf_counter()
-            loop()
-            times.append(perf_counter() - t0)
-        finally:
-            gc.enable()
-    return min(times)
+        for name, loop in loops.items():
+            gc.collect()
+            if not gc_on:
+                gc.disable()  # cyclic GC pauses land on whichever trace triggers them: noise here
+            try:
+                t0 = process_time()
+                loop()
+                times[name] = min(times[name], process_time() - t0)
+            finally:
+                gc.enable()
+    return times
 
 
 def loops(texts: list[str], prompts: list[str], think: bool) -> dict[str, Callable[[], None]]:
@@ -216,7 +221,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--n", type=int, default=10000, help="traces per format")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--format", choices=("flex", "native", "think", "all"), default="flex")
     ap.add_argument("--messy", type=float, default=0.0, help="extra fraction of wrapped flex/native traces")
     ap.add_argument("--profile", action="store_true", help="cProfile the full path (top 25 by tottime)")
@@ -251,11 +256,12 @@ def main() -> None:
             continue
         sets = [("", texts, prompts)] + ([(" (messy)", wrapped, prompts[:n_messy])] if wrapped else [])
         for tag, ts, ps in sets:
-            for path, loop in loops(ts, ps, fmt == "think").items():
-                if path == "json.loads" and (tag or fmt == "think"):
-                    continue
-                us = best(loop, args.repeat, False) / len(ts) * 1e6
-                us_gc = best(loop, args.repeat, True) / len(ts) * 1e6
+            paths = loops(ts, ps, fmt == "think")
+            if tag or fmt == "think":
+                del paths["json.loads"]
+            gc_off, gc_on = best(paths, args.repeat, False), best(paths, args.repeat, True)
+            for path in paths:
+                us, us_gc = gc_off[path] / len(ts) * 1e6, gc_on[path] / len(ts) * 1e6
                 if path == "json.loads":
                     floor[fmt] = us
                 base = floor.get(fmt)
