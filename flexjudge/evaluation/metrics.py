@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["Comparison", "Estimate", "Summary", "compare", "summarize"]
 
 _LEVEL = 0.95
+_BINS = 10
 _CODE: dict[Label, int] = {1: 1, "tie": 0, 2: -1}
 """Kendall's tau-b codes: candidate 1 preferred is +1, a tie 0, candidate 2 preferred -1."""
 
@@ -163,8 +164,9 @@ METRICS: dict[str, str] = {
 DIMENSION_AGREEMENT = " ".join((_dimension_agreement.__doc__ or "").split())
 CALIBRATION = """calibration: the primary run's confidence against whether its winner is right, over
 examples counted by accuracy (tie labels and tie verdicts dropped) whose primary run carries a confidence;
-computed by `flexjudge.evaluation.calibration.reliability`. None when no such example exists or that
-function is not installed."""
+the reliability table of `flexjudge.evaluation.calibration.reliability` over 10 equal-width bins and
+its expected calibration error (`expected_calibration_error`). None when no such example exists or that
+module is not installed. It has no interval."""
 
 
 @dataclass(frozen=True)
@@ -413,20 +415,25 @@ def _interval(stats: Floats) -> tuple[float, float] | None:
 
 
 def _calibration(rows: Sequence[ResultRow]) -> dict[str, Any] | None:
-    try:
-        module = importlib.import_module("flexjudge.evaluation.calibration")
-    except ModuleNotFoundError:
-        return None
-    reliability = getattr(module, "reliability", None)
     pairs = [
         (row.primary.confidence, row.primary.winner == row.label)
         for row in rows
         if _accuracy(row)[1] and row.primary.confidence is not None
     ]
-    if reliability is None or not pairs:
+    if not pairs:
         return None
-    result = reliability([c for c, _ in pairs], [ok for _, ok in pairs], bins=10)
-    return result if isinstance(result, dict) else result.to_json()
+    try:
+        # Imported by name: the confidence part owns calibration.py, and until it is installed beside
+        # this module there is no reliability table to give (metrics does not keep a second one).
+        module = importlib.import_module("flexjudge.evaluation.calibration")
+    except ModuleNotFoundError as exc:
+        if exc.name != "flexjudge.evaluation.calibration":
+            raise  # calibration.py is there but something it needs is not: a real failure
+        return None
+    confidences, correct = [c for c, _ in pairs], [ok for _, ok in pairs]
+    table = module.reliability(confidences, correct, bins=_BINS)
+    ece = module.expected_calibration_error(confidences, correct, bins=_BINS)
+    return {"ece": ece, "bins": [b.to_json() for b in table]}
 
 
 def _fmt(value: float | None) -> str:
