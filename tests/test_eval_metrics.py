@@ -6,6 +6,8 @@ import importlib
 import json
 import math
 import random
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -205,6 +207,12 @@ def test_json_keys_and_table() -> None:
     assert isinstance(table, Table)
     assert list(table.columns[0].cells) == list(METRICS)
     assert table.row_count == len(METRICS)
+
+
+def test_importing_metrics_pulls_in_neither_numpy_nor_rich() -> None:
+    code = "import sys, flexjudge.evaluation.metrics; print(sorted({'numpy', 'rich'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_duplicate_ids_and_negative_resamples_are_refused() -> None:

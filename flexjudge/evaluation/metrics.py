@@ -1,6 +1,9 @@
 """How well a judge agrees with labelled preferences, how biased and how reliable it is, with intervals.
 
 `summarize(rows)` measures one results file; `compare(a, b)` measures two judges on the same examples.
+`METRICS` holds each metric's definition word for word (the docs quote it), with `DIMENSION_AGREEMENT`
+and `CALIBRATION`. NumPy (the `media` extra) is imported only when a summary is computed, and rich only
+when a table is drawn.
 
 Every metric but Kendall's tau-b is a ratio of two counts summed over examples: each `ResultRow`
 contributes a numerator and a denominator, and rows whose denominator is 0 are *dropped* from that
@@ -36,7 +39,16 @@ if TYPE_CHECKING:
 
     Floats = NDArray[np.float64]
 
-__all__ = ["Comparison", "Estimate", "Summary", "compare", "summarize"]
+__all__ = [
+    "CALIBRATION",
+    "DIMENSION_AGREEMENT",
+    "METRICS",
+    "Comparison",
+    "Estimate",
+    "Summary",
+    "compare",
+    "summarize",
+]
 
 _LEVEL = 0.95
 _BINS = 10
@@ -148,7 +160,7 @@ _RATIOS: dict[str, Callable[[ResultRow], tuple[int, int]]] = {
     "error_rate": _error_rate,
 }
 
-KENDALL_TAU_B = """kendall_tau_b: Kendall's tau-b between the label and the primary run's winner, each coded
+_KENDALL_TAU_B = """kendall_tau_b: Kendall's tau-b between the label and the primary run's winner, each coded
 +1 (candidate 1 preferred), 0 ("tie"), -1 (candidate 2 preferred), over examples whose primary run is ok
 (failed primary runs dropped). Over those m examples' pairs, with n0 = m(m-1)/2, C and D the concordant and
 discordant pairs, n1 the pairs tied in the label and n2 the pairs tied in the winner:
@@ -157,7 +169,7 @@ every label alike, or every winner alike). Its `n` is m."""
 
 _ORDER = ("accuracy", "accuracy_with_ties", "kendall_tau_b", *list(_RATIOS)[2:])
 METRICS: dict[str, str] = {
-    name: " ".join((KENDALL_TAU_B if name == "kendall_tau_b" else _RATIOS[name].__doc__ or "").split())
+    name: " ".join((_KENDALL_TAU_B if name == "kendall_tau_b" else _RATIOS[name].__doc__ or "").split())
     for name in _ORDER
 }
 """Each metric's definition, as the docs quote it; per-dimension agreement is `DIMENSION_AGREEMENT`."""
