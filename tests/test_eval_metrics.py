@@ -220,6 +220,8 @@ def test_duplicate_ids_and_negative_resamples_are_refused() -> None:
         summarize([row("x", 1, run(1)), row("x", 1, run(2))])
     with pytest.raises(UsageError):
         summarize(ACCURACY_ROWS, resamples=-1)
+    with pytest.raises(UsageError):
+        compare(ACCURACY_ROWS, ACCURACY_ROWS, seed=-1)
 
 
 def test_zero_resamples_gives_values_without_intervals() -> None:

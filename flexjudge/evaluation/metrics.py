@@ -277,7 +277,7 @@ def summarize(rows: Sequence[ResultRow], *, resamples: int = 1000, seed: int = 0
     import numpy as np
 
     ordered = _by_id(rows, "the results")
-    _check_resamples(resamples)
+    _check_bootstrap(resamples, seed)
     dims = sorted({name for row in ordered for name in row.dimension_labels})
     ratios = {**_RATIOS, **{f"dim:{d}": _dimension_agreement(d) for d in dims}}
     counts = np.array([[c for f in ratios.values() for c in f(row)] for row in ordered], float)
@@ -313,7 +313,7 @@ def compare(
 
     by_a = {row.id: row for row in _by_id(a, "a")}
     by_b = {row.id: row for row in _by_id(b, "b")}
-    _check_resamples(resamples)
+    _check_bootstrap(resamples, seed)
     shared = sorted(by_a.keys() & by_b.keys())
     for i in shared:
         if by_a[i].label != by_b[i].label:
@@ -346,9 +346,11 @@ def _by_id(rows: Sequence[ResultRow], what: str) -> list[ResultRow]:
     return ordered
 
 
-def _check_resamples(resamples: int) -> None:
+def _check_bootstrap(resamples: int, seed: int) -> None:
     if resamples < 0:
         raise UsageError(f"resamples must be 0 (no intervals) or more, got {resamples}")
+    if seed < 0:  # numpy's generators take no negative seed; say so in our own words
+        raise UsageError(f"seed must be 0 or more, got {seed}")
 
 
 def _tau_cells(rows: Sequence[ResultRow]) -> Floats:
