@@ -24,8 +24,10 @@ from flexjudge.anchors import Modality
 from flexjudge.backends.auto import make_backend
 from flexjudge.backends.base import Backend, Constraint, Generation, ImagePart, Message, Request, TextPart
 from flexjudge.checks import check
+from flexjudge.confidence import confidence_of, winner_token_probability
 from flexjudge.constraints import OutputFormat
 from flexjudge.errors import UsageError, ValidationFailed
+from flexjudge.evaluation.calibration import CalibrationMap
 from flexjudge.formats import parse
 from flexjudge.options import (
     Call,
@@ -79,6 +81,9 @@ class Judge:
       chat template (default: thinking off); `max_concurrency` bounds requests in flight to a server.
     - `max_string_length` bounds every string while decoding: for random-weight test models only.
     - `backend_options`: keywords of the backend's constructor (`TransformersBackend`, `OpenAIBackend`).
+    - `calibration`: a `CalibrationMap` or the path of one saved by `flexjudge eval`; every pairwise
+      judgment's `meta.confidence` (`flexjudge.confidence.confidence_of`) is mapped through it. Without
+      it the confidence is uncalibrated.
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class Judge:
         max_string_length: int | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         backend_options: dict[str, Any] | None = None,
+        calibration: str | Path | CalibrationMap | None = None,
     ) -> None:
         check_settings(
             {
@@ -115,6 +121,9 @@ class Judge:
         )
         if template is not None and not Path(template).is_file():
             raise UsageError(f"template= names no file: {template}")
+        if calibration is not None and not isinstance(calibration, CalibrationMap):
+            calibration = CalibrationMap.load(calibration)  # a bad file fails here, not at the first call
+        self.calibration = calibration
         self.model = model or DEFAULT_MODEL
         self.backend: Backend = make_backend(
             backend,
@@ -326,7 +335,13 @@ class Judge:
         )
 
     def _request(
-        self, text: str, images: Frames, constraint: Constraint, seed: int | None, response_model: Any = None
+        self,
+        text: str,
+        images: Frames,
+        constraint: Constraint,
+        seed: int | None,
+        response_model: Any = None,
+        logprobs: bool = False,
     ) -> Request:
         parts: list[TextPart | ImagePart] = [ImagePart(image) for image in images]
         parts.append(TextPart(text))
@@ -339,6 +354,7 @@ class Judge:
             top_p=self.top_p,
             seed=seed,
             chat_template_kwargs=self.chat_template_kwargs,
+            logprobs=logprobs,
         )
 
     async def _judge_pairs(
@@ -359,7 +375,8 @@ class Judge:
         constraint = pair_request_constraint(modality, self.output_format, custom, self.max_string_length)
         checked = checked_model(self.output_format, modality)
         requests = [
-            self._request(text, first + second, constraint, call.seed, checked) for first, second, _ in shown
+            self._request(text, first + second, constraint, call.seed, checked, logprobs=True)
+            for first, second, _ in shown
         ]
         generations = await self.backend.generate(requests)
         judgments = []
@@ -371,16 +388,29 @@ class Judge:
             judgment.meta = judgment.meta.model_copy(
                 update={
                     "candidate_order": order,
+                    "winner_probability": winner_token_probability(
+                        generation.text, generation.token_logprobs, judgment.verdict.winner
+                    ),
                     **self._provenance(generation, call, spec, constraint),
                 }
             )
             if prefs is not None and prefs.weighted_verdict:
                 judgment = weighted_verdict(judgment, prefs)
             judgments.append(judgment)
-        if not call.swap:
-            return judgments
-        half = len(pairs)
-        return [merge_swapped(judgments[k], unswap(judgments[half + k]), prefs) for k in range(half)]
+        if call.swap:
+            half = len(pairs)
+            judgments = [merge_swapped(judgments[k], unswap(judgments[half + k]), prefs) for k in range(half)]
+        return [self._with_confidence(j) for j in judgments]
+
+    def _with_confidence(self, judgment: Judgment) -> Judgment:
+        """Set `meta.confidence`, calibrated when this judge has a map (a tie keeps its defined 0.5)."""
+        confidence = confidence_of(judgment)
+        if self.calibration is not None and judgment.verdict.winner is not None:
+            confidence = self.calibration(confidence)
+        # A merged judgment's token probabilities live in its two runs (`meta.swap`), not in its own meta.
+        token = None if judgment.meta.swap is not None else judgment.meta.winner_probability
+        update = {"confidence": confidence, "winner_probability": token}
+        return judgment.model_copy(update={"meta": judgment.meta.model_copy(update=update)})
 
     def _provenance(
         self,

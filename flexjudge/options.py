@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from flexjudge.anchors import Modality
     from flexjudge.backends.base import Backend
     from flexjudge.constraints import OutputFormat
+    from flexjudge.evaluation.calibration import CalibrationMap
     from flexjudge.media import Limits
     from flexjudge.schema import PointScale, Preferences
 
@@ -66,6 +67,7 @@ class JudgeSettings(TypedDict, total=False):
     max_string_length: int | None
     chat_template_kwargs: dict[str, Any] | None
     backend_options: dict[str, Any] | None
+    calibration: str | Path | CalibrationMap | None
 
 
 class _CallOptions(TypedDict, total=False):

@@ -58,6 +58,8 @@ Candidate = Annotated[Literal[1, 2], _ExactCandidate()]
 Score = Annotated[int, Strict(), Field(ge=0, le=10)]
 """A criterion score: an integer (never a boolean or a string) from 0 to 10."""
 PointScore = Annotated[int, Strict()]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+"""A probability: a finite number from 0 to 1."""
 
 __all__ = [
     "Candidate",
@@ -76,6 +78,7 @@ __all__ = [
     "PointVerdict",
     "PointwiseJudgment",
     "Preferences",
+    "Probability",
     "Sampling",
     "Scoring",
     "Severity",
@@ -291,6 +294,13 @@ class JudgmentMeta(_Schema):
     """Who decided the overall winner: the judge, weighted dimension votes, or the order-swap merge."""
     swap: SwapReport | None = None
     """Both runs and how they were merged, when judged in both orders."""
+    winner_probability: Probability | None = None
+    """The probability the model gave to the generated token naming its overall winner, when the backend
+    returned log-probabilities; None otherwise (and on a swap-merged judgment: see each run in `swap`)."""
+    confidence: Probability | None = None
+    """The probability that the overall winner is right (`flexjudge.confidence.confidence_of`, mapped
+    through `Judge(calibration=...)` when given; uncalibrated otherwise); 0.5 for a tie verdict. None when
+    not computed."""
 
 
 class Judgment(_Schema):

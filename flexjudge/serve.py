@@ -152,6 +152,8 @@ class ChatRequest(_Body):
     chat_template_kwargs: dict[str, _Scalar] | None = None
     stream: Literal[False] | None = None
     n: Literal[1] | None = None
+    logprobs: bool | None = None
+    """Return the generated tokens' log-probabilities, where the backend computes them (else null)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -243,6 +245,7 @@ def to_request(chat: ChatRequest, *, limits: ServeLimits = DEFAULT_SERVE_LIMITS)
         top_p=1.0 if chat.top_p is None else chat.top_p,
         seed=chat.seed,
         chat_template_kwargs=chat.chat_template_kwargs,
+        logprobs=bool(chat.logprobs),
     )
 
 
@@ -373,6 +376,7 @@ def _completion(generation: Generation, model_name: str) -> dict[str, Any]:
                 "index": 0,
                 "message": {"role": "assistant", "content": generation.text},
                 "finish_reason": generation.finish_reason,
+                "logprobs": _logprobs(generation),
             }
         ],
         "usage": {
@@ -381,6 +385,17 @@ def _completion(generation: Generation, model_name: str) -> dict[str, Any]:
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def _logprobs(generation: Generation) -> dict[str, Any] | None:
+    """OpenAI's `choice.logprobs`: each token with its log-probability; null when there are none."""
+    if generation.token_logprobs is None:
+        return None
+    content = [
+        {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()), "top_logprobs": []}
+        for t in generation.token_logprobs
+    ]
+    return {"content": content}
 
 
 def server_config(

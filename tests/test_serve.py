@@ -191,7 +191,7 @@ def test_every_setting_reaches_the_backend(server: tuple[str, Recorded, Batching
         ({"messages": HI, "chat_template_kwargs": []}, "chat_template_kwargs"),
         ({"messages": HI, "stream": True}, "stream"),
         ({"messages": HI, "n": 2}, "n"),
-        ({"messages": HI, "logprobs": True}, "logprobs"),
+        ({"messages": HI, "logprobs": "yes"}, "logprobs"),
         ({"messages": HI, "guided_json": SCHEMA}, "guided_json"),
         (
             {

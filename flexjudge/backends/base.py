@@ -90,6 +90,9 @@ class Request:
     """Extra arguments for the model's chat template (`{"enable_thinking": False}` for Qwen3.5-based
     judges, as the released checkpoint is served); the transformers backend passes them to
     `apply_chat_template`, the openai backend sends them as vLLM's `chat_template_kwargs`."""
+    logprobs: bool = False
+    """Return each generated token's log-probability (`Generation.token_logprobs`) where the backend can:
+    the judge sets it to read the winner token's probability; a backend that cannot ignores it."""
     stop: threading.Event | None = field(default=None, compare=False, repr=False)
     """Set by whoever no longer wants this generation (the batcher sets it when its caller is cancelled):
     the transformers backend then stops decoding it at its next step and returns no `Generation` for it
@@ -105,6 +108,14 @@ class Stopped(BackendError):
         self.generations = generations
         stopped = sum(g is None for g in generations)
         super().__init__(f"{stopped} of {len(generations)} generations were stopped", retryable=False)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token, as text, and the natural-log probability the model gave it."""
+
+    token: str
+    logprob: float
 
 
 @dataclass
@@ -132,6 +143,9 @@ class Generation:
     """Which form of the request's constraint was applied; None when the output was not constrained."""
     attempts: int = 1
     """Generations it took (more than 1 when the backend re-asked with the rule violations)."""
+    token_logprobs: tuple[TokenLogprob, ...] | None = None
+    """The generated tokens with their log-probabilities, in order, when the request asked for them and the
+    backend returned them (as the model saw them: under a constraint, after its mask); None otherwise."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -17,6 +17,11 @@ unless `allow_unconstrained=True`, in which case requests go prompt-only and eve
 `constrained=False`. A server that takes the probe but refuses a request's constraint raises
 `ConstraintError` with its message: nothing falls back. Calls retry under one policy (`_retry.py`).
 
+With `logprobs=True`, requests that ask for log-probabilities (`Request.logprobs`; the judge asks for them
+on every pair) send `"logprobs": true`, and the tokens the server returns come back as
+`Generation.token_logprobs` (None when the server sends none). Off by default: not every
+OpenAI-compatible server takes the field (vLLM, SGLang, OpenAI and `flexjudge serve` do).
+
 Scale-out is the server's business: one vLLM endpoint with tensor or data parallelism behind it.
 """
 
@@ -33,7 +38,7 @@ from urllib.parse import urlsplit
 from flexjudge.backends._cache import BoundedCache
 from flexjudge.backends._probe import PROBE_CONSTRAINT, PROBE_PROMPT, PROBE_TOKENS, probe, refused
 from flexjudge.backends._retry import complete
-from flexjudge.backends.base import Constraint, Generation, ImagePart, Message, Request, Usage
+from flexjudge.backends.base import Constraint, Generation, ImagePart, Message, Request, TokenLogprob, Usage
 from flexjudge.errors import BackendError, ConstraintError, UsageError
 
 if TYPE_CHECKING:
@@ -80,6 +85,7 @@ class OpenAIBackend:
         allow_unconstrained: bool = False,
         instructor_retries: int = 0,
         grammar: bool = False,
+        logprobs: bool = False,
         client: AsyncOpenAI | None = None,
     ) -> None:
         try:
@@ -101,6 +107,7 @@ class OpenAIBackend:
         self.base_url = base_url
         self.structured: Structured = structured
         self.grammar = grammar
+        self.logprobs = logprobs
         self.schema_variant: Literal["full", "strict"] = (
             schema_variant_for(base_url) if schema_variant == "auto" else schema_variant
         )
@@ -165,6 +172,8 @@ class OpenAIBackend:
         }
         if request.seed is not None:
             body["seed"] = request.seed
+        if self.logprobs and request.logprobs:
+            body["logprobs"] = True
         body.update(self._template_fields(request))
         fields, enforced = await self._constraint_fields(request)
         async with self._state().semaphore:
@@ -386,5 +395,25 @@ def _generation(response: ChatCompletion, constrained: bool) -> Generation:
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     finish: Literal["stop", "length"] = "length" if choice.finish_reason == "length" else "stop"
     return Generation(
-        text=text, finish_reason=finish, constrained=constrained, usage=usage, model=response.model or ""
+        text=text,
+        finish_reason=finish,
+        constrained=constrained,
+        usage=usage,
+        model=response.model or "",
+        token_logprobs=_token_logprobs(choice),
     )
+
+
+def _token_logprobs(choice: Any) -> tuple[TokenLogprob, ...] | None:
+    """The choice's per-token log-probabilities, or None when the server sent none (or none usable: a
+    token without a finite log-probability makes the whole list untrustworthy, so none is kept)."""
+    content = getattr(choice.logprobs, "content", None)
+    if not content:
+        return None
+    out = []
+    for item in content:
+        token, logprob = getattr(item, "token", None), getattr(item, "logprob", None)
+        if not isinstance(token, str) or not isinstance(logprob, int | float) or not logprob <= 0.0:
+            return None
+        out.append(TokenLogprob(token, float(logprob)))
+    return tuple(out)
