@@ -180,3 +180,33 @@ def test_a_bad_calibration_file_fails_when_the_judge_is_made(tmp_path: Path) -> 
         Judge("rule-judge", backend=RuleJudge(), calibration=tmp_path / "bad.json")
     with pytest.raises(CalibrationFileError):
         Judge("rule-judge", backend=RuleJudge(), calibration=tmp_path / "missing.json")
+
+
+@pytest.mark.slow
+def test_the_local_backend_returns_the_chosen_tokens_log_probabilities(tmp_path: Path) -> None:
+    """The tiny random model: one entry per generated token, each log-probability finite and at most 0;
+    asking for them does not change what is decoded; a judgment reads its winner token's probability."""
+    pytest.importorskip("transformers")
+    from PIL import Image
+
+    from flexjudge.backends.base import Message, Request, TextPart
+
+    images = [Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
+    with Judge("tiny-random", backend="transformers", max_string_length=6, max_new_tokens=700) as judge:
+        asked = Request(
+            messages=(Message(role="user", parts=(TextPart("hi"),)),), max_new_tokens=12, logprobs=True
+        )
+        (with_them,) = judge._run(judge.backend.generate([asked]))
+        (without,) = judge._run(judge.backend.generate([Request(messages=asked.messages, max_new_tokens=12)]))
+        judgment = judge.judge("a cat", images)
+    assert without.token_logprobs is None and with_them.text == without.text
+    assert with_them.token_logprobs is not None and len(with_them.token_logprobs) >= 1
+    assert with_them.usage is not None  # one per generated token (the stop token is not text)
+    assert len(with_them.token_logprobs) == with_them.usage.completion_tokens - (
+        with_them.finish_reason == "stop"
+    )
+    if with_them.text.isascii():  # each token is decoded alone: a split character reads as U+FFFD pieces
+        assert "".join(t.token for t in with_them.token_logprobs) == with_them.text
+    assert all(math.isfinite(t.logprob) and t.logprob <= 0 for t in with_them.token_logprobs)
+    assert judgment.meta.winner_probability is not None and 0 < judgment.meta.winner_probability <= 1
+    assert judgment.meta.confidence == pytest.approx(confidence_of(judgment))

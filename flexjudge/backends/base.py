@@ -145,7 +145,9 @@ class Generation:
     """Generations it took (more than 1 when the backend re-asked with the rule violations)."""
     token_logprobs: tuple[TokenLogprob, ...] | None = None
     """The generated tokens with their log-probabilities, in order, when the request asked for them and the
-    backend returned them (as the model saw them: under a constraint, after its mask); None otherwise."""
+    backend returned them (as the model saw them: under a constraint, after its mask); None otherwise. Each
+    token is decoded on its own, so a character split across tokens does not read back whole (servers
+    write such pieces as bytes); text that is whole in the tokens spells `text`."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

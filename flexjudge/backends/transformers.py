@@ -19,6 +19,10 @@ Choices, and why:
   stop tokens are banned everywhere (`_tokens.biases`).
 - Names that must stay distinct (`Constraint.unique_names`) are kept so by `_names.NameGuard` beside the
   engine's mask: no grammar can say it.
+- Log-probabilities (`Request.logprobs`) are those of the distribution the token was chosen from, after
+  the constraint's mask and biases (before temperature): a processor placed last keeps one step's
+  log-softmax and reads the chosen token's entry at the next step, so memory stays one row per request
+  instead of HF's `output_scores`, which holds every step's whole vocabulary.
 - Decoding runs in a worker thread, which asyncio cannot cancel: a cancelled caller (or a request whose
   `Request.stop` is set) ends its rows at the next decoding step through a stopping criterion, and a
   stopped row is never returned as a (cut-short) generation (`Stopped`).
@@ -36,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from flexjudge.backends._loading import TINY_ALIASES, auto_device, auto_dtype, load, resolve
 from flexjudge.backends._names import closers
 from flexjudge.backends._tokens import biases, token_bytes
-from flexjudge.backends.base import Generation, ImagePart, Request, Stopped, TextPart, Usage
+from flexjudge.backends.base import Generation, ImagePart, Request, Stopped, TextPart, TokenLogprob, Usage
 from flexjudge.backends.engines import (
     DEFAULT_ENGINE,
     Engine,
@@ -316,6 +320,9 @@ class TransformersBackend:
 
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        recorder = _ChosenLogprobs() if any(r.logprobs for r in requests) else None
+        if recorder is not None:
+            processors = [*processors, recorder]
         halt = _StopRows([r.stop for r in requests], stop)
         kwargs: dict[str, Any] = {
             "max_new_tokens": first.max_new_tokens,
@@ -344,6 +351,7 @@ class TransformersBackend:
             if hook is not None:
                 hook.remove()
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        chosen = recorder.finish(output) if recorder is not None else None
 
         generations: list[Generation | None] = []
         for i, ids in enumerate(new_tokens):
@@ -374,10 +382,44 @@ class TransformersBackend:
                         completion_tokens=len(kept) + (stop_at is not None),
                     ),
                     model=self.model,
+                    token_logprobs=self._token_logprobs(kept, chosen[i])
+                    if chosen and requests[i].logprobs
+                    else None,
                     extra=row_extra,
                 )
             )
         return generations
+
+    def _token_logprobs(self, ids: list[int], logprobs: list[float]) -> tuple[TokenLogprob, ...]:
+        return tuple(
+            TokenLogprob(self._tok.hf.decode([t], skip_special_tokens=True), lp)
+            for t, lp in zip(ids, logprobs, strict=False)
+        )
+
+
+class _ChosenLogprobs:
+    """A logits processor, placed last: keeps this step's log-softmax and, at the next step (whose
+    `input_ids` end with the token chosen), reads the chosen token's log-probability from it; `finish`
+    reads the last step's from the output. One row of scores per request is held at a time."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[float]] = []
+        self._last: torch.Tensor | None = None
+
+    def _read(self, chosen: torch.Tensor) -> None:
+        if self._last is not None:
+            self.steps.append(self._last.gather(1, chosen[:, None].to(self._last.device)).squeeze(1).tolist())
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._read(input_ids[:, -1])
+        self._last = scores.float().log_softmax(dim=-1)
+        return scores
+
+    def finish(self, output: torch.Tensor) -> list[list[float]]:
+        """Per row, the log-probability of each generated token, in order."""
+        self._read(output[:, -1])
+        self._last = None
+        return [list(row) for row in zip(*self.steps, strict=True)] if self.steps else []
 
 
 def _is_set(event: threading.Event | None) -> bool:
