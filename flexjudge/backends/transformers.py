@@ -400,15 +400,16 @@ class TransformersBackend:
 class _ChosenLogprobs:
     """A logits processor, placed last: keeps this step's log-softmax and, at the next step (whose
     `input_ids` end with the token chosen), reads the chosen token's log-probability from it; `finish`
-    reads the last step's from the output. One row of scores per request is held at a time."""
+    reads the last step's from the output. One row of scores per request is held at a time, and the
+    values stay on the device until `finish` (a copy to the host each step would wait for the device)."""
 
     def __init__(self) -> None:
-        self.steps: list[list[float]] = []
+        self.steps: list[torch.Tensor] = []
         self._last: torch.Tensor | None = None
 
     def _read(self, chosen: torch.Tensor) -> None:
         if self._last is not None:
-            self.steps.append(self._last.gather(1, chosen[:, None].to(self._last.device)).squeeze(1).tolist())
+            self.steps.append(self._last.gather(1, chosen[:, None].to(self._last.device)).squeeze(1))
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         self._read(input_ids[:, -1])
@@ -417,9 +418,14 @@ class _ChosenLogprobs:
 
     def finish(self, output: torch.Tensor) -> list[list[float]]:
         """Per row, the log-probability of each generated token, in order."""
+        import torch
+
         self._read(output[:, -1])
         self._last = None
-        return [list(row) for row in zip(*self.steps, strict=True)] if self.steps else []
+        if not self.steps:
+            return []
+        rows: list[list[float]] = torch.stack(self.steps, dim=1).tolist()
+        return rows
 
 
 def _is_set(event: threading.Event | None) -> bool:
