@@ -23,13 +23,13 @@ interval as None. Ids must be unique: a results file with one id twice is refuse
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flexjudge.errors import UsageError
+from flexjudge.evaluation.calibration import expected_calibration_error, reliability
 from flexjudge.evaluation.results import Label, ResultRow, Run
 
 if TYPE_CHECKING:
@@ -436,17 +436,9 @@ def _calibration(rows: Sequence[ResultRow]) -> dict[str, Any] | None:
     ]
     if not pairs:
         return None
-    try:
-        # Imported by name: the confidence part owns calibration.py, and until it is installed beside
-        # this module there is no reliability table to give (metrics does not keep a second one).
-        module = importlib.import_module("flexjudge.evaluation.calibration")
-    except ModuleNotFoundError as exc:
-        if exc.name != "flexjudge.evaluation.calibration":
-            raise  # calibration.py is there but something it needs is not: a real failure
-        return None
     confidences, correct = [c for c, _ in pairs], [ok for _, ok in pairs]
-    table = module.reliability(confidences, correct, bins=_BINS)
-    ece = module.expected_calibration_error(confidences, correct, bins=_BINS)
+    table = reliability(confidences, correct, bins=_BINS)
+    ece = expected_calibration_error(confidences, correct, bins=_BINS)
     return {"ece": ece, "bins": [b.to_json() for b in table]}
 
 
