@@ -109,3 +109,27 @@ class MediaError(FlexjudgeError):
         self.reason = reason
         self.source = source
         super().__init__(f"{source}: {reason}")
+
+
+class LogFileError(FlexjudgeError):
+    """A JSON Lines output that cannot be resumed: unreadable, not a file, or a complete line in it that
+    is not a JSON record. `path` names the file and `line` the 1-based line, when one is to blame."""
+
+    def __init__(self, reason: str, *, path: str, line: int | None = None) -> None:
+        self.reason = reason
+        self.path = path
+        self.line = line
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {reason}")
+
+
+class DataError(FlexjudgeError):
+    """Labelled evaluation data that cannot be used: a missing file, an unknown layout, or a row without
+    what an example needs. `source` names the file or dataset and `row` the 1-based line or row."""
+
+    def __init__(self, reason: str, *, source: str, row: int | None = None) -> None:
+        self.reason = reason
+        self.source = source
+        self.row = row
+        where = f"{source}:{row}" if row is not None else source
+        super().__init__(f"{where}: {reason}")

@@ -1,0 +1,138 @@
+"""A resumable JSON Lines log: one complete record per line, each flushed to disk before the next.
+
+Long runs (`flexjudge eval`, distillation) write one record per finished item. A run killed at any
+instant leaves at most one torn line at the end (the write that was under way): opening the log again
+cuts that line away (reported, so the caller can say so), reads the keys already written, and appends
+after them. A key is never written twice. The file is read as a stream, one line at a time, so opening
+a large log holds only its keys in memory.
+
+Why a line without its newline counts as torn even when it parses: each record is written with its
+newline in one call, so a missing newline means the write did not finish; redoing that one record is
+cheap, trusting half a write is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from flexjudge.errors import LogFileError, UsageError
+
+__all__ = ["JsonlLog", "Repair"]
+
+Key = Callable[[Any], str]
+"""The key of a parsed record (for results: its `id`)."""
+
+
+@dataclass(frozen=True)
+class Repair:
+    """A torn last line that was cut away on opening."""
+
+    offset: int
+    """Byte offset where the torn line began (the file's new length)."""
+    dropped: bytes
+    """The partial line that was removed."""
+    line: int
+    """Its 1-based line number."""
+
+
+class JsonlLog:
+    """Open (or create) `path` for appending records keyed by `key`; see the module docstring.
+
+    - `keys`: the keys already in the file, and those appended since.
+    - `repaired`: the torn line cut away on opening, or None.
+    - `append(record)`: write one record as one flushed and fsynced line; False (nothing written) when
+      its key is already in the file.
+    """
+
+    def __init__(self, path: str | Path, key: Key) -> None:
+        self.path = Path(path)
+        self._key = key
+        self.keys: set[str] = set()
+        self.repaired: Repair | None = None
+        if self.path.exists() and not self.path.is_file():
+            raise LogFileError("is not a regular file", path=str(self.path))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a+b")
+        except OSError as exc:
+            raise LogFileError(
+                f"cannot be opened for appending ({exc.strerror})", path=str(self.path)
+            ) from exc
+        try:
+            self._scan()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _scan(self) -> None:
+        """Read every complete line's key; cut a torn last line away."""
+        self._file.seek(0)
+        offset = 0
+        number = 0
+        for raw in self._file:  # binary iteration: one line at a time, newline kept
+            number += 1
+            if not raw.endswith(b"\n"):
+                self._file.truncate(offset)
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self.repaired = Repair(offset=offset, dropped=raw, line=number)
+                break
+            offset += len(raw)
+            if not raw.strip():
+                continue  # a blank line holds no record; harmless
+            try:
+                record = json.loads(raw)
+                found = self._key(record)
+            except (ValueError, KeyError, TypeError) as exc:
+                # A complete line that is not a record is not a crash's trace: refuse rather than guess.
+                raise LogFileError(
+                    f"line is not a record of this log ({type(exc).__name__}: {exc})",
+                    path=str(self.path),
+                    line=number,
+                ) from exc
+            self.keys.add(found)
+        self._file.seek(0, os.SEEK_END)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys
+
+    def append(self, record: Any) -> bool:
+        """Write `record` (anything `json.dumps` takes) as one line, flushed and fsynced; returns False
+        without writing when its key is already in the log."""
+        found = self._key(record)
+        if found in self.keys:
+            return False
+        return self.append_line(found, json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+
+    def append_line(self, key: str, line: str) -> bool:
+        """Write an already-serialised one-line record under `key` (e.g. a pydantic model's JSON)."""
+        if key in self.keys:
+            return False
+        if "\n" in line or "\r" in line:  # one record, one line: what resuming relies on
+            raise UsageError("a log record must be one line of JSON")
+        data = line.encode("utf-8") + b"\n"
+        try:
+            self._file.write(data)  # one call: a crash leaves a prefix of this line, never of two
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise LogFileError(f"cannot be written ({exc.strerror})", path=str(self.path)) from exc
+        self.keys.add(key)
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> JsonlLog:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
