@@ -1,5 +1,5 @@
-"""The `flexjudge` command: `judge`, `score` and `rank` candidates (`_cli_judge`), `validate` teacher
-traces, `serve` a local model, export `schemas`."""
+"""The `flexjudge` command: `judge`, `score` and `rank` candidates (`_cli_judge`), `eval` a judge on
+labelled pairs (`_cli_eval`), `validate` teacher traces, `serve` a local model, export `schemas`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from flexjudge import _cli_eval
 from flexjudge import _cli_judge as cj
 from flexjudge._serve_limits import ServeLimits as _SL
 from flexjudge.errors import TraceFileError
@@ -197,6 +198,9 @@ def rank_command(
     )  # fmt: skip
     prefs = (preferences, weight, custom_dimension, weighted_verdict)
     cj.run("rank", files, prompt, settings, {"swap": swap, "seed": seed}, prefs, as_json)
+
+
+app.command(name="eval")(_cli_eval.eval_command)
 
 
 @app.command()

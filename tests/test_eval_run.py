@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from served import running_server
@@ -268,3 +269,62 @@ def test_examples_need_not_come_from_a_file(tmp_path: Path, served: tuple) -> No
     with _judge(url) as judge:
         totals = run_eval_sync(iter([example]), judge, tmp_path / "r.jsonl", progress=True)
     assert totals.written == 1 and read_rows(tmp_path / "r.jsonl")[0].correct
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from flexjudge.cli import app
+
+    return CliRunner().invoke(app, ["eval", *args], env={"COLUMNS": "120", "FLEXJUDGE_BASE_URL": None})
+
+
+def test_cli_judges_resumes_summarises_and_compares(tmp_path: Path, served: tuple) -> None:
+    url, backend, _ = served
+    data = write_data(tmp_path / "d", PAIRS)
+    out = tmp_path / "a.jsonl"
+    common = ["--base-url", url, "--served-model", "simulated", "--out", str(out), "--no-progress"]
+    result = _cli(str(data), *common, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (
+        summary["n"] == len(PAIRS) and summary["accuracy"] == 1.0 and summary["position_consistency"] == 1.0
+    )
+    assert summary["parse_failure_rate"] == 0.0 and len(summary["accuracy_ci"]) == 2
+    calls = backend.calls
+    again = _cli(str(data), *common)  # resumed: nothing left to judge, the table is printed
+    assert again.exit_code == 0 and backend.calls == calls and "accuracy" in again.stdout
+    single = tmp_path / "b.jsonl"
+    _cli(str(data), *common[:-3], "--out", str(single), "--no-consistency", "--no-progress", "--json")
+    assert all(r.swapped is None for r in read_rows(single))
+    compared = _cli("--compare", str(out), str(single), "--json")
+    assert compared.exit_code == 0, compared.output
+    assert json.loads(compared.stdout)["n"] == len(PAIRS)
+
+
+def test_cli_refuses_wrong_command_lines_and_bad_data_before_judging(tmp_path: Path, served: tuple) -> None:
+    url, backend, _ = served
+    data = write_data(tmp_path / "d", PAIRS[:2])
+    out = tmp_path / "r.jsonl"
+    assert _cli(str(data), "--out", str(out)).exit_code == 2  # neither --model nor --base-url
+    assert _cli(str(data), "--model", "m", "--base-url", url, "--out", str(out)).exit_code == 2
+    assert _cli(str(data), "--base-url", url, "--layout", "nope", "--out", str(out)).exit_code == 2
+    assert _cli("--compare", str(out), str(out), "--out", str(out)).exit_code == 2
+    with data.open("a") as fh:
+        fh.write('{"id": "bad", "prompt": "p", "candidates": ["q200.png"], "label": 1}\n')
+    result = _cli(str(data), "--base-url", url, "--served-model", "simulated", "--out", str(out))
+    assert result.exit_code == 2 and "data.jsonl:3" in result.output
+    assert not out.exists() and backend.calls == 0  # refused before any judging
+
+
+def test_cli_exits_1_when_every_run_fails(tmp_path: Path, served: tuple) -> None:
+    url, _, injector = served
+    data = write_data(tmp_path / "d", PAIRS[:2])
+    injector.faults[:] = ["401"] * 4
+    out = tmp_path / "r.jsonl"
+    result = _cli(str(data), "--base-url", url, "--served-model", "simulated", "--out", str(out), "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error_rate"] == 1.0

@@ -1,0 +1,224 @@
+"""`flexjudge eval`: measure a judge against labelled preference data, or compare two results files.
+
+    flexjudge eval DATA (--model DIR | --base-url URL [--api-key KEY] [--served-model NAME])
+        --out results.jsonl [--layout L] [--split S] [--seed N] [--concurrency N] [--no-consistency] [--json]
+    flexjudge eval --compare a.jsonl b.jsonl [--json]
+
+Order of work, as the judging commands: the command line is checked, then every example is read and
+checked (a bad row is reported with its line before any model loads), then the judge is set up, and the
+examples are judged (`flexjudge.evaluation.runner.run_eval`), each result appended to `--out` as it
+finishes; a rerun with the same `--out` resumes. The summary covers every row in `--out`. Exit status:
+0 a summary was printed; 1 the judge could not be set up, or judged nothing (every run of this call
+failed); 2 the command line or the data was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from flexjudge import _cli_judge as cj
+from flexjudge.errors import FlexjudgeError
+
+if TYPE_CHECKING:
+    from flexjudge.evaluation.data import Example
+    from flexjudge.evaluation.results import ResultRow
+
+Data = Annotated[
+    Path | None,
+    typer.Argument(
+        metavar="DATA",
+        help="Labelled pairs: a JSONL file, a saved dataset folder, or a benchmark's files.",
+        show_default=False,
+    ),
+]
+Out = Annotated[
+    Path | None, typer.Option("--out", help="Results file (JSONL); rerun to resume.", show_default=False)
+]
+Layout = Annotated[
+    str,
+    typer.Option(
+        help="flexjudge, genai-bench-image, genai-bench-video, mmrb2, videogen-rewardbench or mj-bench."
+    ),
+]
+Split = Annotated[str | None, typer.Option(help="The split of a saved DatasetDict.", show_default=False)]
+EvalSeed = Annotated[int, typer.Option(help="Seeds each example's candidate order (and sampling).")]
+Concurrency = Annotated[int, typer.Option(min=1, help="Judge calls in flight at once.")]
+Consistency = Annotated[
+    bool, typer.Option("--consistency/--no-consistency", help="Also judge every pair in the reversed order.")
+]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
+ApiKey = Annotated[str | None, typer.Option(help="The --base-url server's API key.", show_default=False)]
+ServedModel = Annotated[
+    str | None, typer.Option(help="The model name the --base-url server serves.", show_default=False)
+]
+Compare = Annotated[
+    tuple[Path, Path] | None,
+    typer.Option(metavar="A B", help="Compare two results files on their shared ids.", show_default=False),
+]
+
+
+def eval_command(
+    data: Data = None,
+    model: cj.Model = None,
+    base_url: cj.BaseUrl = None,
+    api_key: ApiKey = None,
+    served_model: ServedModel = None,
+    out: Out = None,
+    layout: Layout = "flexjudge",
+    split: Split = None,
+    seed: EvalSeed = 0,
+    concurrency: Concurrency = 8,
+    consistency: Consistency = True,
+    progress: Progress = True,
+    compare: Compare = None,
+    device: cj.Device = None,
+    dtype: cj.Dtype = None,
+    engine: cj.EngineName = None,
+    output_format: cj.OutputFormat = "flex",
+    frames_per_video: cj.FramesPerVideo = 8,
+    max_new_tokens: cj.MaxNewTokens = 4096,
+    as_json: cj.AsJson = False,
+) -> None:
+    """Measure a judge's agreement with labelled preference pairs.
+
+    Every pair is judged with its candidate order drawn from --seed, and (unless --no-consistency) again
+    in the reversed order; results go to --out as they finish, and a rerun resumes. Prints accuracy
+    (ties dropped), three-way accuracy, position consistency, first-position win rate and failure rates,
+    each with its bootstrap 95% interval. With --compare A B: a paired comparison of two results files.
+
+    Exit status: 0 summarised, 1 the judge failed (set-up, or every run of this call), 2 a wrong command
+    line or data, found before any model loads.
+    """
+    if compare is not None:
+        if data is not None or model is not None or base_url is not None or out is not None:
+            cj.usage(
+                "--compare reads two results files and judges nothing: drop DATA, --model, --base-url, --out"
+            )
+        _compare(*compare, as_json)
+        return
+    if data is None or out is None:
+        cj.usage("give DATA and --out (or --compare A B)")
+    if (model is None) == (base_url is None):
+        cj.usage("give either --model (a local model) or --base-url (a server), not both or neither")
+    if base_url is None and (api_key is not None or served_model is not None):
+        cj.usage("--api-key and --served-model go with --base-url")
+    examples = _load(data, layout, split, out)
+    settings = {
+        "model": served_model if base_url is not None else model,
+        "backend": "openai" if base_url is not None else "transformers",
+        "base_url": base_url,
+        "api_key": api_key,
+        "device": device,
+        "dtype": dtype,
+        "output_format": output_format,
+        "engine": engine,
+        "frames_per_video": frames_per_video,
+        "max_new_tokens": max_new_tokens,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "max_concurrency": concurrency,
+    }
+    url = cj._check_settings(settings)
+    if base_url is None:
+        cj._quiet_loading()
+    judge = cj._make_judge(settings, url)
+    from flexjudge.evaluation.runner import run_eval_sync
+
+    try:
+        totals = run_eval_sync(
+            examples,
+            judge,
+            out,
+            seed=seed,
+            concurrency=concurrency,
+            consistency=consistency,
+            progress=progress,
+        )
+    except FlexjudgeError as exc:  # the results file itself: unreadable, or a line that is no result
+        cj.usage(f"cannot resume --out: {exc}")
+    finally:
+        judge.close()
+    if totals.repaired is not None:
+        _note(
+            f"cut a torn last line from {out} (line {totals.repaired.line},"
+            f" {len(totals.repaired.dropped)} bytes): that example was judged again"
+        )
+    _note(
+        f"judged {totals.written}, resumed past {totals.skipped} already in {out}, {totals.elapsed_s:.1f} s"
+    )
+    _summarise(out, as_json)
+    if totals.written and totals.statuses["ok"] == 0:
+        _note("every run of this call failed: see the `error` of each row in the results file")
+        raise typer.Exit(cj.FAILURE_EXIT)
+
+
+def _load(data: Path, layout: str, split: str | None, out: Path) -> list[Example]:
+    """Every example read and checked before a model loads; in-memory images go beside the results."""
+    from flexjudge.evaluation.data import LAYOUTS, load_examples
+
+    if layout not in LAYOUTS:
+        cj.usage(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    try:
+        return list(
+            load_examples(data, layout=layout, split=split, media_dir=out.parent / f"{out.name}.media")
+        )
+    except FlexjudgeError as exc:
+        cj.usage(str(exc))
+
+
+def read_results(path: Path) -> list[ResultRow]:
+    """Every complete row of a results file; a torn last line (a run still going, or killed) is left out."""
+    from pydantic import ValidationError
+
+    from flexjudge.evaluation.results import ResultRow
+
+    if not path.is_file():
+        cj.usage(f"{path}: no such results file")
+    rows = []
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith(b"\n") or not line.strip():
+                continue
+            try:
+                rows.append(ResultRow.model_validate_json(line))
+            except ValidationError as exc:
+                cj.usage(f"{path}:{number}: not a result row ({exc.errors()[0]['msg']})")
+    return rows
+
+
+def _summarise(out: Path, as_json: bool) -> None:
+    from flexjudge.evaluation.metrics import summarize
+
+    summary = summarize(read_results(out))
+    if as_json:
+        print(json.dumps(summary.to_json()))
+    else:
+        from rich.console import Console
+
+        Console().print(summary.table())
+
+
+def _compare(a: Path, b: Path, as_json: bool) -> None:
+    from flexjudge.evaluation.metrics import compare
+
+    try:
+        comparison = compare(read_results(a), read_results(b))
+    except FlexjudgeError as exc:  # e.g. no shared ids: the files given cannot be compared
+        cj.usage(str(exc))
+    if as_json:
+        print(json.dumps(comparison.to_json()))
+    else:
+        from rich.console import Console
+
+        Console().print(comparison.table())
+
+
+def _note(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[dim]{escape(message)}[/dim]")
