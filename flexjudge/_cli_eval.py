@@ -15,6 +15,7 @@ failed); 2 the command line or the data was wrong.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -55,6 +56,7 @@ ApiKey = Annotated[str | None, typer.Option(help="The --base-url server's API ke
 ServedModel = Annotated[
     str | None, typer.Option(help="The model name the --base-url server serves.", show_default=False)
 ]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")]
 Compare = Annotated[
     tuple[Path, Path] | None,
     typer.Option(metavar="A B", help="Compare two results files on their shared ids.", show_default=False),
@@ -81,7 +83,7 @@ def eval_command(
     output_format: cj.OutputFormat = "flex",
     frames_per_video: cj.FramesPerVideo = 8,
     max_new_tokens: cj.MaxNewTokens = 4096,
-    as_json: cj.AsJson = False,
+    as_json: AsJson = False,
 ) -> None:
     """Measure a judge's agreement with labelled preference pairs.
 
@@ -102,8 +104,16 @@ def eval_command(
         return
     if data is None or out is None:
         cj.usage("give DATA and --out (or --compare A B)")
-    if (model is None) == (base_url is None):
-        cj.usage("give either --model (a local model) or --base-url (a server), not both or neither")
+    if model is None and base_url is None:
+        from flexjudge.backends.auto import BASE_URL_ENV
+
+        base_url = os.environ.get(BASE_URL_ENV) or None  # as the judging commands read it
+    if model is None and base_url is None:
+        cj.usage("give --model (a local model) or --base-url (a server) to judge with")
+    if model is not None and base_url is not None:
+        cj.usage(
+            "--model loads a local model, --base-url uses a server: give one (--served-model names its model)"
+        )
     if base_url is None and (api_key is not None or served_model is not None):
         cj.usage("--api-key and --served-model go with --base-url")
     examples = _load(data, layout, split, out)

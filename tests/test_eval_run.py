@@ -274,12 +274,12 @@ def test_examples_need_not_come_from_a_file(tmp_path: Path, served: tuple) -> No
 # -- the command line ---------------------------------------------------------------------------------
 
 
-def _cli(*args: str) -> Any:
+def _cli(*args: str, base_url: str | None = None) -> Any:
     from typer.testing import CliRunner
 
     from flexjudge.cli import app
 
-    return CliRunner().invoke(app, ["eval", *args], env={"COLUMNS": "120", "FLEXJUDGE_BASE_URL": None})
+    return CliRunner().invoke(app, ["eval", *args], env={"COLUMNS": "120", "FLEXJUDGE_BASE_URL": base_url})
 
 
 def test_cli_judges_resumes_summarises_and_compares(tmp_path: Path, served: tuple) -> None:
@@ -298,7 +298,17 @@ def test_cli_judges_resumes_summarises_and_compares(tmp_path: Path, served: tupl
     again = _cli(str(data), *common)  # resumed: nothing left to judge, the table is printed
     assert again.exit_code == 0 and backend.calls == calls and "accuracy" in again.stdout
     single = tmp_path / "b.jsonl"
-    _cli(str(data), *common[:-3], "--out", str(single), "--no-consistency", "--no-progress", "--json")
+    # The server named by FLEXJUDGE_BASE_URL, as the judging commands read it.
+    plain = [
+        "--served-model",
+        "simulated",
+        "--out",
+        str(single),
+        "--no-consistency",
+        "--no-progress",
+        "--json",
+    ]
+    assert _cli(str(data), *plain, base_url=url).exit_code == 0
     assert all(r.swapped is None for r in read_rows(single))
     compared = _cli("--compare", str(out), str(single), "--json")
     assert compared.exit_code == 0, compared.output

@@ -8,8 +8,8 @@ The flexjudge layout, one example per JSON line (or per row of a `datasets` data
 
 `label` is 1, 2 or "tie"; `dimension_labels` (optional) names anchor dimensions of the modality (any
 spelling `flexjudge.anchors.canonical_name` matches); `modality` (optional) is guessed from the first
-candidate. Relative candidate paths are resolved against the JSONL file's folder. Every problem is a
-`DataError` naming the file and the line (or row) to fix.
+candidate. Relative candidate paths are resolved against the JSONL file's folder (a saved dataset's: its
+folder). Every problem is a `DataError` naming the file and the line (or row) to fix.
 
 Datasets that hold images rather than paths (a PIL image per candidate) have each image written once, as
 PNG, under `media_dir` (default: `$FLEXJUDGE_CACHE_DIR/eval-media/<dataset>`; the CLI passes
