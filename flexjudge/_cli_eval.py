@@ -51,6 +51,9 @@ Concurrency = Annotated[int, typer.Option(min=1, help="Judge calls in flight at 
 Consistency = Annotated[
     bool, typer.Option("--consistency/--no-consistency", help="Also judge every pair in the reversed order.")
 ]
+RetryFailed = Annotated[
+    bool, typer.Option("--retry-failed", help="Judge again the examples of --out with a failed run.")
+]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
 ApiKey = Annotated[str | None, typer.Option(help="The --base-url server's API key.", show_default=False)]
 ServedModel = Annotated[
@@ -76,6 +79,7 @@ def eval_command(
     concurrency: Concurrency = 8,
     consistency: Consistency = True,
     progress: Progress = True,
+    retry_failed: RetryFailed = False,
     compare: Compare = None,
     device: cj.Device = None,
     dtype: cj.Dtype = None,
@@ -147,6 +151,7 @@ def eval_command(
             concurrency=concurrency,
             consistency=consistency,
             progress=progress,
+            retry_failed=retry_failed,
         )
     except FlexjudgeError as exc:  # the results file itself: unreadable, or a line that is no result
         cj.usage(f"cannot resume --out: {exc}")
@@ -157,12 +162,16 @@ def eval_command(
             f"cut a torn last line from {out} (line {totals.repaired.line},"
             f" {len(totals.repaired.dropped)} bytes): that example was judged again"
         )
+    if totals.retried:
+        _note(f"removed {totals.retried} rows with a failed run from {out}, to judge them again")
     _note(
         f"judged {totals.written}, resumed past {totals.skipped} already in {out}, {totals.elapsed_s:.1f} s"
     )
     _summarise(out, as_json)
     if totals.written and totals.statuses["ok"] == 0:
-        _note("every run of this call failed: see the `error` of each row in the results file")
+        _note(
+            "every run of this call failed: see each row's `error` in --out; --retry-failed judges them again"
+        )
         raise typer.Exit(cj.FAILURE_EXIT)
 
 

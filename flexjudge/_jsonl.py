@@ -46,15 +46,19 @@ class JsonlLog:
 
     - `keys`: the keys already in the file, and those appended since.
     - `repaired`: the torn line cut away on opening, or None.
+    - `drop`: records it accepts are removed on opening (the file is rewritten without them, then
+      atomically replaced), so their keys can be written again; `dropped` counts them. For redoing
+      the items that failed.
     - `append(record)`: write one record as one flushed and fsynced line; False (nothing written) when
       its key is already in the file.
     """
 
-    def __init__(self, path: str | Path, key: Key) -> None:
+    def __init__(self, path: str | Path, key: Key, *, drop: Callable[[Any], bool] | None = None) -> None:
         self.path = Path(path)
         self._key = key
         self.keys: set[str] = set()
         self.repaired: Repair | None = None
+        self.dropped = 0
         if self.path.exists() and not self.path.is_file():
             raise LogFileError("is not a regular file", path=str(self.path))
         try:
@@ -66,6 +70,8 @@ class JsonlLog:
             ) from exc
         try:
             self._scan()
+            if drop is not None:
+                self._drop(drop)
         except BaseException:
             self._file.close()
             raise
@@ -98,6 +104,31 @@ class JsonlLog:
                 ) from exc
             self.keys.add(found)
         self._file.seek(0, os.SEEK_END)
+
+    def _drop(self, drop: Callable[[Any], bool]) -> None:
+        """Rewrite the (already repaired and checked) file without the records `drop` accepts."""
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        kept: set[str] = set()
+        self._file.seek(0)
+        with partial.open("wb") as out:
+            for raw in self._file:
+                if raw.strip():
+                    record = json.loads(raw)
+                    if drop(record):
+                        self.dropped += 1
+                        continue
+                    kept.add(self._key(record))
+                out.write(raw)
+            out.flush()
+            os.fsync(out.fileno())
+        if not self.dropped:
+            partial.unlink()
+            self._file.seek(0, os.SEEK_END)
+            return
+        os.replace(partial, self.path)  # atomic: a kill leaves the old file or the new one, never half
+        self._file.close()
+        self._file = self.path.open("a+b")
+        self.keys = kept
 
     def __contains__(self, key: object) -> bool:
         return key in self.keys

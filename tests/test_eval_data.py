@@ -263,3 +263,17 @@ def test_log_refuses_a_complete_line_that_is_no_record(tmp_path: Path) -> None:
     assert path.read_text().count("\n") == 3  # nothing was cut: refusing is not repairing
     with pytest.raises(LogFileError):
         JsonlLog(tmp_path, key=lambda r: r["id"])
+
+
+def test_log_drops_the_records_asked_so_they_can_be_written_again(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with JsonlLog(path, key=lambda r: r["id"]) as log:
+        for k, ok in enumerate([True, False, True, False]):
+            log.append({"id": f"r{k}", "ok": ok})
+    with JsonlLog(path, key=lambda r: r["id"], drop=lambda r: not r["ok"]) as log:
+        assert (log.dropped, log.keys) == (2, {"r0", "r2"})
+        assert log.append({"id": "r1", "ok": True})
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["r0", "r2", "r1"]
+    assert [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]  # no temporary file left behind
+    with JsonlLog(path, key=lambda r: r["id"], drop=lambda r: not r["ok"]) as log:
+        assert log.dropped == 0 and len(log.keys) == 3

@@ -169,6 +169,22 @@ def test_each_failure_kind_lands_with_its_status(tmp_path: Path) -> None:
     }
     assert all(r.swapped is None for r in rows.values())
     assert (totals.statuses["ok"], totals.statuses["error"], totals.written) == (1, 2, 5)
+    # The outage and the short budget are over: --retry-failed judges the failed examples again.
+    healthy = RuleJudge(broken={frozenset((10, 250))})
+    with running_server(healthy, model_name="simulated") as (url, _), _judge(url) as judge:
+        again = run_eval_sync(
+            examples, judge, tmp_path / "r.jsonl", consistency=False, progress=False, retry_failed=True
+        )
+    assert (again.retried, again.written, again.skipped) == (4, 4, 1)
+    rows = {r.id: r for r in read_rows(tmp_path / "r.jsonl")}
+    assert len(rows) == 5 == len((tmp_path / "r.jsonl").read_text().splitlines())
+    assert {k: r.primary.status for k, r in rows.items()} == {
+        "e0": "ok",
+        "e1": "ok",
+        "e2": "ok",
+        "e3": "parse_failure",  # still no judgment: the rule judge cannot read that pair
+        "e4": "error",  # still missing
+    }
 
 
 def test_a_rerun_repairs_a_torn_line_and_judges_only_what_is_missing(tmp_path: Path, served: tuple) -> None:
@@ -338,3 +354,16 @@ def test_cli_exits_1_when_every_run_fails(tmp_path: Path, served: tuple) -> None
     result = _cli(str(data), "--base-url", url, "--served-model", "simulated", "--out", str(out), "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout)["error_rate"] == 1.0
+    retried = _cli(
+        str(data),
+        "--base-url",
+        url,
+        "--served-model",
+        "simulated",
+        "--out",
+        str(out),
+        "--json",
+        "--retry-failed",
+    )
+    assert retried.exit_code == 0, retried.output
+    assert json.loads(retried.stdout)["error_rate"] == 0.0

@@ -11,6 +11,8 @@
 - Failures: a `TruncatedOutput` is "truncated", any other `ParseError` "parse_failure", any other
   `FlexjudgeError` (backend, media, validation) "error", each with its message; an exception that is not
   a `FlexjudgeError` is a bug and propagates.
+- Retrying: with `retry_failed`, rows with a failed run (any status but "ok") are removed from `out`
+  when it is opened and their examples judged again (say, after a server outage).
 - Numbering: stored winners and judgments are in the dataset's numbering (`flexjudge.swap.unswap`).
 """
 
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flexjudge._jsonl import JsonlLog, Repair
 from flexjudge.anchors import anchor_position, canonical_name
@@ -57,6 +59,8 @@ class RunTotals:
     """How the runs written by this call ended (primary and swapped together)."""
     repaired: Repair | None = None
     """The torn last line cut from the results file on opening, if any."""
+    retried: int = 0
+    """Rows with a failed run removed from the results file to be judged again (`retry_failed`)."""
     elapsed_s: float = 0.0
 
 
@@ -74,14 +78,16 @@ async def run_eval(
     concurrency: int = 8,
     consistency: bool = True,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> RunTotals:
     """Judge `examples` with `judge`, appending one `ResultRow` per example to `out` (see the module
     docstring); returns the totals of this call. `seed` also seeds the judge's sampling."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise UsageError(f"concurrency must be a positive integer, not {concurrency!r}")
     started = time.perf_counter()
-    with JsonlLog(out, key=lambda record: str(record["id"])) as log:
-        totals = RunTotals(repaired=log.repaired)
+    drop = _has_failed_run if retry_failed else None
+    with JsonlLog(out, key=lambda record: str(record["id"]), drop=drop) as log:
+        totals = RunTotals(repaired=log.repaired, retried=log.dropped)
         total = len(examples) if isinstance(examples, list | tuple) else None
         with _progress_bar(progress, total) as advance:
             await _drive(iter(examples), judge, log, seed, concurrency, consistency, totals, advance)
@@ -98,6 +104,7 @@ def run_eval_sync(
     concurrency: int = 8,
     consistency: bool = True,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> RunTotals:
     """Synchronous `run_eval`, on the judge's own event loop (safe inside a running loop)."""
     return judge._run(
@@ -109,8 +116,15 @@ def run_eval_sync(
             concurrency=concurrency,
             consistency=consistency,
             progress=progress,
+            retry_failed=retry_failed,
         )
     )
+
+
+def _has_failed_run(record: dict[str, Any]) -> bool:
+    """A results row (as parsed JSON) with a run that did not end "ok"."""
+    runs = [record["primary"], record.get("swapped")]
+    return any(run is not None and run["status"] != "ok" for run in runs)
 
 
 async def _drive(
