@@ -216,21 +216,31 @@ def test_videogen_rewardbench_layout(tmp_path: Path) -> None:
     assert caught.value.row == 4  # the file's own line number, header included
 
 
-def test_mj_bench_layout(tmp_path: Path) -> None:
+def test_mj_bench_layout_from_a_saved_split_and_from_its_parquet_file(tmp_path: Path) -> None:
+    import datasets
+
     one, two = Image.new("RGB", (8, 8), (10, 0, 0)), Image.new("RGB", (8, 8), (20, 0, 0))
-    folder = _saved(
-        tmp_path,
-        {
-            "caption": ["c0", "c1", "c2"],
-            "image0": [one] * 3,
-            "image1": [two] * 3,
-            "label0": [1, 0, 1],
-            "label1": [0, 1, 1],
-        },
-        images=("image0", "image1"),
-    )
+    columns = {
+        "caption": ["c0", "c1"],
+        "image0": [one] * 2,
+        "image1": [two] * 2,
+        "label": [0, 1],
+        "info": ["", ""],
+    }
+    folder = _saved(tmp_path, columns, images=("image0", "image1"))
     examples = list(load_examples(folder, layout="mj-bench", media_dir=tmp_path / "m"))
-    assert [(e.prompt, e.label) for e in examples] == [("c0", 1), ("c1", 2), ("c2", "tie")]
+    assert [(e.id, e.prompt, e.label) for e in examples] == [("0", "c0", 1), ("1", "c1", 2)]
+    parquet = tmp_path / "alignment.parquet"
+    datasets.load_from_disk(str(folder))["test"].to_parquet(str(parquet))
+    from_file = list(load_examples(parquet, layout="mj-bench", media_dir=tmp_path / "p"))
+    assert [(e.prompt, e.label) for e in from_file] == [("c0", 1), ("c1", 2)]
+    with Image.open(from_file[0].candidates[1]) as second:
+        assert second.getpixel((0, 0)) == (20, 0, 0)
+    bad = datasets.Dataset.from_dict({**columns, "label": [0, 2]}).cast_column("image0", datasets.Image())
+    bad.cast_column("image1", datasets.Image()).to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(DataError) as caught:
+        list(load_examples(tmp_path / "bad.parquet", layout="mj-bench", media_dir=tmp_path / "b"))
+    assert caught.value.row == 2
 
 
 # -- the resumable log ------------------------------------------------------------------------------

@@ -231,13 +231,19 @@ def _flexjudge(path: Path, split: str | None, media: _Media) -> Rows:
 
 
 def _dataset_rows(path: Path, split: str | None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows of a `datasets` dataset saved with `save_to_disk` (a Dataset, or one split of a DatasetDict)."""
+    """Rows of a `datasets` dataset saved with `save_to_disk` (a Dataset, or one split of a DatasetDict),
+    or of a parquet file as a dataset repository holds it."""
     import datasets  # type: ignore[import-untyped]  # the `eval` extra; no type information
 
     try:
-        loaded = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"not a dataset saved with save_to_disk ({exc})", source=str(path)) from exc
+        if path.is_file() and path.suffix == ".parquet":
+            loaded = datasets.Dataset.from_parquet(str(path))
+        else:
+            loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise DataError(
+            f"not a dataset saved with save_to_disk, nor a parquet file ({exc})", source=str(path)
+        ) from exc
     if isinstance(loaded, datasets.DatasetDict):
         names = list(loaded)
         if split is None and len(names) == 1:
@@ -269,7 +275,8 @@ def genai_bench_image(path: Path, split: str | None, media: _Media) -> Rows:
     """GenAI-Bench, image generation (TIGER-Lab/GenAI-Bench, config `image_generation`).
 
     On disk: the dataset saved with `datasets.load_dataset("TIGER-Lab/GenAI-Bench", "image_generation")
-    .save_to_disk(DIR)`; DIR is the source (`--split` picks a split when it has several). Columns used:
+    .save_to_disk(DIR)`; DIR is the source (`--split` picks a split when it has several), or one of the
+    dataset repository's parquet files. Columns used:
     `prompt`, `left_image` and `right_image` (images; written once under `media_dir`), `vote_type`
     (`leftvote` -> 1, `rightvote` -> 2, `tievote` and `bothbad_vote` -> "tie", the paper's ties). The id
     is the row's 0-based index, as GenAI-Bench's own `idx`.
@@ -285,7 +292,7 @@ def genai_bench_image(path: Path, split: str | None, media: _Media) -> Rows:
             "label": label,
             "modality": "image",
         }
-        yield row, _example(flex, path, path, row, media, f"genai-image/{index}")
+        yield row, _example(flex, _folder(path), path, row, media, f"genai-image/{index}")
 
 
 def genai_bench_video(path: Path, split: str | None, media: _Media) -> Rows:
@@ -408,32 +415,35 @@ def videogen_rewardbench(path: Path, split: str | None, media: _Media) -> Rows:
 
 
 def mj_bench(path: Path, split: str | None, media: _Media) -> Rows:
-    """MJ-Bench (MJ-Bench/MJ-Bench: one of its subsets, e.g. `alignment`, `safety`, `quality`, `bias`).
+    """MJ-Bench (MJ-Bench/MJ-Bench: its subsets `alignment`, `safety`, `quality`, `bias`).
 
-    On disk: the subset saved with `datasets.load_dataset("MJ-Bench/MJ-Bench", SUBSET).save_to_disk(DIR)`;
-    DIR is the source (`--split` picks a split when it has several). Columns used: `caption` (the
-    prompt), `image0` and `image1` (images, written once under `media_dir`, or paths relative to DIR),
-    `label0` and `label1` (each image's preference label: the higher one is preferred, equal labels are
-    a tie). The id is the row's 0-based index.
+    On disk: a subset's parquet file as the dataset repository holds it (`data/alignment.parquet`), or
+    the dataset saved with `save_to_disk` (its splits are the subsets: `--split alignment`). Columns
+    used: `caption` (the prompt), `image0` and `image1` (images, written once under `media_dir`, or
+    paths relative to the source's folder), `label` (the 0-based index of the preferred image, as
+    MJ-Bench's evaluation code reads it: 0 -> 1, 1 -> 2). The id is the row's 0-based index.
     """
     for index, raw in _dataset_rows(path, split):
         row = index + 1
-        try:
-            zero, one = float(raw["label0"]), float(raw["label1"])
-        except (KeyError, TypeError, ValueError) as exc:
+        if raw.get("label") not in (0, 1) or isinstance(raw.get("label"), bool):
             raise DataError(
-                f"label0 and label1 must be numbers ({type(exc).__name__}: {exc})", source=str(path), row=row
-            ) from exc
-        label: Label = 1 if zero > one else 2 if one > zero else "tie"
+                f"label must be 0 or 1 (the preferred image), not {raw.get('label')!r}",
+                source=str(path),
+                row=row,
+            )
         candidates = [raw.get("image0"), raw.get("image1")]
         flex = {
             "id": index,
             "prompt": raw.get("caption"),
             "candidates": candidates,
-            "label": label,
+            "label": raw["label"] + 1,
             "modality": "image",
         }
-        yield row, _example(flex, path, path, row, media, f"mj-bench/{index}")
+        yield row, _example(flex, _folder(path), path, row, media, f"mj-bench/{index}")
+
+
+def _folder(path: Path) -> Path:
+    return path if path.is_dir() else path.parent
 
 
 Layout = Callable[[Path, "str | None", _Media], Rows]
