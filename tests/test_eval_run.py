@@ -130,6 +130,7 @@ def test_both_orders_are_stored_in_dataset_numbering(tmp_path: Path, served: tup
             assert run.judgment["meta"]["candidate_order"] == list(run.order)
             assert run.dimension_winners == dict.fromkeys(ANCHORS, row.label)
             assert run.findings == [] and run.elapsed_s is not None
+            assert run.confidence is not None and run.confidence == run.judgment["meta"]["confidence"]
         assert row.position_consistent and row.correct
 
 

@@ -228,6 +228,7 @@ def _completed(judgment: Judgment, order: tuple[int, int], elapsed: float) -> Ru
         status="ok",
         winner=_label(judgment.verdict.winner),
         dimension_winners=anchors,
+        confidence=judgment.meta.confidence,  # about the winner: unchanged by renumbering
         findings=[f.code for f in judgment.findings if f.severity in ("error", "warning")],
         judgment=judgment.model_dump(mode="json"),
         elapsed_s=elapsed,
