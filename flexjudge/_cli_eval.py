@@ -2,6 +2,7 @@
 
     flexjudge eval DATA (--model DIR | --base-url URL [--api-key KEY] [--served-model NAME])
         --out results.jsonl [--layout L] [--split S] [--seed N] [--concurrency N] [--no-consistency] [--json]
+        [--fit-calibration platt|isotonic] [--calibration MAP.json]
     flexjudge eval --compare a.jsonl b.jsonl [--json]
 
 Order of work, as the judging commands: the command line is checked, then every example is read and
@@ -60,6 +61,18 @@ ServedModel = Annotated[
     str | None, typer.Option(help="The model name the --base-url server serves.", show_default=False)
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")]
+FitCalibration = Annotated[
+    str | None,
+    typer.Option(
+        help="Fit a calibration map (platt or isotonic) on the results' confidences and labels and save it"
+        " beside --out as <out>.calibration.json (load it with --calibration or Judge(calibration=...)).",
+        show_default=False,
+    ),
+]
+Calibration = Annotated[
+    Path | None,
+    typer.Option(help="Judge with this calibration map applied to every confidence.", show_default=False),
+]
 Compare = Annotated[
     tuple[Path, Path] | None,
     typer.Option(metavar="A B", help="Compare two results files on their shared ids.", show_default=False),
@@ -80,6 +93,8 @@ def eval_command(
     consistency: Consistency = True,
     progress: Progress = True,
     retry_failed: RetryFailed = False,
+    fit_calibration: FitCalibration = None,
+    calibration: Calibration = None,
     compare: Compare = None,
     device: cj.Device = None,
     dtype: cj.Dtype = None,
@@ -108,6 +123,8 @@ def eval_command(
         return
     if data is None or out is None:
         cj.usage("give DATA and --out (or --compare A B)")
+    if fit_calibration not in (None, "platt", "isotonic"):
+        cj.usage(f"--fit-calibration is platt or isotonic, not {fit_calibration!r}")
     if model is None and base_url is None:
         from flexjudge.backends.auto import BASE_URL_ENV
 
@@ -135,6 +152,7 @@ def eval_command(
         "temperature": 0.0,
         "top_p": 1.0,
         "max_concurrency": concurrency,
+        "calibration": calibration,
     }
     url = cj._check_settings(settings)
     if base_url is None:
@@ -168,6 +186,8 @@ def eval_command(
         f"judged {totals.written}, resumed past {totals.skipped} already in {out}, {totals.elapsed_s:.1f} s"
     )
     _summarise(out, as_json)
+    if fit_calibration is not None:
+        _fit(out, fit_calibration)
     if totals.written and totals.statuses["ok"] == 0:
         _note(
             "every run of this call failed: see each row's `error` in --out; --retry-failed judges them again"
@@ -219,6 +239,24 @@ def _summarise(out: Path, as_json: bool) -> None:
         from rich.console import Console
 
         Console().print(summary.table())
+
+
+def calibration_path(out: Path) -> Path:
+    """Where `--fit-calibration` saves the map fitted on the results file `out`."""
+    return out.with_name(f"{out.name}.calibration.json")
+
+
+def _fit(out: Path, method: str) -> None:
+    from flexjudge.evaluation.calibration import fit_calibration
+    from flexjudge.evaluation.metrics import calibration_data
+
+    confidences, correct = calibration_data(read_results(out))
+    if not confidences:
+        cj.usage(f"--fit-calibration: no judgment in {out} carries a confidence and a non-tie label")
+    fitted = fit_calibration(confidences, correct, method="isotonic" if method == "isotonic" else "platt")
+    target = calibration_path(out)
+    fitted.save(target)
+    _note(f"fitted a {method} calibration map on {len(confidences)} judgments: {target}")
 
 
 def _compare(a: Path, b: Path, as_json: bool) -> None:

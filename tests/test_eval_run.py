@@ -368,3 +368,27 @@ def test_cli_exits_1_when_every_run_fails(tmp_path: Path, served: tuple) -> None
     )
     assert retried.exit_code == 0, retried.output
     assert json.loads(retried.stdout)["error_rate"] == 0.0
+
+
+def test_cli_fits_a_calibration_map_and_judges_with_it(tmp_path: Path, served: tuple) -> None:
+    from flexjudge._cli_eval import calibration_path
+    from flexjudge.evaluation.calibration import CalibrationMap
+
+    url, _, _ = served
+    data = write_data(tmp_path / "d", PAIRS)
+    out = tmp_path / "raw.jsonl"
+    common = ["--base-url", url, "--served-model", "simulated", "--no-progress", "--json"]
+    result = _cli(str(data), *common, "--out", str(out), "--fit-calibration", "isotonic")
+    assert result.exit_code == 0, result.output
+    raw = read_rows(out)
+    assert all(r.primary.confidence is not None and r.primary.confidence < 1.0 for r in raw)
+    assert json.loads(result.stdout)["calibration"]["ece"] > 0  # this judge is always right, not sure
+    fitted = CalibrationMap.load(calibration_path(out))
+    assert fitted.method == "isotonic" and fitted.n == len(PAIRS)
+    mapped = tmp_path / "calibrated.jsonl"
+    again = _cli(str(data), *common, "--out", str(mapped), "--calibration", str(calibration_path(out)))
+    assert again.exit_code == 0, again.output
+    # Every judgment of the rule judge was right, so the fitted map sends each confidence it saw to 1.
+    assert [r.primary.confidence for r in read_rows(mapped)] == [1.0] * len(PAIRS)
+    assert json.loads(again.stdout)["calibration"]["ece"] == 0.0
+    assert _cli(str(data), *common, "--out", str(out), "--fit-calibration", "magic").exit_code == 2

@@ -428,15 +428,22 @@ def _interval(stats: Floats) -> tuple[float, float] | None:
     return float(low), float(high)
 
 
-def _calibration(rows: Sequence[ResultRow]) -> dict[str, Any] | None:
+def calibration_data(rows: Sequence[ResultRow]) -> tuple[list[float], list[bool]]:
+    """The primary runs' confidences and whether each winner is right, over the examples `accuracy`
+    counts (no tie label, no tie verdict, an ok run) that carry a confidence: what the reliability table
+    reads and what `flexjudge eval --fit-calibration` fits a map on."""
     pairs = [
         (row.primary.confidence, row.primary.winner == row.label)
         for row in rows
         if _accuracy(row)[1] and row.primary.confidence is not None
     ]
-    if not pairs:
+    return [c for c, _ in pairs], [ok for _, ok in pairs]
+
+
+def _calibration(rows: Sequence[ResultRow]) -> dict[str, Any] | None:
+    confidences, correct = calibration_data(rows)
+    if not confidences:
         return None
-    confidences, correct = [c for c, _ in pairs], [ok for _, ok in pairs]
     table = reliability(confidences, correct, bins=_BINS)
     ece = expected_calibration_error(confidences, correct, bins=_BINS)
     return {"ece": ece, "bins": [b.to_json() for b in table]}
