@@ -157,3 +157,30 @@ def hand_summary(n: int, *, calibration: bool = True) -> dict[str, Any]:
         "truncation_rate_ci": [0.0, 0.0], "error_rate": None, "error_rate_ci": None, "per_dimension": per_dim,
         "calibration": {"ece": 0.043, "bins": bins} if calibration else None,
     }  # fmt: skip
+
+
+CHROMIUM_MISSING = (
+    "headless Chromium not found (Debian: apt-get install chromium chromium-driver, which .ci/run does where"
+    " apt-get works)"
+)
+
+
+def chromium_path() -> str | None:
+    """The Chromium (or Chrome) executable, or None."""
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def run_chromium(page: Path, profile: Path, *args: str, fragment: str = "", timeout: float = 300) -> bytes:
+    """Run headless Chromium on `page` with `args` (e.g. --dump-dom); returns its stdout. A profile of its
+    own (`profile`) keeps parallel runs apart; --no-sandbox because CI runs as root."""
+    import subprocess
+
+    exe = chromium_path()
+    assert exe is not None, CHROMIUM_MISSING
+    command = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+               f"--user-data-dir={profile}", *args, page.resolve().as_uri() + fragment]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    return done.stdout

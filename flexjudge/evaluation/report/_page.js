@@ -166,7 +166,7 @@
     else Promise.all(needed.map(chunk)).then(show);
   }
 
-  function applyFilters() {
+  function applyFilters(keepPage) {
     const want = $("f-correct").value, code = $("f-code").value, swap = $("f-swap").checked;
     view = [];
     INDEX.forEach(([correct, codes, disagrees], i) => {
@@ -179,7 +179,7 @@
       if (swap && disagrees !== 1) return;
       view.push(i);
     });
-    page = 0;
+    if (!keepPage) page = 0;
     render();
   }
 
@@ -189,8 +189,13 @@
     opt.value = code;
     codeSel.append(opt);
   }
-  for (const id of ["f-correct", "f-code", "f-swap"]) $(id).addEventListener("change", applyFilters);
+  for (const id of ["f-correct", "f-code", "f-swap"]) $(id).addEventListener("change", () => applyFilters(false));
   $("prev").addEventListener("click", () => { page -= 1; render(); window.scrollTo(0, $("judgments").offsetTop); });
   $("next").addEventListener("click", () => { page += 1; render(); window.scrollTo(0, $("judgments").offsetTop); });
-  render();
+  // A view can be linked: #f-correct=wrong&f-code=split_sum&f-swap=1&page=2 opens it filtered.
+  const asked = new URLSearchParams(location.hash.slice(1));
+  for (const id of ["f-correct", "f-code"]) if (asked.has(id)) $(id).value = asked.get(id);
+  $("f-swap").checked = asked.get("f-swap") === "1";
+  page = Math.max(0, (parseInt(asked.get("page") || "1", 10) || 1) - 1);
+  applyFilters(true);
 })();
