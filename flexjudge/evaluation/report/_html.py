@@ -32,15 +32,22 @@ PAGE = 20
 
 # In a <script> element the HTML parser ends the data at "</script" and "<!--" opens odd states; JSON with
 # these characters escaped means the same to JSON.parse and nothing to the parser. U+2028/9 for old engines.
-_SCRIPT_SAFE = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+# (Chained replace: several times faster than str.translate on the tens of megabytes of a large report.)
+_SCRIPT_SAFE = (
+    ("<", "\\u003c"),
+    (">", "\\u003e"),
+    ("&", "\\u0026"),
+    ("\u2028", "\\u2028"),
+    ("\u2029", "\\u2029"),
 )
 
 
 def script_json(value: Any) -> str:
     """`value` as JSON that is safe inside a <script> element (and still the same JSON)."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text.translate(_SCRIPT_SAFE)
+    for char, escaped in _SCRIPT_SAFE:
+        text = text.replace(char, escaped)
+    return text
 
 
 def _utf8(text: str) -> bytes:
