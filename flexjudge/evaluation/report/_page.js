@@ -23,10 +23,15 @@
 
   // Rows sit in chunks: the first as plain JSON (the first screen renders at once), the rest gzipped and
   // base64-encoded, opened when a page needs them.
+  // The packed chunks and their thumbnails follow this script in the file: wait until they are parsed.
+  const parsed = new Promise((done) => {
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", () => done());
+    else done();
+  });
   function plainChunk(k) {
     if (cache.has(k)) return cache.get(k);
     const el = $("fj-c" + k);
-    if (el.type !== "application/json") return null;
+    if (el === null || el.type !== "application/json") return null;
     const rows = JSON.parse(el.textContent);
     cache.set(k, rows);
     return rows;
@@ -34,6 +39,7 @@
   async function chunk(k) {
     const plain = plainChunk(k);
     if (plain) return plain;
+    await parsed;
     const bytes = Uint8Array.from(atob($("fj-c" + k).textContent), (c) => c.charCodeAt(0));
     const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
     const rows = JSON.parse(await new Response(stream).text());
