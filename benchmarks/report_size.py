@@ -30,11 +30,25 @@ from tests.report_rows import chromium_path, make_images, result_row, run_chromi
 
 
 def _first_screen(page: Path, work: Path, tag: str) -> float:
+    """Seconds for one headless screenshot of the page's first screen (summary and the first cards)."""
     start = time.perf_counter()
-    run_chromium(
-        page, work / f"profile-{tag}", f"--screenshot={work / (tag + '.png')}", "--window-size=1280,1000"
-    )
+    shot = f"--screenshot={work / (tag + '.png')}"
+    run_chromium(page, work / f"profile-{tag}", shot, "--window-size=1280,2400")
     return time.perf_counter() - start
+
+
+def _first_page_cards(page: Path, work: Path) -> int:
+    """Judgment cards the page script drew on its first page (0 if it did not finish), read from the DOM."""
+    dom = run_chromium(page, work / "profile-dom", "--dump-dom", "--virtual-time-budget=5000")
+    head = dom[: dom.find(b'<script type="application/json"')]  # the cards come before the data
+    return head.count(b'<article class="card ') if b'data-ready="1"' in head else 0
+
+
+def _images(folder: Path, n: int) -> list[str]:
+    """`n` distinct images; a --dir from an earlier run with as many is reused (they take minutes)."""
+    found = sorted(folder.glob("img*.jpg"))
+    paths = found[:n] if len(found) >= n else make_images(folder, n, seed=1)
+    return [str(p) for p in paths]
 
 
 def main() -> None:
@@ -48,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = args.dir or Path(scratch)
         start = time.perf_counter()
-        images = [str(p) for p in make_images(work / "img", 2 * args.n, seed=1)]
+        images = _images(work / "img", 2 * args.n)
         rng = random.Random(0)
         rows = [result_row(i, (images[2 * i], images[2 * i + 1]), rng=rng) for i in range(args.n)]
         prepared = time.perf_counter() - start
@@ -62,18 +76,21 @@ def main() -> None:
         blank.write_text("<!doctype html><title>blank</title><p>blank</p>\n", encoding="utf-8")
         empty = min(_first_screen(blank, work, f"blank{k}") for k in range(2))
         screens = [_first_screen(info.path, work, f"report{k}") for k in range(2)]
+        cards = _first_page_cards(info.path, work)
     table = [
         "| judgments | distinct thumbnails | file MB | summarize s | build s "
-        "| first screen s (best, worst of 2) | empty page s |",
-        "|---|---|---|---|---|---|---|",
+        "| first screen s (best, worst of 2) | empty page s | cards drawn |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {args.n} | {info.images} | {info.bytes / 1e6:.1f} | {summarized:.1f} | {built:.1f} "
-        f"| {min(screens):.2f}, {max(screens):.2f} | {empty:.2f} |",
+        f"| {min(screens):.2f}, {max(screens):.2f} | {empty:.2f} | {cards} |",
     ]
     when = datetime.date.today().isoformat()
     text = "\n".join(
         [f"report_size ({when}; {machine()}; rows and images prepared in {prepared:.0f} s)", *table]
     )
     print(text)
+    if cards == 0:
+        sys.exit("the page script did not draw the first page of cards")
     if args.record:
         with args.record.open("a", encoding="utf-8") as fh:
             fh.write("\n" + text + "\n")

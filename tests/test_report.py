@@ -60,7 +60,7 @@ def _gif(path: Path, frames: int, green: int) -> Path:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ResultRow]]:
     folder = tmp_path_factory.mktemp("report")
-    images = [str(p) for p in make_images(folder / "img", 24, size=(640, 480))]
+    images = [str(p) for p in make_images(folder / "img", 24, size=(400, 300))]
     rng = random.Random(7)
     # 130 rows: past the first chunk of 100, so later pages come from a gzipped chunk opened on demand.
     rows = [result_row(i, (images[i % 24], images[(i + 5) % 24]), rng=rng) for i in range(130)]
@@ -181,7 +181,7 @@ def test_thumbnails_are_at_most_256_px(report: tuple[Path, list[ResultRow]]) -> 
     stored = re.findall(r'<script type="text/plain" id="fj-i\d+">([A-Za-z0-9+/=]+)</script>', html)
     assert len(stored) == 24 + 4 + 4  # 24 distinct images stored once each, then two four-frame strips
     sizes = [Image.open(io.BytesIO(base64.b64decode(data))).size for data in stored]
-    assert max(max(size) for size in sizes) == 256  # the 640x480 sources, shrunk
+    assert max(max(size) for size in sizes) == 256  # the 400x300 sources, shrunk
     assert all(max(size) <= 256 for size in sizes)
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-_W = 600
-_LABEL_W = 210
+_W = 560
+_LABEL_W = 200
 _ROW_H = 26
 _BAR_W = _W - _LABEL_W - 100
 
