@@ -198,6 +198,18 @@ def test_a_summary_with_nan_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "r.html").exists()
 
 
+def test_the_page_is_the_same_on_every_build(tmp_path: Path) -> None:
+    """Thumbnails are made on several threads; their numbering follows the rows, not the threads."""
+    images = [str(p) for p in make_images(tmp_path / "img", 8, size=(300, 200))]
+    rng = random.Random(3)
+    rows = [result_row(i, (images[(3 * i) % 8], images[(3 * i + 5) % 8]), rng=rng) for i in range(16)]
+    pages = []
+    for k in range(2):
+        build_report(rows, hand_summary(16), tmp_path / f"r{k}.html")
+        pages.append((tmp_path / f"r{k}.html").read_bytes())
+    assert pages[0] == pages[1]
+
+
 def test_the_report_command_writes_the_page(tmp_path: Path) -> None:
     images = [str(p) for p in make_images(tmp_path / "img", 4)]
     rng = random.Random(1)

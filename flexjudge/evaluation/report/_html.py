@@ -61,6 +61,7 @@ def write_page(
 ) -> Thumbnails:
     """Write the whole page to `fh`; returns the thumbnails (counts for the caller)."""
     thumbs = Thumbnails()
+    thumbs.prefetch((source, row.modality) for row in rows for source in row.candidates)
     index = [index_entry(row) for row in rows]
     codes = Counter(code for entry in index for code in entry[1])
     views = [row_view(row, thumbs) for row in rows[:CHUNK]]

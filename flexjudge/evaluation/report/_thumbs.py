@@ -10,6 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -40,6 +43,7 @@ class Thumbnails:
     """Candidates that could not be loaded."""
     _by_digest: dict[str, int] = field(default_factory=dict)
     _by_source: dict[tuple[str, str], tuple[list[int], str | None]] = field(default_factory=dict)
+    _encoded: dict[tuple[str, str], tuple[list[bytes], str | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from PIL import features
@@ -48,30 +52,42 @@ class Thumbnails:
         self._format: Literal["WEBP", "JPEG"] = "WEBP" if features.check("webp") else "JPEG"
         self.mime = f"image/{self._format.lower()}"
 
+    def prefetch(self, keys: Iterable[tuple[str, Literal["image", "video"]]]) -> None:
+        """Decode and encode these candidates ahead, on a thread per CPU (Pillow and PyAV release the GIL
+        while they decode, resize and encode, so this scales with cores); `candidate` then only numbers
+        them, in the order the page asks, so the file is the same however the threads ran."""
+        todo = list(dict.fromkeys(k for k in keys if k not in self._encoded and k not in self._by_source))
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for key, encoded in zip(todo, pool.map(lambda k: self._encode(*k), todo), strict=True):
+                self._encoded[key] = encoded
+
     def candidate(self, source: str, modality: Literal["image", "video"]) -> tuple[list[int], str | None]:
         """The image indices of one candidate (one image, or a video's frame strip) and, when it could
         not be loaded, why (with no images)."""
         key = (source, modality)
         if key not in self._by_source:
-            self._by_source[key] = self._load(source, modality)
+            frames, error = self._encoded.pop(key) if key in self._encoded else self._encode(source, modality)
+            self.failures += int(error is not None)
+            self._by_source[key] = ([self._number(data) for data in frames], error)
         return self._by_source[key]
 
-    def _load(self, source: str, modality: Literal["image", "video"]) -> tuple[list[int], str | None]:
+    def _encode(self, source: str, modality: Literal["image", "video"]) -> tuple[list[bytes], str | None]:
         from flexjudge.media import load_candidate
 
         try:
             frames = load_candidate(source, modality=modality, frames=STRIP_FRAMES)
         except MediaError as exc:
-            self.failures += 1
             return [], exc.reason
         side = MAX_SIDE if modality == "image" else FRAME_SIDE
-        return [self._add(_shrink(frame, side)) for frame in frames], None
-
-    def _add(self, image: PILImage) -> int:
-        buffer = io.BytesIO()
         options = {"method": 2} if self._format == "WEBP" else {}
-        image.save(buffer, format=self._format, quality=QUALITY, **options)
-        data = buffer.getvalue()
+        encoded = []
+        for frame in frames:
+            buffer = io.BytesIO()
+            _shrink(frame, side).save(buffer, format=self._format, quality=QUALITY, **options)
+            encoded.append(buffer.getvalue())
+        return encoded, None
+
+    def _number(self, data: bytes) -> int:
         digest = hashlib.sha256(data).hexdigest()
         if digest not in self._by_digest:
             self._by_digest[digest] = len(self.images)
