@@ -178,7 +178,7 @@ def test_nothing_is_fetched_from_the_network(report: tuple[Path, list[ResultRow]
 
 def test_thumbnails_are_at_most_256_px(report: tuple[Path, list[ResultRow]]) -> None:
     html = report[0].read_text(encoding="utf-8")
-    stored = re.findall(r'<script type="text/plain" id="fj-i\d+">([A-Za-z0-9+/=]+)</script>', html)
+    stored = re.findall(r'<div hidden id="fj-i\d+">([A-Za-z0-9+/=]+)</div>', html)
     assert len(stored) == 24 + 4 + 4  # 24 distinct images stored once each, then two four-frame strips
     sizes = [Image.open(io.BytesIO(base64.b64decode(data))).size for data in stored]
     assert max(max(size) for size in sizes) == 256  # the 400x300 sources, shrunk

@@ -3,7 +3,9 @@
 Layout of the file, in order: the summary (plain markup and SVG), the filter controls, then the data
 as script tags the page reads lazily: the filter index, the rows in chunks of `CHUNK` (the first as plain
 JSON, the rest gzip + base64, ~5x smaller), the thumbnails one tag each (referred to by number, so an
-image shared by many rows is stored once), and the page script. The script and the thumbnails the first
+image shared by many rows is stored once), and the page script. Base64 goes in hidden <div>s rather than
+script tags: it holds no "<" or "&", and Chromium reads text ~20 % faster than script data, which is most
+of the time a 10,000-judgment page takes to load. The script and the thumbnails the first
 chunk uses come before the rest, so the first screen renders while the browser still reads the file.
 """
 
@@ -77,9 +79,7 @@ def write_page(
     for k in range(1, math.ceil(len(rows) / CHUNK)):
         chunk = [row_view(row, thumbs) for row in rows[k * CHUNK : (k + 1) * CHUNK]]
         packed = gzip.compress(_utf8(script_json(chunk)), compresslevel=6, mtime=0)
-        fh.write(
-            f'<script type="text/plain" id="fj-c{k}">{base64.b64encode(packed).decode()}</script>\n'.encode()
-        )
+        fh.write(f'<div hidden id="fj-c{k}">{base64.b64encode(packed).decode()}</div>\n'.encode())
     _write_images(fh, thumbs.images[first_images:], first_images)
     fh.write(b"</body></html>\n")
     return thumbs
@@ -87,7 +87,7 @@ def write_page(
 
 def _write_images(fh: IO[bytes], images: list[str], start: int) -> None:
     for i, data in enumerate(images, start):
-        fh.write(f'<script type="text/plain" id="fj-i{i}">{data}</script>\n'.encode())
+        fh.write(f'<div hidden id="fj-i{i}">{data}</div>\n'.encode())
 
 
 def _head(title: str, summary: dict[str, Any], n_rows: int) -> str:

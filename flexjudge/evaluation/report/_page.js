@@ -31,7 +31,7 @@
   function plainChunk(k) {
     if (cache.has(k)) return cache.get(k);
     const el = $("fj-c" + k);
-    if (el === null || el.type !== "application/json") return null;
+    if (el === null || el.tagName !== "SCRIPT") return null;  // packed chunks are hidden divs
     const rows = JSON.parse(el.textContent);
     cache.set(k, rows);
     return rows;

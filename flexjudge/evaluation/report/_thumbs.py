@@ -27,9 +27,10 @@ FRAME_SIDE = 128
 """Longest side of one frame in a video's strip: four of them sit where one image thumbnail would."""
 STRIP_FRAMES = 4
 """Frames shown per video, sampled as the judge samples them (first and last included)."""
-QUALITY = 60
-"""Encoder quality: with WebP's method 2, ~4.5 KB per 256 px thumbnail in ~4 ms (method 4, the default, saves
-~10 % more for four times the time), so 20,000 thumbnails fit the 200 MB a 10,000-pair report may take."""
+QUALITY = 50
+"""Encoder quality: with WebP's method 2, ~4 KB per 256 px thumbnail in ~4 ms (method 4, the default, saves
+~5 % more for four times the time): 20,000 thumbnails take ~110 MB of a 10,000-pair report, and the time
+Chromium takes to open the page follows its size."""
 
 
 @dataclass
