@@ -1,5 +1,6 @@
 """The `flexjudge` command: `judge`, `score` and `rank` candidates (`_cli_judge`), `eval` a judge on
-labelled pairs (`_cli_eval`), `validate` teacher traces, `serve` a local model, export `schemas`."""
+labelled pairs (`_cli_eval`), `report` its results as a page (`_cli_report`), `validate` teacher traces,
+`serve` a local model, export `schemas`."""
 
 from __future__ import annotations
 
@@ -399,6 +400,22 @@ def schemas(
         tmp.write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         tmp.replace(target)  # atomic: a reader never sees half a schema
         typer.echo(f"wrote {target}")
+
+
+@app.command(name="report")
+def report_command(
+    results: Annotated[Path, typer.Argument(help="Results file of `flexjudge eval` (JSONL)")],
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write")] = Path("report.html"),
+    title: Annotated[str | None, typer.Option(help="Page title (default: the results file's name)")] = None,
+) -> None:
+    """Write an evaluation's results as one self-contained HTML page.
+
+    A summary with plots (accuracy, position bias, per-dimension agreement, calibration) and every
+    judgment with its candidates as thumbnails, filterable by correctness and by finding. The page opens
+    offline. Exit status: 0 written, 1 no results or the page could not be written, 2 an unreadable file."""
+    from flexjudge import _cli_report
+
+    _cli_report.run(results, out, title)
 
 
 def _print_line(out: Console, report: LineReport, fail_on: str) -> None:
