@@ -1,0 +1,429 @@
+"""DPO preference pairs from a judge's own samples (`flexjudge dpo-pairs`), by the paper's rule.
+
+For each labelled example, K judgments are sampled (each with its own seed, derived from the base seed,
+the id and the sample's number, so a rerun asks the same). A judgment is correct when its overall winner
+equals the label. Some correct and some wrong: ("one_correct") the first correct is chosen, the first wrong
+rejected. All (at least two) correct: ("both_correct") a tie-breaker picks between the first two:
+`RuleTieBreaker` (fewer `check()` findings wins, compared as (errors, warnings, infos); equal counts are a
+tie and the pair is dropped) or `JudgeTieBreaker` (a stronger judge behind an OpenAI-compatible server
+reads both traces and answers `TraceChoice` under the constraint). All wrong: dropped. Fewer than two
+readable samples: dropped. Examples labelled "tie" cannot be judged correct and are skipped.
+
+Resumable: each finished example is appended to `out/samples.jsonl` (one flushed, fsynced line, keyed by
+id); a rerun skips the ids there and cuts a torn last line. `_jsonl.JsonlLog` was not on main when this
+was written, so the log here is its own (the same rules). The dataset (`out/train`, TRL's DPO format:
+prompt, chosen, rejected, images, id, label, case, tie_breaker) is built from the log at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart
+from flexjudge.checks import check
+from flexjudge.errors import ParseError, TraceFileError, UsageError
+from flexjudge.training.sft_data import completion, conversation, message_features, pair_request, save_split
+
+if TYPE_CHECKING:
+    from datasets import Features  # type: ignore[import-untyped]
+    from PIL.Image import Image as PILImage
+
+    from flexjudge.judging import Judge
+    from flexjudge.schema import Judgment
+
+__all__ = [
+    "Decision",
+    "JudgeTieBreaker",
+    "RuleTieBreaker",
+    "TieBreaker",
+    "TraceChoice",
+    "build_dpo_pairs",
+    "judge_tie_breaker",
+    "rule_tie_breaker",
+    "sample_seed",
+]
+
+Case = Literal["one_correct", "both_correct", "both_correct_tied", "both_wrong", "unreadable"]
+
+
+@dataclass(frozen=True)
+class Tied:
+    """Two correct judgments of one example, for a tie-breaker to choose between."""
+
+    prompt: str
+    images: list[PILImage]
+    """The candidates' images (a video's sampled frames), candidate 1's first, as the judge saw them."""
+    first: Judgment
+    second: Judgment
+
+
+@dataclass(frozen=True)
+class Decision:
+    better: Literal[1, 2] | None
+    """Which of the two is chosen; None: neither is better, and the pair is dropped."""
+    reason: str
+
+
+class TieBreaker(Protocol):
+    name: str
+
+    async def __call__(self, tied: Tied) -> Decision: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RuleTieBreaker:
+    """Fewer `check()` findings wins, compared as (errors, warnings, infos); equal counts tie."""
+
+    name = "rule"
+
+    async def __call__(self, tied: Tied) -> Decision:
+        one, two = (_severity_counts(j, tied.prompt) for j in (tied.first, tied.second))
+        if one == two:
+            return Decision(None, f"equal findings {one} (errors, warnings, infos)")
+        return Decision(1 if one < two else 2, f"findings {one} vs {two} (errors, warnings, infos)")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _severity_counts(judgment: Judgment, prompt: str) -> tuple[int, int, int]:
+    found = Counter(f.severity for f in check(judgment, prompt=prompt))
+    return found["error"], found["warning"], found["info"]
+
+
+rule_tie_breaker = RuleTieBreaker()
+
+
+class TraceChoice(BaseModel):
+    """What the tie-breaking judge answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    analysis: str = Field(description="Which judgment reasons more faithfully about the images, and why.")
+    better: Literal[1, 2] = Field(description="The judgment (1 or 2) whose reasoning is better.")
+
+
+TIE_PROMPT = """You are checking two judgments of the same pair of {modality}s, both of which picked the \
+right winner. The images above are the candidates, candidate 1's first. The generation prompt was:
+{prompt}
+
+Judgment 1:
+{first}
+
+Judgment 2:
+{second}
+
+Which judgment reasons better: criteria that fit the prompt, observations true to the images, scores that \
+follow the observations? Answer with JSON: "analysis" (a few sentences), then "better" (1 or 2)."""
+
+
+class JudgeTieBreaker:
+    """A stronger judge behind an OpenAI-compatible server reads both traces with the candidates and
+    answers `TraceChoice`, constrained by its schema as the `openai` backend constrains judgments."""
+
+    name = "judge"
+
+    def __init__(self, base_url: str, model: str, *, max_new_tokens: int = 1024, **options: Any) -> None:
+        from flexjudge.backends.openai import OpenAIBackend
+
+        self.backend = OpenAIBackend(base_url, model=model, **options)
+        schema = TraceChoice.model_json_schema()
+        self.constraint = Constraint(schema=schema, strict_schema=schema)
+        self.max_new_tokens = max_new_tokens
+
+    async def __call__(self, tied: Tied) -> Decision:
+        text = TIE_PROMPT.format(
+            modality=tied.first.modality,
+            prompt=tied.prompt,
+            first=tied.first.meta.raw_text,
+            second=tied.second.meta.raw_text,
+        )
+        parts: list[TextPart | ImagePart] = [ImagePart(i) for i in tied.images]
+        request = Request(
+            messages=(Message("user", (*parts, TextPart(text))),),
+            constraint=self.constraint,
+            max_new_tokens=self.max_new_tokens,
+        )
+        (generation,) = await self.backend.generate([request])
+        try:
+            choice = TraceChoice.model_validate_json(generation.text)
+        except ValidationError as exc:
+            raise ParseError(f"the tie-breaking judge's answer is no TraceChoice: {exc}", offset=0) from None
+        return Decision(choice.better, choice.analysis)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def judge_tie_breaker(base_url: str, model: str, **options: Any) -> JudgeTieBreaker:
+    return JudgeTieBreaker(base_url, model, **options)
+
+
+def sample_seed(seed: int, ident: str, k: int) -> int:
+    """The seed of sample `k` of example `ident`: fixed by the run's seed, distinct per sample."""
+    digest = hashlib.sha256(f"{seed}\x00{ident}\x00{k}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Example:
+    id: str
+    prompt: str
+    candidates: list[str]
+    label: Literal[1, 2]
+    modality: Literal["image", "video"] | None
+
+
+def build_dpo_pairs(
+    data: str | Path,
+    judge: Judge,
+    out: str | Path,
+    *,
+    samples: int = 2,
+    seed: int = 0,
+    tie_breaker: TieBreaker = rule_tie_breaker,
+    concurrency: int | None = None,
+) -> dict[str, int]:
+    """Sample, pair and write `out/train` (see the module docstring); the counts of each case. The judge
+    samples at its own temperature."""
+    if samples < 2:
+        raise UsageError(f"samples must be at least 2, not {samples}")
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    log = _Log(target / "samples.jsonl")
+    skipped = Counter[str]()
+    try:
+        # On the judge's own loop: a served backend keeps one client per loop, closed with the judge.
+        judge._run(_sample_all(data, judge, log, samples, seed, tie_breaker, concurrency, skipped))
+    finally:
+        log.close()
+    counts = _write_dataset(log.path, judge, target)
+    counts.update(skipped)
+    counts["resumed_repaired_line"] = int(log.repaired)
+    return dict(counts)
+
+
+async def _sample_all(
+    data: str | Path,
+    judge: Judge,
+    log: _Log,
+    samples: int,
+    seed: int,
+    tie_breaker: TieBreaker,
+    concurrency: int | None,
+    skipped: Counter[str],
+) -> None:
+    gate = asyncio.Semaphore(concurrency or judge.max_concurrency)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(example: _Example) -> None:
+        try:
+            record = await _pair(example, judge, samples, seed, tie_breaker)
+            log.append(example.id, record)
+        finally:
+            gate.release()
+
+    try:
+        for example in _examples(Path(data), skipped):
+            if example.id in log.ids:
+                continue
+            await gate.acquire()  # streamed: only `concurrency` examples are held at once
+            task = asyncio.ensure_future(one(example))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending)
+    finally:
+        for task in pending:
+            task.cancel()
+        await tie_breaker.aclose()
+
+
+async def _pair(
+    example: _Example, judge: Judge, samples: int, seed: int, breaker: TieBreaker
+) -> dict[str, Any]:
+    seeds = [sample_seed(seed, example.id, k) for k in range(samples)]
+    made = await asyncio.gather(
+        *(judge.ajudge(example.prompt, example.candidates, modality=example.modality, seed=s) for s in seeds),
+        return_exceptions=True,
+    )
+    read: list[Judgment] = []
+    for result in made:
+        if isinstance(result, ParseError):  # the model's output was unreadable (truncation included)
+            continue
+        if isinstance(result, BaseException):
+            raise result  # a server or media failure ends the run; a rerun resumes
+        read.append(result)
+    correct = [j for j in read if j.verdict.winner == example.label]
+    wrong = [j for j in read if j.verdict.winner != example.label]
+    record: dict[str, Any] = {
+        "id": example.id,
+        "prompt": example.prompt,
+        "candidates": example.candidates,
+        "modality": example.modality,
+        "label": example.label,
+        "seeds": seeds,
+        "winners": [None if isinstance(r, BaseException) else r.verdict.winner for r in made],
+        "chosen": None,
+        "rejected": None,
+        "tie_breaker": None,
+        "reason": None,
+    }
+    case: Case
+    if len(read) < 2:
+        case = "unreadable"
+    elif correct and wrong:
+        case = "one_correct"
+        record.update(chosen=correct[0].meta.raw_text, rejected=wrong[0].meta.raw_text)
+    elif correct:
+        media, _ = await judge.load(example.candidates, example.modality)
+        tied = Tied(example.prompt, [i for frames in media for i in frames], correct[0], correct[1])
+        decision = await breaker(tied)
+        record.update(tie_breaker=breaker.name, reason=decision.reason)
+        if decision.better is None:
+            case = "both_correct_tied"
+        else:
+            case = "both_correct"
+            best, other = (correct[0], correct[1]) if decision.better == 1 else (correct[1], correct[0])
+            record.update(chosen=best.meta.raw_text, rejected=other.meta.raw_text)
+    else:
+        case = "both_wrong"
+    record["case"] = case
+    return record
+
+
+def _examples(path: Path, skipped: Counter[str]) -> Iterator[_Example]:
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise TraceFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    seen: set[str] = set()
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise UsageError(f"{where}: not JSON ({exc})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or "id" not in row:
+                raise UsageError(f"{where}: a row needs 'id', 'prompt', 'candidates' and 'label'")
+            candidates = row.get("candidates")
+            if not (
+                isinstance(candidates, list)
+                and len(candidates) == 2
+                and all(isinstance(c, str) for c in candidates)
+            ):
+                raise UsageError(f"{where}: 'candidates' must be a list of two paths")
+            label, modality, ident = row.get("label"), row.get("modality"), str(row["id"])
+            if label not in (1, 2, "tie") or isinstance(label, bool):
+                raise UsageError(f"{where}: 'label' must be 1, 2 or 'tie', got {label!r}")
+            if modality not in (None, "image", "video"):
+                raise UsageError(f"{where}: 'modality' must be 'image' or 'video', got {modality!r}")
+            if ident in seen:
+                raise UsageError(f"{where}: id {ident!r} appears twice (ids must be unique)")
+            seen.add(ident)
+            if label == "tie":  # no judgment can be correct: the judge has no tie verdict
+                skipped["tie_label"] += 1
+                continue
+            paths = [c if Path(c).is_absolute() else str(path.parent / c) for c in candidates]
+            yield _Example(ident, row["prompt"], paths, label, modality)
+
+
+class _Log:
+    """Append-only JSONL keyed by id: one flushed and fsynced line per record; a torn last line (no newline:
+    its write never finished) is cut on opening."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ids: set[str] = set()
+        self.repaired = False
+        self._file = path.open("a+b")
+        self._file.seek(0)
+        offset = 0
+        for raw in self._file:
+            if not raw.endswith(b"\n"):
+                self._file.truncate(offset)
+                self.repaired = True
+                break
+            offset += len(raw)
+            if raw.strip():
+                self.ids.add(str(json.loads(raw)["id"]))
+        self._file.seek(0, os.SEEK_END)
+
+    def append(self, ident: str, record: dict[str, Any]) -> None:
+        if ident in self.ids:
+            return
+        self._file.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")  # one write: one line
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.ids.add(ident)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def dpo_features() -> Features:
+    from datasets import Features, Image, List, Value
+
+    turn = message_features()
+    return Features(
+        {
+            "prompt": turn,
+            "chosen": turn,
+            "rejected": turn,
+            "images": List(Image()),
+            "id": Value("string"),
+            "label": Value("string"),
+            "case": Value("string"),
+            "tie_breaker": Value("string"),
+        }
+    )
+
+
+def _write_dataset(log: Path, judge: Judge, target: Path) -> Counter[str]:
+    from datasets.arrow_writer import ArrowWriter  # type: ignore[import-untyped]
+
+    counts = Counter[str]()
+    with tempfile.TemporaryDirectory(prefix=".building-", dir=target) as staging:
+        arrow = Path(staging) / "train.arrow"
+        with ArrowWriter(features=dpo_features(), path=str(arrow), writer_batch_size=64) as writer:
+            with log.open(encoding="utf-8") as lines:
+                for line in lines:
+                    record = json.loads(line)
+                    counts[record["case"]] += 1
+                    if record["chosen"] is None:
+                        continue
+                    request = pair_request(judge, record["prompt"], record["candidates"], record["modality"])
+                    prompt, images = conversation(request.messages)
+                    writer.write(
+                        {
+                            "prompt": prompt,
+                            "chosen": completion(record["chosen"]),
+                            "rejected": completion(record["rejected"]),
+                            "images": images,
+                            "id": record["id"],
+                            "label": str(record["label"]),
+                            "case": record["case"],
+                            "tie_breaker": record["tie_breaker"],
+                        }
+                    )
+            writer.finalize()
+        counts["pairs"] = save_split(arrow, target / "train")
+    return counts
