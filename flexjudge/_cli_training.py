@@ -14,14 +14,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from flexjudge import _cli_judge as cj
-from flexjudge.errors import FlexjudgeError, UsageError
+from flexjudge.errors import FlexjudgeError, TraceFileError, UsageError
 
 __all__ = ["dpo_pairs_command", "sft_data_command"]
 
 
 def _fail(exc: FlexjudgeError) -> typer.Exit:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
-    return typer.Exit(cj.USAGE_EXIT if isinstance(exc, UsageError) else cj.FAILURE_EXIT)
+    return typer.Exit(cj.USAGE_EXIT if isinstance(exc, UsageError | TraceFileError) else cj.FAILURE_EXIT)
 
 
 def _table(title: str, rows: list[tuple[str, Any]]) -> None:

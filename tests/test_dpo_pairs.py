@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from served import running_server
+from served import FaultInjector, running_server
 from simulated import candidate, judgment_text
 from typer.testing import CliRunner
 
+import flexjudge
 from flexjudge.backends._probe import PROBE_TOKENS
 from flexjudge.backends.base import Generation, Request, TextPart
 from flexjudge.cli import app
@@ -86,10 +87,15 @@ def data(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[str, ScriptedJudge]]:
+def served_with_faults() -> Iterator[tuple[str, ScriptedJudge, FaultInjector]]:
     backend = ScriptedJudge()
-    with running_server(backend, model_name="scripted") as (url, _):
-        yield url, backend
+    with running_server(backend, model_name="scripted") as (url, injector):
+        yield url, backend, injector
+
+
+@pytest.fixture
+def served(served_with_faults: tuple[str, ScriptedJudge, FaultInjector]) -> tuple[str, ScriptedJudge]:
+    return served_with_faults[0], served_with_faults[1]
 
 
 def _judge(url: str) -> Judge:
@@ -148,3 +154,24 @@ def test_judge_tie_breaker_through_a_served_judge(tmp_path: Path, data: Path, se
     record = json.loads(next(x for x in (out / "samples.jsonl").read_text().splitlines() if '"both"' in x))
     assert record["reason"] == "1 reads better"
     assert "both_wrong" in result.output
+
+
+def test_a_server_failure_ends_the_run_and_a_rerun_finishes_it(
+    tmp_path: Path, data: Path, served_with_faults: tuple
+) -> None:
+    url, backend, injector = served_with_faults
+    out = tmp_path / "dpo"
+    injector.faults = ["500"]  # the first sample asked fails, with no retry left
+    with Judge(
+        "scripted", backend="openai", base_url=url, temperature=0.7, backend_options={"max_attempts": 1}
+    ) as judge:
+        with pytest.raises(flexjudge.BackendError) as info:
+            build_dpo_pairs(data, judge, out, samples=2)
+        assert info.value.status_code == 500
+        assert not (out / "train").exists()
+        done = [json.loads(x)["id"] for x in (out / "samples.jsonl").read_text().splitlines()]
+        assert len(done) == len(SCRIPT) - 1  # the others finished and were kept
+        counts = build_dpo_pairs(data, judge, out, samples=2)
+    ids = [json.loads(x)["id"] for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert sorted(ids) == sorted(SCRIPT) and counts["pairs"] == 2
+    assert backend.samples == 2 * len(SCRIPT) + 1  # the failed example's other sample was asked again

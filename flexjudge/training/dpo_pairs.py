@@ -230,11 +230,14 @@ async def _sample_all(
 ) -> None:
     gate = asyncio.Semaphore(concurrency or judge.max_concurrency)
     pending: set[asyncio.Task[None]] = set()
+    failed: list[BaseException] = []
 
     async def one(example: _Example) -> None:
         try:
-            record = await _pair(example, judge, samples, seed, tie_breaker)
-            log.append(example.id, record)
+            log.append(example.id, await _pair(example, judge, samples, seed, tie_breaker))
+        except BaseException as exc:
+            failed.append(exc)
+            raise
         finally:
             gate.release()
 
@@ -243,11 +246,15 @@ async def _sample_all(
             if example.id in log.ids:
                 continue
             await gate.acquire()  # streamed: only `concurrency` examples are held at once
+            if failed:
+                gate.release()
+                break  # a failed example (the server, the media) ends the run; a rerun resumes
             task = asyncio.ensure_future(one(example))
             pending.add(task)
             task.add_done_callback(pending.discard)
-        if pending:
-            await asyncio.gather(*pending)
+        await asyncio.gather(*pending, return_exceptions=True)
+        if failed:
+            raise failed[0]
     finally:
         for task in pending:
             task.cancel()
@@ -311,7 +318,7 @@ def _examples(path: Path, skipped: Counter[str]) -> Iterator[_Example]:
     try:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
-        raise TraceFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     seen: set[str] = set()
     with handle:
         for number, line in enumerate(handle, 1):
@@ -354,17 +361,25 @@ class _Log:
         self.path = path
         self.ids: set[str] = set()
         self.repaired = False
-        self._file = path.open("a+b")
+        try:
+            self._file = path.open("a+b")
+        except OSError as exc:
+            raise TraceFileError(f"cannot open {path}: {exc.strerror or exc}") from None
         self._file.seek(0)
         offset = 0
-        for raw in self._file:
+        for number, raw in enumerate(self._file, 1):
             if not raw.endswith(b"\n"):
                 self._file.truncate(offset)
                 self.repaired = True
                 break
             offset += len(raw)
-            if raw.strip():
+            if not raw.strip():
+                continue
+            try:
                 self.ids.add(str(json.loads(raw)["id"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                self._file.close()  # a complete line that is no record is no crash's trace: refuse it
+                raise TraceFileError(f"{path}:{number} is not a record of this log ({exc})") from None
         self._file.seek(0, os.SEEK_END)
 
     def append(self, ident: str, record: dict[str, Any]) -> None:
