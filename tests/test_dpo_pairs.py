@@ -175,3 +175,18 @@ def test_a_server_failure_ends_the_run_and_a_rerun_finishes_it(
     ids = [json.loads(x)["id"] for x in (out / "samples.jsonl").read_text().splitlines()]
     assert sorted(ids) == sorted(SCRIPT) and counts["pairs"] == 2
     assert backend.samples == 2 * len(SCRIPT) + 1  # the failed example's other sample was asked again
+
+
+@pytest.mark.slow  # the tiny random model samples on CPU
+def test_a_local_model_samples_through_the_cli(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "dpo"
+    result = CliRunner().invoke(
+        app,
+        ["dpo-pairs", "--data", str(data), "--model", "tiny-random", "--out", str(out),
+         "--max-new-tokens", "700", "--max-string-length", "6"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(SCRIPT)
+    assert len(load_from_disk(str(out / "train"))) == sum(r["chosen"] is not None for r in records)
+    assert all(len(set(r["seeds"])) == 2 for r in records)

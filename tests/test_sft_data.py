@@ -205,3 +205,33 @@ def test_split_statistics_and_skips(tmp_path: Path, traces: tuple[Path, list]) -
     assert "train" in result.output and "tie_without_tie_verdict" in result.output
     invalid = next(s for s in stats["skipped_lines"] if s["reason"] == "invalid")
     assert invalid["id"] == "broken" and "parse_error" in invalid["detail"]
+
+
+@pytest.mark.slow  # two TRL steps on the tiny model, on CPU
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # TRL 1.16 calls transformers' deprecated names
+def test_trl_sft_trainer_takes_the_dataset(tmp_path: Path, traces: tuple[Path, list]) -> None:
+    torch = pytest.importorskip("torch")
+    trl = pytest.importorskip("trl")
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from flexjudge.backends.tiny import tiny_model_dir
+
+    path, _ = traces
+    build_sft_data(path, tmp_path / "sft", eval_fraction=0.0, frames_per_video=2)
+    rows = load_from_disk(str(tmp_path / "sft" / "train"))
+    picked = rows.select([i for i, r in enumerate(rows["id"]) if r in ("p0", "vid", "nat")])
+    model_dir = tiny_model_dir()
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path / "run"), max_length=None, per_device_train_batch_size=1, max_steps=2,
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
+        dataloader_num_workers=0, seed=0,
+    )  # fmt: skip
+    trainer = trl.SFTTrainer(
+        model=AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32),
+        args=args,
+        train_dataset=picked,
+        processing_class=AutoProcessor.from_pretrained(model_dir),
+    )
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(loss == loss and 0 < loss < 100 for loss in losses)
