@@ -19,6 +19,7 @@ from flexjudge.backends.base import Generation, Request, TextPart
 from flexjudge.cli import app
 from flexjudge.judging import Judge
 from flexjudge.training.dpo_pairs import build_dpo_pairs, sample_seed
+from flexjudge.training.sft_data import prompt_judge
 
 pytest.importorskip("datasets")
 from datasets import load_from_disk
@@ -132,6 +133,13 @@ def test_rule_tie_breaker_every_case_and_resume(tmp_path: Path, data: Path, serv
     }
     ids = [json.loads(x)["id"] for x in log.read_text().splitlines()]
     assert sorted(ids) == sorted(SCRIPT)  # no loss, no duplicate
+    assert json.loads((out / "stats.json").read_text()) == dict(sorted(again.items()))
+
+
+def test_greedy_sampling_is_refused(tmp_path: Path, data: Path) -> None:
+    with pytest.raises(flexjudge.UsageError), prompt_judge("flex") as judge:
+        build_dpo_pairs(data, judge, tmp_path / "dpo")
+    assert not (tmp_path / "dpo").exists()
 
 
 def test_judge_tie_breaker_through_a_served_judge(tmp_path: Path, data: Path, served: tuple) -> None:

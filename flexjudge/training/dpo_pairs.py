@@ -199,10 +199,12 @@ def build_dpo_pairs(
     tie_breaker: TieBreaker = rule_tie_breaker,
     concurrency: int | None = None,
 ) -> dict[str, int]:
-    """Sample, pair and write `out/train` (see the module docstring); the counts of each case. The judge
-    samples at its own temperature."""
+    """Sample, pair and write `out/train` and `out/stats.json` (see the module docstring); the counts of each
+    case. The judge samples at its own temperature, which must be above 0 (greedy samples are all alike)."""
     if samples < 2:
         raise UsageError(f"samples must be at least 2, not {samples}")
+    if judge.temperature <= 0:
+        raise UsageError("the judge decodes greedily (temperature 0): its samples would all be alike")
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
     log = _Log(target / "samples.jsonl")
@@ -215,6 +217,9 @@ def build_dpo_pairs(
     counts = _write_dataset(log.path, judge, target)
     counts.update(skipped)
     counts["resumed_repaired_line"] = int(log.repaired)
+    (target / "stats.json").write_text(
+        json.dumps(dict(sorted(counts.items())), indent=2) + "\n", encoding="utf-8"
+    )
     return dict(counts)
 
 
