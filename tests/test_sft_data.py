@@ -19,10 +19,12 @@ from typer.testing import CliRunner
 from flexjudge.backends._probe import PROBE_TOKENS
 from flexjudge.backends.base import Generation, Request
 from flexjudge.cli import app
-from flexjudge.errors import FlexjudgeError
-from flexjudge.formats import parse
+from flexjudge.errors import FlexjudgeError, RenderError
+from flexjudge.formats import Format, parse, render
 from flexjudge.judging import Judge
-from flexjudge.training.sft_data import build_sft_data, in_eval
+from flexjudge.reading import pair_request_constraint
+from flexjudge.schema import Verdict
+from flexjudge.training.sft_data import build_sft_data, has_tie_verdict, in_eval
 
 pytest.importorskip("datasets")
 from datasets import load_from_disk
@@ -205,6 +207,25 @@ def test_split_statistics_and_skips(tmp_path: Path, traces: tuple[Path, list]) -
     assert "train" in result.output and "tie_without_tie_verdict" in result.output
     invalid = next(s for s in stats["skipped_lines"] if s["reason"] == "invalid")
     assert invalid["id"] == "broken" and "parse_error" in invalid["detail"]
+
+
+@pytest.mark.parametrize(("example", "fmt"), [("flex_image.json", "flex"), ("native_image.json", "native")])
+def test_has_tie_verdict_agrees_with_the_decoding_constraint(example: str, fmt: Format) -> None:
+    """A tie label is kept only where a tie verdict could be decoded: the example's judgment passes the
+    constraint judge() decodes under, and the same judgment with a tie verdict either has no rendering in
+    the format or is refused by the constraint, exactly when `has_tie_verdict` says no."""
+    import jsonschema
+
+    judgment = parse((EXAMPLES / example).read_text(), format=fmt)
+    schema = pair_request_constraint("image", fmt, (), None).schema
+    checker = jsonschema.Draft202012Validator(schema)
+    assert checker.is_valid(json.loads(render(judgment, fmt)))
+    tie = judgment.model_copy(update={"verdict": Verdict(analysis=judgment.verdict.analysis, winner=None)})
+    try:
+        decodable = checker.is_valid(json.loads(render(tie, fmt)))
+    except RenderError:
+        decodable = False
+    assert has_tie_verdict(fmt, "image") is decodable
 
 
 @pytest.mark.slow  # two TRL steps on the tiny model, on CPU
