@@ -1,7 +1,7 @@
 """`flexjudge sft-data` and `flexjudge dpo-pairs`: the training data commands (`flexjudge.training`).
 
 Exit status: 0 the dataset was written; 1 the run failed (the model, the server); 2 the command line or
-its files were wrong."""
+its files were wrong (an unreadable trace, data or samples file, a bad row)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from flexjudge import _cli_judge as cj
-from flexjudge.errors import FlexjudgeError, TraceFileError, UsageError
+from flexjudge.errors import DataError, FlexjudgeError, LogFileError, TraceFileError, UsageError
 
 __all__ = ["dpo_pairs_command", "sft_data_command"]
 
 
 def _fail(exc: FlexjudgeError) -> typer.Exit:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
-    return typer.Exit(cj.USAGE_EXIT if isinstance(exc, UsageError | TraceFileError) else cj.FAILURE_EXIT)
+    return typer.Exit(
+        cj.USAGE_EXIT
+        if isinstance(exc, UsageError | TraceFileError | DataError | LogFileError)
+        else cj.FAILURE_EXIT
+    )
 
 
 def _table(title: str, rows: list[tuple[str, Any]]) -> None:

@@ -15,9 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from flexjudge import _cli_eval
+from flexjudge import _cli_eval, _cli_training
 from flexjudge import _cli_judge as cj
-from flexjudge import _cli_training
 from flexjudge._serve_limits import ServeLimits as _SL
 from flexjudge.errors import TraceFileError
 from flexjudge.formats import Format

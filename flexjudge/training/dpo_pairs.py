@@ -9,9 +9,10 @@ tie and the pair is dropped) or `JudgeTieBreaker` (a stronger judge behind an Op
 reads both traces and answers `TraceChoice` under the constraint). All wrong: dropped. Fewer than two
 readable samples: dropped. Examples labelled "tie" cannot be judged correct and are skipped.
 
-Resumable: each finished example is appended to `out/samples.jsonl` (one flushed, fsynced line, keyed by
-id); a rerun skips the ids there and cuts a torn last line. `_jsonl.JsonlLog` was not on main when this
-was written, so the log here is its own (the same rules). The dataset (`out/train`, TRL's DPO format:
+Input rows are read by `flexjudge.evaluation.data.load_examples` (the rows `flexjudge eval` reads: JSONL
+or a saved `datasets` dataset). Resumable: each finished example is appended to `out/samples.jsonl`
+through `flexjudge._jsonl.JsonlLog` (one flushed, fsynced line, keyed by id); a rerun skips the ids there
+and cuts a torn last line. The dataset (`out/train`, TRL's DPO format:
 prompt, chosen, rejected, images, id, label, case, tie_breaker) is built from the log at the end.
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from flexjudge._jsonl import JsonlLog
 from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart
 from flexjudge.checks import check
-from flexjudge.errors import ParseError, TraceFileError, UsageError
+from flexjudge.errors import ParseError, UsageError
+from flexjudge.evaluation.data import Example, load_examples
 from flexjudge.training.sft_data import completion, conversation, message_features, pair_request, save_split
 
 if TYPE_CHECKING:
@@ -180,15 +182,6 @@ def sample_seed(seed: int, ident: str, k: int) -> int:
 # -- the run --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Example:
-    id: str
-    prompt: str
-    candidates: list[str]
-    label: Literal[1, 2]
-    modality: Literal["image", "video"] | None
-
-
 def build_dpo_pairs(
     data: str | Path,
     judge: Judge,
@@ -207,7 +200,7 @@ def build_dpo_pairs(
         raise UsageError("the judge decodes greedily (temperature 0): its samples would all be alike")
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
-    log = _Log(target / "samples.jsonl")
+    log = JsonlLog(target / "samples.jsonl", key=lambda record: str(record["id"]))
     skipped = Counter[str]()
     try:
         # On the judge's own loop: a served backend keeps one client per loop, closed with the judge.
@@ -216,7 +209,7 @@ def build_dpo_pairs(
         log.close()
     counts = _write_dataset(log.path, judge, target)
     counts.update(skipped)
-    counts["resumed_repaired_line"] = int(log.repaired)
+    counts["resumed_repaired_line"] = int(log.repaired is not None)
     (target / "stats.json").write_text(
         json.dumps(dict(sorted(counts.items())), indent=2) + "\n", encoding="utf-8"
     )
@@ -226,7 +219,7 @@ def build_dpo_pairs(
 async def _sample_all(
     data: str | Path,
     judge: Judge,
-    log: _Log,
+    log: JsonlLog,
     samples: int,
     seed: int,
     tie_breaker: TieBreaker,
@@ -237,9 +230,9 @@ async def _sample_all(
     pending: set[asyncio.Task[None]] = set()
     failed: list[BaseException] = []
 
-    async def one(example: _Example) -> None:
+    async def one(example: Example) -> None:
         try:
-            log.append(example.id, await _pair(example, judge, samples, seed, tie_breaker))
+            log.append(await _pair(example, judge, samples, seed, tie_breaker))
         except BaseException as exc:
             failed.append(exc)
             raise
@@ -248,7 +241,7 @@ async def _sample_all(
 
     try:
         for example in _examples(Path(data), skipped):
-            if example.id in log.ids:
+            if example.id in log:
                 continue
             await gate.acquire()  # streamed: only `concurrency` examples are held at once
             if failed:
@@ -267,11 +260,14 @@ async def _sample_all(
 
 
 async def _pair(
-    example: _Example, judge: Judge, samples: int, seed: int, breaker: TieBreaker
+    example: Example, judge: Judge, samples: int, seed: int, breaker: TieBreaker
 ) -> dict[str, Any]:
     seeds = [sample_seed(seed, example.id, k) for k in range(samples)]
     made = await asyncio.gather(
-        *(judge.ajudge(example.prompt, example.candidates, modality=example.modality, seed=s) for s in seeds),
+        *(
+            judge.ajudge(example.prompt, list(example.candidates), modality=example.modality, seed=s)
+            for s in seeds
+        ),
         return_exceptions=True,
     )
     read: list[Judgment] = []
@@ -286,7 +282,7 @@ async def _pair(
     record: dict[str, Any] = {
         "id": example.id,
         "prompt": example.prompt,
-        "candidates": example.candidates,
+        "candidates": list(example.candidates),
         "modality": example.modality,
         "label": example.label,
         "seeds": seeds,
@@ -303,7 +299,7 @@ async def _pair(
         case = "one_correct"
         record.update(chosen=correct[0].meta.raw_text, rejected=wrong[0].meta.raw_text)
     elif correct:
-        media, _ = await judge.load(example.candidates, example.modality)
+        media, _ = await judge.load(list(example.candidates), example.modality)
         tied = Tied(example.prompt, [i for frames in media for i in frames], correct[0], correct[1])
         decision = await breaker(tied)
         record.update(tie_breaker=breaker.name, reason=decision.reason)
@@ -319,84 +315,12 @@ async def _pair(
     return record
 
 
-def _examples(path: Path, skipped: Counter[str]) -> Iterator[_Example]:
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    seen: set[str] = set()
-    with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise UsageError(f"{where}: not JSON ({exc})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or "id" not in row:
-                raise UsageError(f"{where}: a row needs 'id', 'prompt', 'candidates' and 'label'")
-            candidates = row.get("candidates")
-            if not (
-                isinstance(candidates, list)
-                and len(candidates) == 2
-                and all(isinstance(c, str) for c in candidates)
-            ):
-                raise UsageError(f"{where}: 'candidates' must be a list of two paths")
-            label, modality, ident = row.get("label"), row.get("modality"), str(row["id"])
-            if label not in (1, 2, "tie") or isinstance(label, bool):
-                raise UsageError(f"{where}: 'label' must be 1, 2 or 'tie', got {label!r}")
-            if modality not in (None, "image", "video"):
-                raise UsageError(f"{where}: 'modality' must be 'image' or 'video', got {modality!r}")
-            if ident in seen:
-                raise UsageError(f"{where}: id {ident!r} appears twice (ids must be unique)")
-            seen.add(ident)
-            if label == "tie":  # no judgment can be correct: the judge has no tie verdict
-                skipped["tie_label"] += 1
-                continue
-            paths = [c if Path(c).is_absolute() else str(path.parent / c) for c in candidates]
-            yield _Example(ident, row["prompt"], paths, label, modality)
-
-
-class _Log:
-    """Append-only JSONL keyed by id: one flushed and fsynced line per record; a torn last line (no newline:
-    its write never finished) is cut on opening."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.ids: set[str] = set()
-        self.repaired = False
-        try:
-            self._file = path.open("a+b")
-        except OSError as exc:
-            raise TraceFileError(f"cannot open {path}: {exc.strerror or exc}") from None
-        self._file.seek(0)
-        offset = 0
-        for number, raw in enumerate(self._file, 1):
-            if not raw.endswith(b"\n"):
-                self._file.truncate(offset)
-                self.repaired = True
-                break
-            offset += len(raw)
-            if not raw.strip():
-                continue
-            try:
-                self.ids.add(str(json.loads(raw)["id"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                self._file.close()  # a complete line that is no record is no crash's trace: refuse it
-                raise TraceFileError(f"{path}:{number} is not a record of this log ({exc})") from None
-        self._file.seek(0, os.SEEK_END)
-
-    def append(self, ident: str, record: dict[str, Any]) -> None:
-        if ident in self.ids:
-            return
-        self._file.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")  # one write: one line
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self.ids.add(ident)
-
-    def close(self) -> None:
-        self._file.close()
+def _examples(source: Path, skipped: Counter[str]) -> Iterator[Example]:
+    for example in load_examples(source):
+        if example.label == "tie":  # no judgment can be correct: the judge has no tie verdict
+            skipped["tie_label"] += 1
+        else:
+            yield example
 
 
 def dpo_features() -> Features:
