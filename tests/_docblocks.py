@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import itertools
 import os
 import re
@@ -184,26 +185,70 @@ def parse_cli(args: list[str]) -> None:
         command.make_context(name or "", rest, parent=ctx).close()
 
 
-def check_python_names(code: str) -> list[str]:
-    """Compile a block that cannot run here and resolve every flexjudge name it imports or reads."""
+def check_python_names(code: str, backend: str = "transformers") -> list[str]:
+    """Compile a block that cannot run here and resolve every flexjudge name it imports or reads; every
+    keyword of a call to a flexjudge callable must be one of its parameters, and every literal
+    `backend_options` key one of `backend`'s options ("transformers" or "openai")."""
     tree = ast.parse(code)
     compile(tree, "<block>", "exec")
     missing = []
-    modules: dict[str, object] = {}
+    names: dict[str, object] = {}  # local name -> the flexjudge object it stands for
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flexjudge"):
             module = importlib.import_module(node.module or "")
-            missing += [f"{node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)]
+            for alias in node.names:
+                if hasattr(module, alias.name):
+                    names[alias.asname or alias.name] = getattr(module, alias.name)
+                else:
+                    missing.append(f"{node.module}.{alias.name}")
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("flexjudge"):
-                    modules[alias.asname or alias.name] = importlib.import_module(alias.name)
+                    names[alias.asname or alias.name] = importlib.import_module(alias.name)
     for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name)
-            and node.value.id in modules
-            and not hasattr(modules[node.value.id], node.attr)
-        ):
-            missing.append(f"{node.value.id}.{node.attr}")
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in names:
+            if not hasattr(names[node.value.id], node.attr):
+                missing.append(f"{node.value.id}.{node.attr}")
+        elif isinstance(node, ast.Call):
+            missing += _unknown_keywords(node, names, backend)
     return missing
+
+
+def _resolve(node: ast.expr, names: dict[str, object]) -> object | None:
+    if isinstance(node, ast.Name):
+        return names.get(node.id)
+    if isinstance(node, ast.Attribute):
+        owner = _resolve(node.value, names)
+        return getattr(owner, node.attr, None) if owner is not None else None
+    return None
+
+
+def _parameters(function: object) -> set[str] | None:
+    """The keyword names `function` takes; None when it takes any (`**options`)."""
+    params = inspect.signature(function).parameters.values()  # type: ignore[arg-type]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def _unknown_keywords(call: ast.Call, names: dict[str, object], backend: str) -> list[str]:
+    function = _resolve(call.func, names)
+    if function is None or not callable(function):
+        return []
+    taken = _parameters(function)
+    wrong = [
+        f"{ast.unparse(call.func)}({k.arg}=)" for k in call.keywords if k.arg and taken and k.arg not in taken
+    ]
+    for keyword in call.keywords:
+        if keyword.arg == "backend_options" and isinstance(keyword.value, ast.Dict):
+            if backend == "openai":
+                from flexjudge.backends.openai import OpenAIBackend as chosen
+            else:
+                from flexjudge.backends.transformers import TransformersBackend as chosen  # type: ignore[assignment]
+            options = _parameters(chosen.__init__) or set()
+            wrong += [
+                f"backend_options[{key.value!r}]"
+                for key in keyword.value.keys
+                if isinstance(key, ast.Constant) and key.value not in options
+            ]
+    return wrong

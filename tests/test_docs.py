@@ -58,9 +58,13 @@ def test_every_page_is_indexed_and_every_block_has_a_known_kind() -> None:
         if page.name != "README.md":
             assert f"({page.name})" in index, f"docs/README.md does not link {page.name}"
     assert "(docs/README.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+    known = {"slow", *(f"needs {n}" for n in NEEDS)}
     for block in BLOCKS:
         assert block.lang in RUN | SHOWN, f"{block.page} block {block.index}: unknown kind {block.lang!r}"
-        assert block.needs in (None, *NEEDS), f"{block.page} block {block.index}: unknown mark {block.needs}"
+        assert block.marks <= known, f"{block.page} block {block.index}: unknown mark {block.marks - known}"
+    for page in PAGES:  # a fence without a language would be read as no block at all
+        fences = page.read_text(encoding="utf-8").count("```")
+        assert fences == 2 * len(read_blocks(page)), f"{page.name}: a fence without a language"
     assert len(RUNNABLE) >= 10 and len(CHECKED) >= 2
 
 
@@ -105,7 +109,6 @@ def test_block_runs(block: Block, env: dict[str, str], page_runs: Callable[[Bloc
     commands = console_commands(block.code)
     assert commands, f"{block.page} block {block.index} has no `$ ` line"
     for line, shown in commands:
-        # A block that writes files writes them into a scratch copy of what it reads, never into the checkout.
         result = run_command(line, env)
         assert result.returncode == 0, f"{line}: {result.stderr}"
         assert result.stderr == "", result.stderr
@@ -116,7 +119,7 @@ def test_block_runs(block: Block, env: dict[str, str], page_runs: Callable[[Bloc
 @pytest.mark.parametrize("block", CHECKED)
 def test_block_that_needs_hardware_is_checked(block: Block) -> None:
     if block.lang == "python":
-        assert check_python_names(block.code) == []
+        assert check_python_names(block.code, "openai" if block.needs == "vllm" else "transformers") == []
         return
     lines = [shlex.split(line) for line, _ in console_commands(block.code)]
     assert lines and all(args[0] in ("flexjudge", "vllm") for args in lines), "only flexjudge and vllm lines"
@@ -146,3 +149,9 @@ def test_hardware_checks_can_fail() -> None:
     assert check_python_names("from flexjudge.rewards import nothing_here") == [
         "flexjudge.rewards.nothing_here"
     ]
+    assert check_python_names("import flexjudge\nflexjudge.Judge('m', devic='cuda')") == [
+        "flexjudge.Judge(devic=)"
+    ]
+    options = "from flexjudge import Judge\nJudge('m', backend_options={'grammar': True})"
+    assert check_python_names(options, "openai") == []
+    assert check_python_names(options, "transformers") == ["backend_options['grammar']"]
