@@ -3,57 +3,36 @@ where it says so), every `$ flexjudge ...` line succeeds with the output it desc
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-# Code blocks in order, as (language, code).
-FENCES = list(re.finditer(r"```(\w+)\n(.*?)```", README, re.S))
-BLOCKS = [(m[1], m[2]) for m in FENCES]
-PYTHON = [code for lang, code in BLOCKS if lang == "python"]
+from tests._docblocks import ROOT, console_commands, docs_env, read_blocks, run_cli, run_python
+
+# Blocks in order, read as every docs page is read (tests/_docblocks.py).
+BLOCKS = read_blocks(ROOT / "README.md")
+PYTHON = [b.code for b in BLOCKS if b.lang == "python"]
 # A python block followed by a ```text block (a word such as "prints" between) prints exactly that.
-OUTPUTS = {
-    block[2]: shown[2]
-    for block, shown in itertools.pairwise(FENCES)
-    if block[1] == "python" and shown[1] == "text" and len(README[block.end() : shown.start()].split()) <= 1
-}
-CONSOLE = [
-    line[2:]
-    for lang, code in BLOCKS
-    if lang == "console"
-    for line in code.splitlines()
-    if line.startswith("$ ")
-]
-QUICK_START = [code.strip() for lang, code in BLOCKS if lang == "bash"]
+OUTPUTS = {b.code: b.shows for b in BLOCKS if b.shows is not None}
+CONSOLE = [line for b in BLOCKS if b.lang == "console" for line, _ in console_commands(b.code)]
+QUICK_START = [b.code.strip() for b in BLOCKS if b.lang == "bash"]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    # One model cache for all blocks (the tiny model is built once), never the user's own.
-    return {**os.environ, "COLUMNS": "120", "FLEXJUDGE_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+    return docs_env(tmp_path_factory.mktemp("cache"))
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flexjudge.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    return run_cli(args, env)
 
 
 def test_readme_has_runnable_blocks() -> None:
+    # The README runs all of its blocks: what cannot run here (a GPU, vLLM) belongs on a docs page.
+    assert all(not b.marks for b in BLOCKS)
     assert len(PYTHON) >= 3 and len(CONSOLE) >= 2 and len(QUICK_START) == 2
     assert QUICK_START[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8"), (
         "CI must run the README's test command"
@@ -74,9 +53,7 @@ def test_main_job_command_judges_the_example_pair(env: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("code", PYTHON, ids=[f"python-{i}" for i in range(len(PYTHON))])
 def test_python_block_runs(code: str, env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
-    )
+    result = run_python(code, env)
     assert result.returncode == 0, result.stderr
     if code in OUTPUTS:
         assert result.stdout == OUTPUTS[code], "the README shows another output"
