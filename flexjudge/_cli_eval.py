@@ -210,23 +210,13 @@ def _load(data: Path, layout: str, split: str | None, out: Path) -> list[Example
 
 
 def read_results(path: Path) -> list[ResultRow]:
-    """Every complete row of a results file; a torn last line (a run still going, or killed) is left out."""
-    from pydantic import ValidationError
+    """`flexjudge.evaluation.results.read_results`, its refusal a usage error of the command."""
+    from flexjudge.evaluation.results import read_results as read
 
-    from flexjudge.evaluation.results import ResultRow
-
-    if not path.is_file():
-        cj.usage(f"{path}: no such results file")
-    rows = []
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.endswith(b"\n") or not line.strip():
-                continue
-            try:
-                rows.append(ResultRow.model_validate_json(line))
-            except ValidationError as exc:
-                cj.usage(f"{path}:{number}: not a result row ({exc.errors()[0]['msg']})")
-    return rows
+    try:
+        return read(path)
+    except FlexjudgeError as exc:
+        cj.usage(str(exc))
 
 
 def _summarise(out: Path, as_json: bool) -> None:

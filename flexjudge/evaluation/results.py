@@ -11,9 +11,12 @@ too (`flexjudge.swap.unswap`), so the report shows every run the same way round.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flexjudge.errors import LogFileError
 
 Label = Literal[1, 2, "tie"]
 """A preference: candidate 1, candidate 2, or a tie."""
@@ -100,3 +103,22 @@ class ResultRow(_Row):
         if self.swapped is None or self.primary.status != "ok" or self.swapped.status != "ok":
             return None
         return self.primary.winner == self.swapped.winner
+
+
+def read_results(path: str | Path) -> list[ResultRow]:
+    """Every complete row of a results file. A torn last line (a run still going, or killed) is left
+    out; a missing file, or a complete line that is no result row, raises `LogFileError` naming it."""
+    source = Path(path)
+    if not source.is_file():
+        raise LogFileError("no such results file", path=str(source))
+    rows = []
+    with source.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith(b"\n") or not line.strip():
+                continue
+            try:
+                rows.append(ResultRow.model_validate_json(line))
+            except ValidationError as exc:
+                reason = f"not a result row ({exc.errors()[0]['msg']})"
+                raise LogFileError(reason, path=str(source), line=number) from None
+    return rows
