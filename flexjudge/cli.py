@@ -1,7 +1,7 @@
 """The `flexjudge` command: `judge`, `score` and `rank` candidates (`_cli_judge`), `eval` a judge on
-labelled pairs (`_cli_eval`), `report` its results as a page (`_cli_report`), build training data
-(`sft-data`, `dpo-pairs`: `_cli_training`), `validate` teacher traces, `serve` a local model, export
-`schemas`."""
+labelled pairs (`_cli_eval`), `report` its results as a page (`_cli_report`), `distill` teacher traces
+(`_cli_distill`), build training data (`sft-data`, `dpo-pairs`: `_cli_training`), `validate` teacher
+traces, `serve` a local model, export `schemas`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from flexjudge import _cli_eval, _cli_training
+from flexjudge import _cli_distill, _cli_eval, _cli_training
 from flexjudge import _cli_judge as cj
 from flexjudge._serve_limits import ServeLimits as _SL
 from flexjudge.errors import TraceFileError
@@ -203,6 +203,7 @@ def rank_command(
 
 
 app.command(name="eval")(_cli_eval.eval_command)
+app.command(name="distill")(_cli_distill.distill_command)
 app.command(name="sft-data")(_cli_training.sft_data_command)
 app.command(name="dpo-pairs")(_cli_training.dpo_pairs_command)
 

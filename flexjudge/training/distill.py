@@ -1,0 +1,425 @@
+"""Distillation: ask a teacher behind an OpenAI-compatible server for a reasoning trace per labelled pair.
+
+- The teacher is a `Judge` on the `openai` backend: the same prompt templates, decoding constraint and
+  parser as inference, so a trace that trains the student is what the student must later emit. Server
+  failures retry under the backend's one policy (`flexjudge.backends._retry`).
+- Re-asking: a trace that breaks the method's rules is re-asked up to `max_reasks` times with the rule
+  violations, through the backend's instructor path (`instructor_retries`, the findings fed back as
+  instructor does); one that still breaks them is a failure. A trace whose winner disagrees with the
+  label is kept (`agrees: false`), dropped (a failure) or, with "reask", sampled again at
+  `reask_temperature` with another seed, up to `max_reasks` times (rejection sampling; the label is never
+  shown to the teacher, which would teach rationalising an answer given in advance).
+- Output: each finished trace is one flushed line of `out` in the format `flexjudge validate` reads
+  (each line is checked by the validator's own reader before it is written); everything that did not
+  give a trace goes to `<out stem>.failures.jsonl` with its reason. Both logs are keyed by id and
+  candidate order (`flexjudge._jsonl`): a rerun skips what either holds, and a torn last line is cut.
+- Server failures that outlast the retries are not failures of the item: nothing is written for them
+  and a rerun asks again (`unfinished`). A refused constraint or a 401/403/404 stops the whole run: every
+  item would meet it.
+- Order: without `both_orders` each pair is shown in the order `flexjudge eval` draws from the seed
+  (`order_of`), so a label skewed to one position does not teach a position bias; with it, both.
+- Memory is flat over any number of rows: examples are streamed and at most `concurrency` are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from flexjudge._jsonl import JsonlLog, Repair
+from flexjudge.backends.base import Backend, Generation, Request
+from flexjudge.constraints import OutputFormat
+from flexjudge.errors import (
+    BackendError,
+    ConstraintError,
+    FlexjudgeError,
+    MediaError,
+    ParseError,
+    TruncatedOutput,
+    UsageError,
+)
+from flexjudge.evaluation.data import Example
+from flexjudge.evaluation.runner import order_of
+from flexjudge.options import Call
+
+if TYPE_CHECKING:
+    from flexjudge._preflight import Frames
+    from flexjudge.judging import Judge
+    from flexjudge.schema import Judgment
+
+__all__ = ["DistillTotals", "OnDisagree", "Price", "Teacher", "distill", "failures_path", "trace_key"]
+
+OnDisagree = Literal["keep", "drop", "reask"]
+Failure = Literal["check", "unreadable", "truncated", "disagrees", "media", "refused", "invalid"]
+_FATAL_STATUS = frozenset({401, 403, 404})  # a key, a permission, a model name or URL: the run's fault
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The teacher model and how it is asked (the `Judge` settings of the distillation)."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    output_format: OutputFormat = "flex"
+    max_new_tokens: int = 4096
+    temperature: float = 0.0
+    frames_per_video: int = 8
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    """Further `OpenAIBackend` keywords (`timeout_s`, `max_attempts`, `backoff_s`, ...)."""
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input_per_m: float
+    output_per_m: float
+
+
+@dataclass
+class DistillTotals:
+    """What one `distill` call did (traces and failures are counted per id and order)."""
+
+    written: int = 0
+    failed: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    """Failures by kind: check, unreadable, truncated, disagrees, media, refused, invalid."""
+    skipped: int = 0
+    """Already in the output or the failures file (a resumed run): not asked again."""
+    unfinished: int = 0
+    """Server failures that outlasted the retries: nothing written, a rerun asks again."""
+    agree: int = 0
+    disagree: int = 0
+    unlabelled: int = 0
+    """Traces of "tie" labels, which no wire format can answer (`agrees: null`)."""
+    requests: int = 0
+    """Generations the teacher returned (re-asks included)."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    unmetered: int = 0
+    """Generations whose server reported no usage (then the token totals are a lower bound)."""
+    repaired: list[tuple[Path, Repair]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def cost(self, price: Price | None) -> float | None:
+        if price is None:
+            return None
+        return (self.prompt_tokens * price.input_per_m + self.completion_tokens * price.output_per_m) / 1e6
+
+    def as_dict(self, price: Price | None = None) -> dict[str, Any]:
+        return {
+            "written": self.written,
+            "failed": self.failed,
+            "failures": dict(sorted(self.failures.items())),
+            "skipped": self.skipped,
+            "unfinished": self.unfinished,
+            "agree": self.agree,
+            "disagree": self.disagree,
+            "unlabelled": self.unlabelled,
+            "requests": self.requests,
+            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens},
+            "unmetered": self.unmetered,
+            "cost_usd": self.cost(price),
+            "repaired": [{"file": str(p), "line": r.line, "bytes": len(r.dropped)} for p, r in self.repaired],
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def failures_path(out: Path) -> Path:
+    """`<out stem>.failures.jsonl` beside `out`."""
+    return out.with_name(f"{out.stem}.failures.jsonl")
+
+
+def trace_key(ident: str, order: list[int] | tuple[int, int]) -> str:
+    """The key of a trace or failure: the id and the order shown (a fixed-length suffix: unambiguous)."""
+    return f"{ident}#{order[0]}{order[1]}"
+
+
+def _record_key(record: Any) -> str:
+    return trace_key(str(record["id"]), record["order"])
+
+
+async def distill(
+    examples: Iterable[Example],
+    teacher: Teacher,
+    out: Path,
+    *,
+    both_orders: bool = False,
+    on_disagree: OnDisagree = "keep",
+    max_reasks: int = 2,
+    reask_temperature: float = 0.7,
+    concurrency: int = 8,
+    seed: int = 0,
+    total: int | None = None,
+    progress: bool = True,
+) -> DistillTotals:
+    """Distil a trace for every example (and order) not yet in `out` or its failures file; see the module
+    docstring. `total` (examples) sizes the progress bar."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise UsageError(f"concurrency must be a positive integer, not {concurrency!r}")
+    if isinstance(max_reasks, bool) or not isinstance(max_reasks, int) or max_reasks < 0:
+        raise UsageError(f"max_reasks must be a non-negative integer, not {max_reasks!r}")
+    if on_disagree not in ("keep", "drop", "reask"):
+        raise UsageError(f"on_disagree must be keep, drop or reask, not {on_disagree!r}")
+    started = time.perf_counter()
+    from flexjudge.backends.openai import OpenAIBackend
+    from flexjudge.judging import Judge
+
+    backend = _Metered(
+        OpenAIBackend(
+            teacher.base_url,
+            model=teacher.model,
+            api_key=teacher.api_key,
+            max_concurrency=concurrency,
+            instructor_retries=max_reasks,
+            **teacher.backend_options,
+        )
+    )
+    totals = DistillTotals()
+    backend.totals = totals
+
+    def judge_at(temperature: float) -> Judge:
+        return Judge(
+            teacher.model,
+            backend=backend,
+            output_format=teacher.output_format,
+            max_new_tokens=teacher.max_new_tokens,
+            temperature=temperature,
+            frames_per_video=teacher.frames_per_video,
+            max_concurrency=concurrency,
+        )
+
+    run = _Run(judge_at(teacher.temperature), judge_at(reask_temperature), teacher, totals)
+    run.settings(both_orders, on_disagree, max_reasks, seed)
+    try:
+        with JsonlLog(out, _record_key) as traces, JsonlLog(failures_path(out), _record_key) as failed:
+            totals.repaired += [(log.path, log.repaired) for log in (traces, failed) if log.repaired]
+            jobs = None if total is None else total * (2 if both_orders else 1)
+            with _progress_bar(progress, jobs, totals) as advance:
+                await run.drive(iter(examples), traces, failed, concurrency, advance)
+    finally:
+        await backend.inner.aclose()
+        totals.elapsed_s = time.perf_counter() - started
+    return totals
+
+
+class _Metered:
+    """The teacher's backend, with every generation's usage added to the totals as it comes back (so
+    answers later found unreadable, and re-asks, are paid for in the totals too)."""
+
+    name = "openai"
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.model = inner.model
+        self.totals = DistillTotals()
+
+    async def generate(self, requests: list[Request]) -> list[Generation]:
+        generations = await self.inner.generate(requests)
+        for generation in generations:
+            self.totals.requests += generation.attempts
+            if generation.usage is None:
+                self.totals.unmetered += generation.attempts
+            else:
+                self.totals.prompt_tokens += generation.usage.prompt_tokens
+                self.totals.completion_tokens += generation.usage.completion_tokens
+        return generations
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class _Outcome:
+    """How one (example, order) ended: a trace record or a failure record; None: ask again next run."""
+
+    trace: dict[str, Any] | None = None
+    failure: dict[str, Any] | None = None
+    kind: Failure | None = None
+
+
+class _Run:
+    def __init__(self, judge: Judge, resampler: Judge, teacher: Teacher, totals: DistillTotals) -> None:
+        self.judge = judge
+        self.resampler = resampler
+        self.teacher = teacher
+        self.totals = totals
+
+    def settings(self, both_orders: bool, on_disagree: OnDisagree, max_reasks: int, seed: int) -> None:
+        self.both_orders = both_orders
+        self.on_disagree = on_disagree
+        self.max_reasks = max_reasks
+        self.seed = seed
+
+    def orders(self, example: Example) -> list[tuple[int, int]]:
+        return [(1, 2), (2, 1)] if self.both_orders else [order_of(example.id, self.seed)]
+
+    async def drive(
+        self,
+        examples: Iterator[Example],
+        traces: JsonlLog,
+        failed: JsonlLog,
+        concurrency: int,
+        advance: Callable[[int], None],
+    ) -> None:
+        gate = asyncio.Semaphore(concurrency)  # teacher calls in flight
+        writing = asyncio.Lock()  # one append at a time: lines never interleave
+
+        async def worker() -> None:
+            # Workers share one iterator: at most `concurrency` examples are open however long the data.
+            for example in examples:
+                keys = {order: trace_key(example.id, order) for order in self.orders(example)}
+                todo = [o for o, k in keys.items() if k not in traces and k not in failed]
+                self.totals.skipped += len(keys) - len(todo)
+                advance(len(keys) - len(todo))
+                if not todo:
+                    continue
+                outcomes = await self.example(example, todo, gate)
+                for order, outcome in zip(todo, outcomes, strict=True):
+                    async with writing:  # off the loop: fsync waits on the disk, other calls go on
+                        await asyncio.to_thread(self.write, keys[order], outcome, traces, failed)
+                    advance(1)
+
+        try:
+            async with asyncio.TaskGroup() as group:  # a failing worker cancels the others
+                for _ in range(concurrency):
+                    group.create_task(worker())
+        except BaseExceptionGroup as failure:
+            raise failure.exceptions[0] from None  # the error itself, not a group around it
+
+    def write(self, key: str, outcome: _Outcome, traces: JsonlLog, failed: JsonlLog) -> None:
+        if outcome.trace is not None:
+            line = json.dumps(outcome.trace, ensure_ascii=False, separators=(",", ":"))
+            if traces.append_line(key, line):
+                self.totals.written += 1
+                agrees = outcome.trace["agrees"]
+                self.totals.agree += agrees is True
+                self.totals.disagree += agrees is False
+                self.totals.unlabelled += agrees is None
+        elif outcome.failure is not None and failed.append(outcome.failure):
+            self.totals.failed += 1
+            self.totals.failures[outcome.kind or "refused"] += 1
+        else:
+            self.totals.unfinished += 1
+
+    async def example(
+        self, example: Example, orders: list[tuple[int, int]], gate: asyncio.Semaphore
+    ) -> list[_Outcome]:
+        try:
+            media, _ = await self.judge.load(list(example.candidates), example.modality)
+        except MediaError as exc:  # a missing or broken candidate fails every order of this example
+            return [_failure(example, order, "media", str(exc), 0) for order in orders]
+        return list(await asyncio.gather(*(self.one(example, media, order, gate) for order in orders)))
+
+    async def one(
+        self, example: Example, media: list[Frames], order: tuple[int, int], gate: asyncio.Semaphore
+    ) -> _Outcome:
+        shown = [media[order[0] - 1], media[order[1] - 1]]
+        attempts = 0
+        tries = 1 + (self.max_reasks if self.on_disagree == "reask" else 0)
+        for k in range(tries):
+            judge = self.judge if k == 0 else self.resampler
+            call = Call(seed=self.seed + k, modality=example.modality)
+            async with gate:
+                try:
+                    judgment = await judge.judge_loaded(example.prompt, shown, example.modality, call)
+                except ConstraintError:
+                    raise  # the server refuses the constraint itself: every item would meet it
+                except BackendError as exc:
+                    if exc.status_code in _FATAL_STATUS:
+                        raise
+                    if exc.retryable:
+                        return _Outcome()  # the server's failure, past its retries: a rerun asks again
+                    return _failure(example, order, "refused", str(exc), attempts + 1)
+                except TruncatedOutput as exc:
+                    return _failure(example, order, "truncated", str(exc), attempts + 1)
+                except ParseError as exc:
+                    return _failure(example, order, "unreadable", str(exc), attempts + self.max_reasks + 1)
+                except FlexjudgeError as exc:
+                    return _failure(example, order, "refused", f"{type(exc).__name__}: {exc}", attempts + 1)
+            attempts += judgment.meta.attempts
+            errors = [f for f in judgment.findings if f.severity == "error"]
+            if errors:
+                found = "; ".join(f"{f.code} at {f.path}: {f.message}" for f in errors)
+                return _failure(example, order, "check", f"breaks the rules after re-asks: {found}", attempts)
+            trace = self.trace(example, order, judgment)
+            from flexjudge.traces import report_line
+
+            line = json.dumps(trace, ensure_ascii=False, separators=(",", ":"))
+            report = report_line(0, line.encode("utf-8"))  # what `flexjudge validate` will read
+            if not report.valid():
+                found = "; ".join(f"{p.code}: {p.message}" for p in report.problems)
+                reason = f"flexjudge validate refuses it: {found}"
+                return _failure(example, order, "invalid", reason, attempts)
+            if trace["agrees"] is not False or self.on_disagree == "keep":
+                return _Outcome(trace=trace)
+        reason = (
+            f"the teacher chose {_shown_winner(judgment, order)}, the label is {example.label}"
+            f" (after {tries} tries)"
+        )
+        return _failure(example, order, "disagrees", reason, attempts)
+
+    def trace(self, example: Example, order: tuple[int, int], judgment: Judgment) -> dict[str, Any]:
+        winner = _shown_winner(judgment, order)
+        usage = judgment.meta.usage
+        return {
+            "id": example.id,
+            "prompt": example.prompt,
+            "output": judgment.meta.raw_text or "",
+            "label": example.label,
+            "modality": example.modality,
+            "candidates": [example.candidates[order[0] - 1], example.candidates[order[1] - 1]],
+            "order": list(order),
+            "format": self.teacher.output_format,
+            "agrees": None if example.label == "tie" else winner == example.label,
+            "usage": usage.model_dump() if usage is not None else None,
+        }
+
+
+def _shown_winner(judgment: Judgment, order: tuple[int, int]) -> int | str:
+    """The teacher's overall winner in the dataset's numbering."""
+    winner = judgment.verdict.winner
+    return "tie" if winner is None else order[winner - 1]
+
+
+def _failure(example: Example, order: tuple[int, int], kind: Failure, reason: str, attempts: int) -> _Outcome:
+    record = {"id": example.id, "order": list(order), "reason": f"{kind}: {reason}", "attempts": attempts}
+    return _Outcome(failure=record, kind=kind)
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int | None, totals: DistillTotals) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr: traces done of all, failures, tokens, time left."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    task = bar.add_task("distilling", total=total, state="")
+
+    def advance(n: int) -> None:
+        state = (
+            f"{totals.written} traces, {totals.failed} failed, {totals.unfinished} left, "
+            f"{totals.prompt_tokens + totals.completion_tokens} tokens"
+        )
+        bar.update(task, advance=n, state=state)
+
+    with bar:
+        yield advance
