@@ -3,12 +3,14 @@
 - The teacher is a `Judge` on the `openai` backend: the same prompt templates, decoding constraint and
   parser as inference, so a trace that trains the student is what the student must later emit. Server
   failures retry under the backend's one policy (`flexjudge.backends._retry`).
-- Re-asking: a trace that breaks the method's rules is re-asked up to `max_reasks` times with the rule
-  violations, through the backend's instructor path (`instructor_retries`, the findings fed back as
-  instructor does); one that still breaks them is a failure. A trace whose winner disagrees with the
-  label is kept (`agrees: false`), dropped (a failure) or, with "reask", sampled again at
-  `reask_temperature` with another seed, up to `max_reasks` times (rejection sampling; the label is never
-  shown to the teacher, which would teach rationalising an answer given in advance).
+- Re-asking: a trace that is unreadable or breaks the method's rules is re-asked up to `max_reasks`
+  times with the rule violations, through the backend's instructor path (`instructor_retries`: the
+  findings fed back as instructor does; it asks once more first); one that still breaks them is a
+  failure. First asks go plain: instructor costs CPU on every call it makes.
+- The label: a trace whose winner disagrees with the label is kept (`agrees: false`), dropped (a
+  failure) or, with "reask", sampled again at `reask_temperature` with another seed, up to `max_reasks`
+  times (rejection sampling; the label is never shown to the teacher, which would teach rationalising
+  an answer given in advance). "tie" labels, which no wire format can answer, give `agrees: null`.
 - Output: each finished trace is one flushed line of `out` in the format `flexjudge validate` reads
   (each line is checked by the validator's own reader before it is written); everything that did not
   give a trace goes to `<out stem>.failures.jsonl` with its reason. Both logs are keyed by id and
@@ -29,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -51,6 +54,7 @@ from flexjudge.options import Call
 
 if TYPE_CHECKING:
     from flexjudge._preflight import Frames
+    from flexjudge.checks import Finding
     from flexjudge.judging import Judge
     from flexjudge.schema import Judgment
 
@@ -173,20 +177,26 @@ async def distill(
     from flexjudge.backends.openai import OpenAIBackend
     from flexjudge.judging import Judge
 
-    backend = _Metered(
-        OpenAIBackend(
-            teacher.base_url,
-            model=teacher.model,
-            api_key=teacher.api_key,
-            max_concurrency=concurrency,
-            instructor_retries=max_reasks,
-            **teacher.backend_options,
-        )
-    )
     totals = DistillTotals()
-    backend.totals = totals
+    # Two backends: the first ask goes plain, and only an answer that breaks the rules goes through
+    # instructor, which re-asks with the rule violations. Instructor on every ask would cost ~30 ms of CPU
+    # a request (a response-model schema and validation per call): on a few cores, the bound of the run.
+    backends = [
+        _Metered(
+            OpenAIBackend(
+                teacher.base_url,
+                model=teacher.model,
+                api_key=teacher.api_key,
+                max_concurrency=concurrency,
+                instructor_retries=reasks,
+                **teacher.backend_options,
+            ),
+            totals,
+        )
+        for reasks in (0, max_reasks)
+    ]
 
-    def judge_at(temperature: float) -> Judge:
+    def judge_at(backend: _Metered, temperature: float) -> Judge:
         return Judge(
             teacher.model,
             backend=backend,
@@ -197,7 +207,11 @@ async def distill(
             max_concurrency=concurrency,
         )
 
-    run = _Run(judge_at(teacher.temperature), judge_at(reask_temperature), teacher, totals)
+    judges = {
+        t: (judge_at(backends[0], t), judge_at(backends[1], t))
+        for t in (teacher.temperature, reask_temperature)
+    }
+    run = _Run(judges[teacher.temperature], judges[reask_temperature], teacher, totals)
     run.settings(both_orders, on_disagree, max_reasks, seed)
     try:
         with JsonlLog(out, _record_key) as traces, JsonlLog(failures_path(out), _record_key) as failed:
@@ -206,7 +220,8 @@ async def distill(
             with _progress_bar(progress, jobs, totals) as advance:
                 await run.drive(iter(examples), traces, failed, concurrency, advance)
     finally:
-        await backend.inner.aclose()
+        for backend in backends:
+            await backend.inner.aclose()
         totals.elapsed_s = time.perf_counter() - started
     return totals
 
@@ -217,24 +232,49 @@ class _Metered:
 
     name = "openai"
 
-    def __init__(self, inner: Backend) -> None:
+    def __init__(self, inner: Backend, totals: DistillTotals) -> None:
         self.inner = inner
         self.model = inner.model
-        self.totals = DistillTotals()
+        self.totals = totals
 
     async def generate(self, requests: list[Request]) -> list[Generation]:
         generations = await self.inner.generate(requests)
+        tally = _TALLY.get()  # the (example, order) being asked, in this task
         for generation in generations:
             self.totals.requests += generation.attempts
             if generation.usage is None:
                 self.totals.unmetered += generation.attempts
+                if tally is not None:
+                    tally.known = False
             else:
+                # instructor reports the usage of all its asks on the last answer: this is the sum
                 self.totals.prompt_tokens += generation.usage.prompt_tokens
                 self.totals.completion_tokens += generation.usage.completion_tokens
+                if tally is not None:
+                    tally.prompt_tokens += generation.usage.prompt_tokens
+                    tally.completion_tokens += generation.usage.completion_tokens
         return generations
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+@dataclass
+class _Tally:
+    """The usage of every generation asked for one (example, order): plain asks, re-asks, re-samples."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    known: bool = True
+    """False once a generation came back without usage: then no total is claimed."""
+
+    def as_dict(self) -> dict[str, int] | None:
+        if not self.known:
+            return None
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+_TALLY: ContextVar[_Tally | None] = ContextVar("flexjudge_distill_tally", default=None)
 
 
 @dataclass
@@ -246,10 +286,26 @@ class _Outcome:
     kind: Failure | None = None
 
 
+class _Asked(Exception):
+    """An ask that ended in `error` after `attempts` generations."""
+
+    def __init__(self, error: FlexjudgeError, attempts: int) -> None:
+        self.error = error
+        self.attempts = attempts
+
+
 class _Run:
-    def __init__(self, judge: Judge, resampler: Judge, teacher: Teacher, totals: DistillTotals) -> None:
-        self.judge = judge
-        self.resampler = resampler
+    def __init__(
+        self,
+        judges: tuple[Judge, Judge],
+        resamplers: tuple[Judge, Judge],
+        teacher: Teacher,
+        totals: DistillTotals,
+    ) -> None:
+        self.judges = judges
+        """(plain, re-asking with the findings) at the teacher's temperature."""
+        self.resamplers = resamplers
+        """The same at the temperature of the re-asks of disagreeing traces."""
         self.teacher = teacher
         self.totals = totals
 
@@ -314,7 +370,7 @@ class _Run:
         self, example: Example, orders: list[tuple[int, int]], gate: asyncio.Semaphore
     ) -> list[_Outcome]:
         try:
-            media, _ = await self.judge.load(list(example.candidates), example.modality)
+            media, _ = await self.judges[0].load(list(example.candidates), example.modality)
         except MediaError as exc:  # a missing or broken candidate fails every order of this example
             return [_failure(example, order, "media", str(exc), 0) for order in orders]
         return list(await asyncio.gather(*(self.one(example, media, order, gate) for order in orders)))
@@ -323,34 +379,38 @@ class _Run:
         self, example: Example, media: list[Frames], order: tuple[int, int], gate: asyncio.Semaphore
     ) -> _Outcome:
         shown = [media[order[0] - 1], media[order[1] - 1]]
+        tally = _Tally()
+        _TALLY.set(tally)  # this task's own context (gather runs each order as a task): no reset needed
         attempts = 0
         tries = 1 + (self.max_reasks if self.on_disagree == "reask" else 0)
         for k in range(tries):
-            judge = self.judge if k == 0 else self.resampler
             call = Call(seed=self.seed + k, modality=example.modality)
-            async with gate:
-                try:
-                    judgment = await judge.judge_loaded(example.prompt, shown, example.modality, call)
-                except ConstraintError:
-                    raise  # the server refuses the constraint itself: every item would meet it
-                except BackendError as exc:
+            try:
+                async with gate:
+                    judgment, asked = await self.ask(
+                        self.judges if k == 0 else self.resamplers, example, shown, call
+                    )
+            except _Asked as failed:
+                exc, asked = failed.error, attempts + failed.attempts
+                if isinstance(exc, ConstraintError):
+                    raise exc from None  # the server refuses the constraint itself: every item would meet it
+                if isinstance(exc, BackendError):
                     if exc.status_code in _FATAL_STATUS:
-                        raise
+                        raise exc from None
                     if exc.retryable:
                         return _Outcome()  # the server's failure, past its retries: a rerun asks again
-                    return _failure(example, order, "refused", str(exc), attempts + 1)
-                except TruncatedOutput as exc:
-                    return _failure(example, order, "truncated", str(exc), attempts + 1)
-                except ParseError as exc:
-                    return _failure(example, order, "unreadable", str(exc), attempts + self.max_reasks + 1)
-                except FlexjudgeError as exc:
-                    return _failure(example, order, "refused", f"{type(exc).__name__}: {exc}", attempts + 1)
-            attempts += judgment.meta.attempts
-            errors = [f for f in judgment.findings if f.severity == "error"]
+                    return _failure(example, order, "refused", str(exc), asked)
+                if isinstance(exc, TruncatedOutput):
+                    return _failure(example, order, "truncated", str(exc), asked)
+                if isinstance(exc, ParseError):
+                    return _failure(example, order, "unreadable", str(exc), asked)
+                return _failure(example, order, "refused", f"{type(exc).__name__}: {exc}", asked)
+            attempts += asked
+            errors = _errors(judgment)
             if errors:
                 found = "; ".join(f"{f.code} at {f.path}: {f.message}" for f in errors)
                 return _failure(example, order, "check", f"breaks the rules after re-asks: {found}", attempts)
-            trace = self.trace(example, order, judgment)
+            trace = self.trace(example, order, judgment, tally)
             from flexjudge.traces import report_line
 
             line = json.dumps(trace, ensure_ascii=False, separators=(",", ":"))
@@ -367,9 +427,36 @@ class _Run:
         )
         return _failure(example, order, "disagrees", reason, attempts)
 
-    def trace(self, example: Example, order: tuple[int, int], judgment: Judgment) -> dict[str, Any]:
+    async def ask(
+        self, judges: tuple[Judge, Judge], example: Example, shown: list[Frames], call: Call
+    ) -> tuple[Judgment, int]:
+        """One trace and the generations it took: asked plainly, then, if the answer is unreadable or
+        breaks the rules, through instructor, which asks once more and re-asks with each answer's rule
+        violations up to `max_reasks` times. Failures come as `_Asked`."""
+        plain, reasking = judges
+        try:
+            judgment = await plain.judge_loaded(example.prompt, shown, example.modality, call)
+            if not self.max_reasks or not _errors(judgment):
+                return judgment, judgment.meta.attempts
+        except TruncatedOutput as exc:  # a budget too small for the answer: re-asking cannot help
+            raise _Asked(exc, 1) from None
+        except ParseError as exc:
+            if not self.max_reasks:
+                raise _Asked(exc, 1) from None
+        except FlexjudgeError as exc:
+            raise _Asked(exc, 1) from None
+        try:
+            judgment = await reasking.judge_loaded(example.prompt, shown, example.modality, call)
+        except ParseError as exc:  # unreadable after every re-ask
+            raise _Asked(exc, 2 + self.max_reasks) from None
+        except FlexjudgeError as exc:
+            raise _Asked(exc, 2) from None
+        return judgment, 1 + judgment.meta.attempts
+
+    def trace(
+        self, example: Example, order: tuple[int, int], judgment: Judgment, tally: _Tally
+    ) -> dict[str, Any]:
         winner = _shown_winner(judgment, order)
-        usage = judgment.meta.usage
         return {
             "id": example.id,
             "prompt": example.prompt,
@@ -380,8 +467,12 @@ class _Run:
             "order": list(order),
             "format": self.teacher.output_format,
             "agrees": None if example.label == "tie" else winner == example.label,
-            "usage": usage.model_dump() if usage is not None else None,
+            "usage": tally.as_dict(),
         }
+
+
+def _errors(judgment: Judgment) -> list[Finding]:
+    return [f for f in judgment.findings if f.severity == "error"]
 
 
 def _shown_winner(judgment: Judgment, order: tuple[int, int]) -> int | str:
