@@ -132,6 +132,34 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def rates(url: str, rows: int, concurrency: int, repeat: int) -> list[str]:
+    """The rate table: every side over the same rows, interleaved, best of `repeat`."""
+    with tempfile.TemporaryDirectory() as folder:
+        data = write_rows(Path(folder), rows, distinct=True, size=256)
+        out = Path(folder) / "out.jsonl"
+        sides = {
+            "bare openai client (file bytes)": lambda c: bare(url, data, out, c),
+            "bare openai client (decoded)": lambda c: bare(url, data, out, c, decoded=True),
+            "flexjudge distill": lambda c: distilled(url, data, out, c),
+        }
+        for side in sides.values():  # warm every path up
+            asyncio.run(side(8))
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(repeat):  # interleaved: every side sees the same machine load
+            for name, side in sides.items():
+                cpu = _cpu_s()
+                elapsed = asyncio.run(side(concurrency))
+                cpu = _cpu_s() - cpu
+                if name not in best or elapsed < best[name][0]:
+                    best[name] = (elapsed, cpu)
+    first = rows / next(iter(best.values()))[0]
+    table = ["| client | rows/s | vs bare (file bytes) | CPU ms/row |", "|---|---:|---:|---:|"]
+    for name, (elapsed, cpu) in best.items():
+        rate = rows / elapsed
+        table.append(f"| {name} | {rate:,.0f} | {rate / first:.3f} | {1000 * cpu / rows:.1f} |")
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--rows", type=int, default=512)
@@ -139,50 +167,32 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--memory", type=int, nargs="*", default=[10_000, 100_000])
+    ap.add_argument("--no-rate", action="store_true", help="Measure memory only.")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
-    server, port = spawn_server(_serve, args.latency, args.concurrency)
-    url = f"http://127.0.0.1:{port}/v1"
     table: list[str] = []
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            data = write_rows(Path(folder), args.rows, distinct=True, size=256)
-            out = Path(folder) / "out.jsonl"
-            sides = {
-                "bare openai client (file bytes)": lambda c: bare(url, data, out, c),
-                "bare openai client (decoded)": lambda c: bare(url, data, out, c, decoded=True),
-                "flexjudge distill": lambda c: distilled(url, data, out, c),
-            }
-            for side in sides.values():  # warm every path up
-                asyncio.run(side(8))
-            best: dict[str, tuple[float, float]] = {}
-            for _ in range(args.repeat):  # interleaved: every side sees the same machine load
-                for name, side in sides.items():
-                    cpu = _cpu_s()
-                    elapsed = asyncio.run(side(args.concurrency))
-                    cpu = _cpu_s() - cpu
-                    if name not in best or elapsed < best[name][0]:
-                        best[name] = (elapsed, cpu)
-        first = args.rows / next(iter(best.values()))[0]
-        table += ["| client | rows/s | vs bare (file bytes) | CPU ms/row |", "|---|---:|---:|---:|"]
-        for name, (elapsed, cpu) in best.items():
-            rate = args.rows / elapsed
-            table.append(f"| {name} | {rate:,.0f} | {rate / first:.3f} | {1000 * cpu / args.rows:.1f} |")
-        if args.memory:
+    setup = [machine()]
+    if not args.no_rate:
+        server, port = spawn_server(_serve, args.latency, args.concurrency)
+        try:
+            table += rates(f"http://127.0.0.1:{port}/v1", args.rows, args.concurrency, args.repeat)
+        finally:
             server.terminate()
-            server, port = spawn_server(_serve, 0.0, args.concurrency)
-            url = f"http://127.0.0.1:{port}/v1"
+        setup.append(
+            f"rate: {args.rows} rows at concurrency {args.concurrency}, {args.latency * 1000:.0f} ms server "
+            f"latency, best of {args.repeat}"
+        )
+    if args.memory:
+        server, port = spawn_server(_serve, 0.0, args.concurrency)
+        try:
             table += ["", "| rows | peak RSS (MiB) | rows/s |", "|---:|---:|---:|"]
             for rows in args.memory:
-                peak, rate = memory(url, rows, args.concurrency)
+                peak, rate = memory(f"http://127.0.0.1:{port}/v1", rows, args.concurrency)
                 table.append(f"| {rows:,} | {peak:,.0f} | {rate:,.0f} |")
-    finally:
-        server.terminate()
-    setup = (
-        f"{machine()}; {args.rows} rows at concurrency {args.concurrency}, {args.latency * 1000:.0f} ms "
-        f"server latency, best of {args.repeat}; memory: no latency, one process per size"
-    )
-    report("distill_throughput", setup, table, args.record)
+        finally:
+            server.terminate()
+        setup.append(f"memory: no latency, concurrency {args.concurrency}, one process per size")
+    report("distill_throughput", "; ".join(setup), table, args.record)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ PriceOut = Annotated[
 Timeout = Annotated[float, typer.Option(min=0.001, help="Seconds before a teacher request times out.")]
 MaxAttempts = Annotated[int, typer.Option(min=1, help="Tries per request under the retry policy.")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the totals as one JSON object.")]
 
 
 def distill_command(
@@ -83,7 +84,7 @@ def distill_command(
     price_in: PriceIn = None,
     price_out: PriceOut = None,
     progress: Progress = True,
-    as_json: cj.AsJson = False,
+    as_json: AsJson = False,
 ) -> None:
     """Distil reasoning traces from a teacher model for labelled preference pairs.
 

@@ -409,7 +409,8 @@ class _Run:
             errors = _errors(judgment)
             if errors:
                 found = "; ".join(f"{f.code} at {f.path}: {f.message}" for f in errors)
-                return _failure(example, order, "check", f"breaks the rules after re-asks: {found}", attempts)
+                reason = f"breaks the rules after {self.max_reasks} re-asks: {found}"
+                return _failure(example, order, "check", reason, attempts)
             trace = self.trace(example, order, judgment, tally)
             from flexjudge.traces import report_line
 
