@@ -20,7 +20,8 @@
   item would meet it.
 - Order: without `both_orders` each pair is shown in the order `flexjudge eval` draws from the seed
   (`order_of`), so a label skewed to one position does not teach a position bias; with it, both.
-- Memory is flat over any number of rows: examples are streamed and at most `concurrency` are open.
+- Memory: examples are streamed and at most `concurrency` are open; what grows with the rows is only
+  the resume keys (the logs' and the repeated-id check's, ~0.2 KB a row: +19 MiB at 100,000 rows).
 """
 
 from __future__ import annotations
