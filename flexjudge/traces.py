@@ -1,9 +1,12 @@
 """Validate teacher traces: a JSONL file streamed line by line, each line reported, totals at the end.
 
 A line is ``{"id", "prompt", "output": raw text | "judgment": object or text, "label"?: 1|2|"tie",
-"modality"?: "image"|"video"}``. Memory stays flat whatever the file size: lines are read with a size
-cap (counted without the line's newline), and a line over the cap is skipped in chunks and reported,
-never loaded whole. A UTF-8 byte order mark opening the file is skipped and noted, not an error.
+"modality"?: "image"|"video", "order"?: [1, 2]|[2, 1]}``. `order` says which of the data's candidates
+the judge saw first (`flexjudge distill` writes it); the label is in the data's numbering and is compared
+with the judgment's winner as the judge saw the candidates. Memory stays flat whatever the file size:
+lines are read with a size cap (counted without the line's newline), and a line over the cap is skipped
+in chunks and reported, never loaded whole. A UTF-8 byte order mark opening the file is skipped and
+noted, not an error.
 """
 
 from __future__ import annotations
@@ -223,6 +226,11 @@ def _fields(record: dict[str, Any]) -> tuple[str, Any, Label | None, str] | str:
     label = record.get("label")
     if label not in (None, 1, 2, "tie") or isinstance(label, bool):
         return f"'label' must be 1, 2 or 'tie', got {label!r}"
+    order = record.get("order", [1, 2])
+    if order not in ([1, 2], [2, 1]):
+        return f"'order' must be [1, 2] or [2, 1], got {order!r}"
+    if order == [2, 1] and label in (1, 2):  # the data's candidate 2 was the judge's "Image 1"
+        label = 3 - label
     has_output, has_judgment = "output" in record, "judgment" in record
     if has_output == has_judgment:
         return "exactly one of 'output' (raw text) or 'judgment' (structured) is required"

@@ -156,3 +156,25 @@ def test_odd_characters_and_numbers_never_crash_the_report(tmp_path: Path) -> No
     assert report["codes"] == {"parse_error": 1, "not_json": 1}
     bad_limit = _run(str(path), "--max-line-bytes", "0")
     assert bad_limit.returncode == 2 and "Traceback" not in bad_limit.stderr
+
+
+def test_a_label_is_compared_in_the_order_the_judge_saw(tmp_path: Path) -> None:
+    # `flexjudge distill` writes the data's label and the order shown: with the data's candidate 2 shown
+    # first, the data's label 2 is the judge's "Image 1".
+    output = (ROOT / "examples" / "outputs" / "flex_image.json").read_text(encoding="utf-8")
+    winner = int(json.loads(output)["winner"][-1])
+    prompt = json.loads(output)["prompt"]
+    rows = [
+        {"id": "same", "prompt": prompt, "output": output, "label": winner, "order": [1, 2]},
+        {"id": "swapped", "prompt": prompt, "output": output, "label": 3 - winner, "order": [2, 1]},
+        {"id": "wrong", "prompt": prompt, "output": output, "label": winner, "order": [2, 1]},
+    ]
+    path = tmp_path / "traces.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    summary = Summary()
+    for report in iter_reports(path):
+        summary.add(report, "error")
+    assert (summary.labeled, summary.agree) == (3, 2)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**rows[0], "order": [1, 1]}) + "\n", encoding="utf-8")
+    assert "'order' must be [1, 2] or [2, 1]" in _run(str(bad)).stdout
