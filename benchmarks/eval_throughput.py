@@ -1,17 +1,16 @@
 #!/usr/bin/env python
 """`flexjudge eval` throughput against a local OpenAI-compatible server, against the ideal.
 
-The server (`flexjudge serve`'s app in its own process, `openai_overhead.CannedBackend`) answers every
-batch of requests after a fixed `--latency`, with one valid flex judgment each, and batches up to the
-concurrency: a stand-in model whose cost is known. At concurrency C the ideal is C calls per latency, so
-C / latency / runs-per-example examples per second (2 runs with the swapped order, 1 without). The
-measured run is the whole of `run_eval`: each example's two images read from disk and checked, both
-orders judged, every judgment parsed and checked, every result appended and fsynced. Beside it, measured
-the same way round: the same judge calls made directly (`Judge.ajudge` under the same bound, nothing
-written), so the runner's own cost (eval / direct) shows apart from the SDK's, the server's and the
-machine's. The stand-in server runs one batch at a time, as one model does, and gathers a batch for
-`--window` seconds first (a request arriving while a batch runs waits for the next): the ideal counts
-a batch as latency + window.
+The server (a bare ASGI app in its own process, `group_reward.serve_with_latency`) answers every request
+a fixed `--latency` after it arrives, with one valid flex judgment: a model server with continuous
+batching, as vLLM is, whose cost is known (a stand-in that runs one batch at a time instead halves any
+closed-loop client's rate once the requests split into two alternating half batches). At concurrency C
+the ideal is C calls per latency, so C / latency / runs-per-example examples per second (2 runs with the
+swapped order, 1 without). The measured run is the whole of `run_eval`: each example's two images read
+from disk and checked, both orders judged, every judgment parsed and checked, every result appended and
+fsynced. Beside it, measured the same way round: the same judge calls made directly (`Judge.ajudge`
+under the same bound, nothing written), so the runner's own cost (eval / direct) shows apart from the
+SDK's, the server's and the machine's.
 
     python benchmarks/eval_throughput.py --examples 512 --concurrency 8 64 --latency 1.0 [--record]
 """
@@ -26,7 +25,8 @@ import time
 from pathlib import Path
 
 from _machine import machine
-from openai_overhead import CannedBackend, report, spawn_server
+from group_reward import serve_with_latency
+from openai_overhead import report, spawn_server
 from PIL import Image
 
 import flexjudge
@@ -34,15 +34,6 @@ from flexjudge.evaluation.data import load_examples
 from flexjudge.evaluation.runner import run_eval
 
 PROMPT = "A child in a yellow raincoat feeding ducks at a pond, storybook illustration"
-
-
-def _serve(port: int, latency_s: float, max_batch: int, window_s: float) -> None:
-    import uvicorn
-
-    from flexjudge.serve import create_app
-
-    app = create_app(CannedBackend(latency_s), model_name="canned", window_s=window_s, max_batch=max_batch)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
 
 
 def write_data(folder: Path, n: int) -> Path:
@@ -91,11 +82,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--examples", type=int, default=512, help="at the highest concurrency (fewer below)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 64])
-    ap.add_argument("--latency", type=float, default=1.0, help="seconds the server spends per batch")
-    ap.add_argument("--window", type=float, default=0.05, help="seconds the server gathers a batch")
+    ap.add_argument("--latency", type=float, default=1.0, help="seconds the server takes per request")
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args()
-    server, port = spawn_server(_serve, args.latency, max(args.concurrency), args.window)
+    server, port = spawn_server(serve_with_latency, args.latency)
     url = f"http://127.0.0.1:{port}/v1"
     rows = []
     try:
@@ -106,14 +96,14 @@ def main() -> None:
             for c in args.concurrency:
                 for consistency in (True, False):
                     runs = 2 if consistency else 1
-                    # The same number of server batches at every concurrency: each point takes as long.
+                    # The same number of rounds at every concurrency: each point takes as long.
                     n = max(8, args.examples * c // max(args.concurrency))
                     data = write_data(folder, n)
                     out = folder / f"c{c}-{runs}.jsonl"
                     elapsed = asyncio.run(measure(url, data, out, c, consistency))
                     assert out.read_bytes().count(b"\n") == n
                     baseline = asyncio.run(direct(url, data, c, consistency))
-                    ideal = c / (args.latency + args.window) / runs
+                    ideal = c / args.latency / runs
                     rows.append((c, runs, n, n / elapsed, n / baseline, ideal))
     finally:
         server.terminate()
@@ -126,10 +116,7 @@ def main() -> None:
         f"| {c} | {r} | {n} | {m:,.1f} | {d:,.1f} | {i:,.1f} | {m / i:.2f} | {m / d:.2f} |"
         for c, r, n, m, d, i in rows
     ]
-    setup = (
-        f"{machine()}; server: {args.latency * 1000:.0f} ms per batch, batches of up to the concurrency"
-        f" gathered for {args.window * 1000:.0f} ms"
-    )
+    setup = f"{machine()}; server: every request answered {args.latency * 1000:.0f} ms after it arrives"
     report("eval_throughput", setup, table, args.record)
 
 

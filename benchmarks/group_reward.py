@@ -41,7 +41,7 @@ PROMPT = "A child in a yellow raincoat feeding ducks at a pond, storybook illust
 G = 9
 
 
-def _serve_latency(port: int, latency_s: float) -> None:
+def serve_with_latency(port: int, latency_s: float) -> None:
     """Answer every chat completion after `latency_s` with the canned judgment (and the capability probe
     with what a schema-enforcing server gives)."""
     import uvicorn
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     latency = args.latency_ms / 1000
-    server, port = spawn_server(_serve_latency, latency)
+    server, port = spawn_server(serve_with_latency, latency)
     url = f"http://127.0.0.1:{port}/v1"
     images = _images()
     pairs = G * (G - 1) // 2
