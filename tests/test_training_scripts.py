@@ -127,6 +127,40 @@ def test_malformed_set_and_files_are_config_errors(tmp_path: Path) -> None:
             load_settings(SftSettings, path)
 
 
+def test_datasets_load_in_each_layout_with_only_the_trainers_columns(tmp_path: Path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    from training import _common
+
+    rows = Dataset.from_list([{"prompt": "p", "completion": "c", "images": "i", "id": "a", "label": "1"}])
+    rows.save_to_disk(str(tmp_path / "split" / "train"))
+    rows.save_to_disk(str(tmp_path / "split" / "eval"))
+    rows.save_to_disk(str(tmp_path / "single"))
+    DatasetDict({"train": rows, "test": rows}).save_to_disk(str(tmp_path / "dict"))
+    columns = ["prompt", "completion", "images"]
+    for layout, has_eval in (("split", True), ("single", False), ("dict", True)):
+        train, evaluation = _common.load_splits(str(tmp_path / layout), columns, "SFT")
+        assert train.column_names == columns and (evaluation is not None) == has_eval, layout
+    with pytest.raises(ConfigError, match=r"lacks \['chosen', 'rejected'\]"):
+        _common.load_splits(str(tmp_path / "single"), ["prompt", "chosen", "rejected", "images"], "DPO")
+    with pytest.raises(ConfigError, match="no dataset"):
+        _common.load_splits(str(tmp_path / "missing"), columns, "SFT")
+
+
+def test_a_lora_adapter_given_as_model_is_refused_with_the_export_command(tmp_path: Path) -> None:
+    from training import _common
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"training/export\.py"):
+        _common.check_model_dir(str(tmp_path), "model")
+    _common.check_model_dir(str(tmp_path / "elsewhere"), "model")  # a model directory passes
+    out = str(tmp_path / "out")
+    settings = SftSettings(model="m", data="d", output_dir=out, resume="/no/such/checkpoint")
+    with pytest.raises(ConfigError, match="resume"):
+        _common.resume_from(settings)
+    assert _common.resume_from(settings.model_copy(update={"resume": "auto"})) is None  # nothing yet: fresh
+
+
 def _script(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return subprocess.run(
@@ -361,11 +395,12 @@ def test_sft_lora_export_merges_the_adapter_and_dpo_trains_on_the_merged_model(
     sft_out = tmp_path / "sft-lora"
     data = build_sft_data(tmp_path / "sft")
     args = ["--model", str(tiny), "--data", str(data), "--output-dir", str(sft_out), *TRAIN_FAST]
-    summary = _train(
-        "sft.py", cache, *args, "--set", "max_steps=2", "--set", "finetune=lora", "--set", "lora.r=4"
-    )
+    lora = ["--set", "finetune=lora", "--set", "lora.r=4", "--set", "eval_steps=2"]
+    summary = _train("sft.py", cache, *args, "--set", "max_steps=2", *lora)
     losses = _losses(summary)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses) and losses[1] < losses[0], losses
+    evaluated = [m["eval_loss"] for m in summary.get("metrics", []) if "eval_loss" in m]
+    assert len(evaluated) == 1 and math.isfinite(evaluated[0])  # the eval split, at step 2
     assert (sft_out / "adapter_config.json").is_file() and not (sft_out / "model.safetensors").exists()
 
     merged = tmp_path / "sft-merged"

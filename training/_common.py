@@ -56,9 +56,10 @@ def load_model(path: str, settings: TrainSettings) -> Any:
     return model
 
 
-def load_splits(data: str) -> tuple[Any, Any]:
+def load_splits(data: str, columns: list[str], reader: str) -> tuple[Any, Any]:
     """(train, eval or None) from DIR/train + DIR/eval (what `flexjudge sft-data` writes), a saved
-    DatasetDict, or one saved Dataset."""
+    DatasetDict, or one saved Dataset; only `columns` are kept (TRL's collators refuse any other, such as
+    `id`, `label` or `case`, and the vision columns stop the trainer from dropping them itself)."""
     from datasets import Dataset, DatasetDict, load_from_disk
 
     root = Path(data)
@@ -79,7 +80,18 @@ def load_splits(data: str) -> tuple[Any, Any]:
         raise ConfigError(f"the train split at {root} is empty")
     if evaluation is not None and len(evaluation) == 0:
         evaluation = None
-    return train, evaluation
+    splits = []
+    for split in (train, evaluation):
+        if split is None:
+            splits.append(None)
+            continue
+        missing = sorted(set(columns) - set(split.column_names))
+        if missing:
+            raise ConfigError(
+                f"the dataset at {root} lacks {missing}: {reader} (it has {split.column_names})"
+            )
+        splits.append(split.select_columns(columns))
+    return splits[0], splits[1]
 
 
 def use_bf16(settings: TrainSettings) -> bool:

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a file: make `training` importable from 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training import _common
-from training._config import ConfigError, DpoSettings, add_arguments, settings_from_args
+from training._config import DpoSettings, add_arguments, settings_from_args
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dpo.yaml"
 
@@ -46,13 +46,9 @@ def build_trainer(settings: DpoSettings) -> tuple[object, object]:
     from trl import DPOTrainer
 
     _common.check_model_dir(settings.model, "model")
-    train, evaluation = _common.load_splits(settings.data)
-    missing = {"prompt", "chosen", "rejected", "images"} - set(train.column_names)
-    if missing:
-        raise ConfigError(
-            f"the dataset at {settings.data} lacks {sorted(missing)}: DPO reads `flexjudge dpo-pairs` output "
-            f"(columns prompt, chosen, rejected, images; it has {train.column_names})"
-        )
+    train, evaluation = _common.load_splits(
+        settings.data, ["prompt", "chosen", "rejected", "images"], "DPO reads `flexjudge dpo-pairs` output"
+    )
     processor = _common.load_processor(settings.model)
     model = _common.load_model(settings.model, settings)
     reference = None

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a file: make `training` importable from 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training import _common
-from training._config import ConfigError, SftSettings, add_arguments, settings_from_args
+from training._config import SftSettings, add_arguments, settings_from_args
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "sft.yaml"
 
@@ -48,13 +48,9 @@ def build_trainer(settings: SftSettings) -> tuple[object, object]:
     from trl import SFTTrainer
 
     _common.check_model_dir(settings.model, "model")
-    train, evaluation = _common.load_splits(settings.data)
-    missing = {"prompt", "completion", "images"} - set(train.column_names)
-    if missing:
-        raise ConfigError(
-            f"the dataset at {settings.data} lacks {sorted(missing)}: SFT reads `flexjudge sft-data` output "
-            f"(columns prompt, completion, images; it has {train.column_names})"
-        )
+    train, evaluation = _common.load_splits(
+        settings.data, ["prompt", "completion", "images"], "SFT reads `flexjudge sft-data` output"
+    )
     processor = _common.load_processor(settings.model)
     model = _common.load_model(settings.model, settings)
     trainer = SFTTrainer(
