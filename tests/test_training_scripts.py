@@ -466,6 +466,28 @@ def test_dpo_lora_uses_the_disabled_adapters_as_reference_and_resumes(
 
 
 @pytest.mark.slow
+def test_qwen3_vl_sft_then_lora_dpo_from_its_output_then_export_judges(cache: Path, tmp_path: Path) -> None:
+    from flexjudge.backends.tiny import build_tiny_model
+
+    base = build_tiny_model(cache / "tiny-qwen3", arch="qwen3_vl")
+    sft_out, dpo_out, served = tmp_path / "sft", tmp_path / "dpo", tmp_path / "served"
+    data, pairs = build_sft_data(tmp_path / "sft-data"), build_dpo_data(tmp_path / "pairs")
+    steps = [*TRAIN_FAST, "--set", "max_steps=2"]
+    sft = _train("sft.py", cache, "--model", str(base), "--data", str(data), "--output-dir", str(sft_out),
+                 *steps)  # fmt: skip
+    assert _losses(sft)[1] < _losses(sft)[0], sft["losses"]
+    # A full-finetuning output directory is a model: DPO starts from it as it is.
+    lora = ["--set", "finetune=lora", "--set", "lora.r=4", "--set", "learning_rate=5e-3"]
+    dpo = _train("dpo.py", cache, "--model", str(sft_out), "--data", str(pairs), "--output-dir", str(dpo_out),
+                 *steps, *lora)  # fmt: skip
+    losses = _losses(dpo)
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-3) and losses[1] < losses[0], losses
+    _run([sys.executable, str(TRAINING / "export.py"), str(dpo_out), "--out", str(served)], cache)
+    assert json.loads((served / "processor_config.json").read_text())["processor_class"] == "Qwen3VLProcessor"
+    _judge(served, cache)
+
+
+@pytest.mark.slow
 def test_sft_loss_covers_the_completion_only(tiny: Path, tmp_path: Path) -> None:
     from transformers import AutoProcessor
 
