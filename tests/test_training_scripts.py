@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -228,8 +229,11 @@ def _swapped(trace: str) -> str:
 
 
 def build_sft_data(root: Path, rows: int = 2) -> Path:
-    """`flexjudge sft-data`'s layout: DIR/train and DIR/eval, TRL's conversational vision-language rows."""
+    """`flexjudge sft-data`'s layout and features: DIR/train and DIR/eval, TRL's conversational
+    vision-language rows."""
     from datasets import Dataset
+
+    from flexjudge.training.sft_data import sft_features
 
     def split(n: int, prefix: str) -> Any:
         return Dataset.from_list(
@@ -242,7 +246,8 @@ def build_sft_data(root: Path, rows: int = 2) -> Path:
                     "label": "2",
                 }
                 for i in range(n)
-            ]
+            ],
+            features=sft_features(),
         )
 
     split(rows, "t").save_to_disk(str(root / "train"))
@@ -251,8 +256,11 @@ def build_sft_data(root: Path, rows: int = 2) -> Path:
 
 
 def build_dpo_data(root: Path, rows: int = 2) -> Path:
-    """`flexjudge dpo-pairs`'s columns: prompt, chosen, rejected, images, id, label, case, tie_breaker."""
+    """`flexjudge dpo-pairs`'s layout (DIR/train) and features: prompt, chosen, rejected, images, id, label,
+    case, tie_breaker."""
     from datasets import Dataset
+
+    from flexjudge.training.dpo_pairs import dpo_features
 
     Dataset.from_list(
         [
@@ -267,8 +275,9 @@ def build_dpo_data(root: Path, rows: int = 2) -> Path:
                 "tie_breaker": None,
             }
             for i in range(rows)
-        ]
-    ).save_to_disk(str(root))
+        ],
+        features=dpo_features(),
+    ).save_to_disk(str(root / "train"))
     return root
 
 
@@ -357,22 +366,27 @@ def test_sft_under_accelerate_learns_a_repeated_batch_resumes_and_its_export_jud
 ) -> None:
     data = build_sft_data(tmp_path / "sft")
     out = tmp_path / "sft-out"
-    common = ["--model", str(tiny), "--data", str(data), "--output-dir", str(out), *TRAIN_FAST]
-    first = _train("sft.py", cache, *common, "--set", "max_steps=3", launcher="accelerate")
+    common = ["--model", str(tiny), "--data", str(data), "--output-dir", str(out), *TRAIN_FAST,
+              "--set", "max_steps=4", "--set", "save_total_limit=null"]  # fmt: skip
+    first = _train("sft.py", cache, *common, launcher="accelerate")
     losses = _losses(first)
-    assert len(losses) == 3 and all(math.isfinite(x) for x in losses), losses
-    assert losses[-1] < losses[0], losses  # the same batch three times: the loss must fall
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses), losses
+    assert losses[2] < losses[0], losses  # the same batch again and again: the loss falls
     assert first["resumed_from"] is None and not first["bf16"]  # fp32 where there is no bf16 GPU
-    assert (out / "checkpoint-3" / "model.safetensors").is_file()
-    assert (out / "checkpoint-3" / "optimizer.pt").is_file()
+    assert (out / "checkpoint-4" / "model.safetensors").is_file()
+    assert (out / "checkpoint-4" / "optimizer.pt").is_file()
 
-    # The same command with a longer budget continues from checkpoint-3 instead of starting over.
-    second = _train("sft.py", cache, *common, "--set", "max_steps=5", launcher="accelerate")
-    assert second["resumed_from"] == str(out / "checkpoint-3")
-    assert second["global_step"] == 5
-    assert [h["step"] for h in second["losses"]] == [1, 2, 3, 4, 5]  # steps 1-3 restored, not rerun
-    assert second["losses"][:3] == first["losses"]
-    assert _losses(second, after=3)[-1] < losses[0]
+    # A run killed after checkpoint-2 was written: the same command continues from checkpoint-2 and
+    # steps 3 and 4 come out as they did in the uninterrupted run (weights, optimizer, schedule, RNG).
+    for later in ("checkpoint-3", "checkpoint-4"):
+        shutil.rmtree(out / later)
+    (out / "model.safetensors").unlink()
+    second = _train("sft.py", cache, *common, launcher="accelerate")
+    assert second["resumed_from"] == str(out / "checkpoint-2")
+    assert second["global_step"] == 4
+    assert [h["step"] for h in second["losses"]] == [1, 2, 3, 4]  # steps 1-2 restored, not rerun
+    assert second["losses"][:2] == first["losses"][:2]
+    assert _losses(second, after=2) == pytest.approx(losses[2:], rel=1e-4)
 
     served = tmp_path / "served"
     _run([sys.executable, str(TRAINING / "export.py"), str(out), "--out", str(served)], cache)

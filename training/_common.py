@@ -177,6 +177,20 @@ def resume_from(settings: TrainSettings) -> str | None:
     return settings.resume
 
 
+def weights_to_load(settings: TrainSettings, resumed: str | None) -> str:
+    """Where the trained model's weights come from: the checkpoint when a full-finetuning run resumes.
+
+    Why not leave it to the Trainer: transformers 5.24 saves Qwen-VL checkpoints under the checkpoint key
+    names (`model.layers.*`, `visual.*`) but its resume loads them with `load_state_dict(strict=False)`,
+    which matches none of the module names (`model.language_model.layers.*`) and silently keeps the
+    starting weights (found by the resume test: steps after a resume did not match the uninterrupted
+    run). `from_pretrained` converts the names; the Trainer's own load then matches nothing and changes
+    nothing, and it still restores the optimizer, scheduler, RNG and step."""
+    if resumed is not None and settings.finetune == "full":
+        return resumed
+    return settings.model
+
+
 def check_model_dir(path: str, role: str) -> None:
     """A LoRA output is an adapter, not a model: say how to get a model from it."""
     if (Path(path) / "adapter_config.json").is_file():

@@ -41,7 +41,7 @@ def trl_config(settings: DpoSettings, has_eval: bool) -> object:
     return _common.make_trl_config(DPOConfig, kwargs)
 
 
-def build_trainer(settings: DpoSettings) -> tuple[object, object]:
+def build_trainer(settings: DpoSettings, resumed: str | None = None) -> tuple[object, object]:
     """(trainer, processor), ready to train, with the frozen reference the settings name."""
     from trl import DPOTrainer
 
@@ -50,7 +50,7 @@ def build_trainer(settings: DpoSettings) -> tuple[object, object]:
         settings.data, ["prompt", "chosen", "rejected", "images"], "DPO reads `flexjudge dpo-pairs` output"
     )
     processor = _common.load_processor(settings.model)
-    model = _common.load_model(settings.model, settings)
+    model = _common.load_model(_common.weights_to_load(settings, resumed), settings)
     reference = None
     if settings.finetune == "full" or settings.ref_model is not None:
         # Full finetuning needs its own frozen copy (TRL refuses the same object); LoRA disables the
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         _common.dry_run(settings, trl_config(settings, has_eval=False))
         return
     resumed = _common.resume_from(settings)
-    trainer, processor = build_trainer(settings)
+    trainer, processor = build_trainer(settings, resumed)
     trainer.train(resume_from_checkpoint=resumed)  # type: ignore[attr-defined]
     _common.finish(trainer, processor, settings, resumed, "dpo")
 

@@ -43,7 +43,7 @@ def trl_config(settings: SftSettings, has_eval: bool) -> object:
     return _common.make_trl_config(SFTConfig, kwargs)
 
 
-def build_trainer(settings: SftSettings) -> tuple[object, object]:
+def build_trainer(settings: SftSettings, resumed: str | None = None) -> tuple[object, object]:
     """(trainer, processor), ready to train: model, data, LoRA and arguments from the settings."""
     from trl import SFTTrainer
 
@@ -52,7 +52,7 @@ def build_trainer(settings: SftSettings) -> tuple[object, object]:
         settings.data, ["prompt", "completion", "images"], "SFT reads `flexjudge sft-data` output"
     )
     processor = _common.load_processor(settings.model)
-    model = _common.load_model(settings.model, settings)
+    model = _common.load_model(_common.weights_to_load(settings, resumed), settings)
     trainer = SFTTrainer(
         model=model,
         args=trl_config(settings, evaluation is not None),  # type: ignore[arg-type]
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         _common.dry_run(settings, trl_config(settings, has_eval=False))
         return
     resumed = _common.resume_from(settings)
-    trainer, processor = build_trainer(settings)
+    trainer, processor = build_trainer(settings, resumed)
     trainer.train(resume_from_checkpoint=resumed)  # type: ignore[attr-defined]
     _common.finish(trainer, processor, settings, resumed, "sft")
 
