@@ -34,7 +34,7 @@ BLOCKS = [block for page in PAGES for block in read_blocks(page)]
 # Every language a page may use, and what happens to it: nothing is silently left unrun.
 RUN = {"python", "console"}
 SHOWN = {"text"}  # a block's shown output, or a diagram
-WANTED = ("schema", "formats", "backends", "personalization", "evaluation", "rewards")
+WANTED = ("schema", "formats", "backends", "personalization", "evaluation", "training", "rewards")
 
 
 def _param(block: Block) -> object:
