@@ -246,7 +246,7 @@ def _fit(out: Path, method: str) -> None:
     fitted = fit_calibration(confidences, correct, method="isotonic" if method == "isotonic" else "platt")
     target = calibration_path(out)
     fitted.save(target)
-    _note(f"fitted a {method} calibration map on {len(confidences)} judgments: {target}")
+    _note(f"fitted the {method} calibration map on {len(confidences)} judgments: {target}")
 
 
 def _compare(a: Path, b: Path, as_json: bool) -> None:

@@ -237,3 +237,13 @@ def test_the_size_benchmark_runs(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "| 300 |" in done.stdout
+
+
+def test_a_long_dimension_name_is_cut_in_the_plot_and_whole_in_its_tooltip() -> None:
+    from flexjudge.evaluation.report._plots import Bar, interval_bars
+
+    name = "semantic alignment and accuracy of the whole scene"
+    svg = interval_bars("Per-dimension agreement", [Bar(name, 0.5, (0.4, 0.6))])
+    shown = svg.split('text-anchor="end">')[1].split("</text>")[0]
+    assert shown.endswith("…") and len(shown) <= 28 and name.startswith(shown[:-1])
+    assert f"<title>{name}: " in svg

@@ -13,6 +13,7 @@ from typing import Any
 
 _W = 560
 _LABEL_W = 200
+_LABEL_CHARS = 28  # at the labels' font size, what fits in _LABEL_W
 _ROW_H = 26
 _BAR_W = _W - _LABEL_W - 100
 
@@ -28,6 +29,12 @@ class Bar:
     """Shown after the value (e.g. the number of examples)."""
 
 
+def _fit(label: str) -> str:
+    """`label` cut to what the label column shows (a long dimension name ran off the plot's left edge);
+    the whole name stays in the bar's tooltip."""
+    return label if len(label) <= _LABEL_CHARS else label[: _LABEL_CHARS - 1] + "…"
+
+
 def _x(value: float) -> float:
     return _LABEL_W + max(0.0, min(1.0, value)) * _BAR_W
 
@@ -41,9 +48,8 @@ def interval_bars(
     parts = [_open(title, _W, height), f'<text class="t" x="4" y="18">{escape(title)}</text>']
     for i, bar in enumerate(bars):
         y = top + i * _ROW_H
-        parts.append(
-            f'<text class="l" x="{_LABEL_W - 6}" y="{y + 16}" text-anchor="end">{escape(bar.label)}</text>'
-        )
+        label = escape(_fit(bar.label))
+        parts.append(f'<text class="l" x="{_LABEL_W - 6}" y="{y + 16}" text-anchor="end">{label}</text>')
         parts.append(f'<rect class="track" x="{_LABEL_W}" y="{y + 5}" width="{_BAR_W}" height="14"/>')
         if bar.value is None:
             parts.append(f'<text class="v" x="{_LABEL_W + 4}" y="{y + 16}">no data</text>')
