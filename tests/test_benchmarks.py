@@ -36,6 +36,7 @@ def test_parse_validate_benchmark_runs(tmp_path: Path) -> None:
     assert "parse+check" in record.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # about 45 s: the default run keeps its margin under 10 minutes
 def test_constrained_benchmark_runs(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     from flexjudge.backends.transformers import available_engines
@@ -45,6 +46,7 @@ def test_constrained_benchmark_runs(tmp_path: Path) -> None:
     assert "| engine |" in stdout and "error" not in stdout
 
 
+@pytest.mark.slow  # about 20 s of tiny-model decoding
 def test_validity_benchmark_runs(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     record = tmp_path / "RESULTS.md"
