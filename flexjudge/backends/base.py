@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -34,6 +35,27 @@ class Message:
 
     role: Literal["system", "user", "assistant"]
     parts: tuple[TextPart | ImagePart, ...]
+
+
+def chat_template_messages(
+    messages: Sequence[Message],
+) -> tuple[list[dict[str, Any]], list[PILImage]]:
+    """`messages` as a processor's chat template (and TRL's conversational data) takes them: an image part
+    becomes `{"type": "image"}` where it sits and its image joins the list, in that order. The local
+    backend renders its prompts with this and `flexjudge sft-data` writes its rows with it, so a judge is
+    trained on exactly the prompt it is later asked."""
+    conversation: list[dict[str, Any]] = []
+    images: list[PILImage] = []
+    for message in messages:
+        content: list[dict[str, str]] = []
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                content.append({"type": "text", "text": part.text})
+            elif isinstance(part, ImagePart):
+                content.append({"type": "image"})
+                images.append(part.image)
+        conversation.append({"role": message.role, "content": content})
+    return conversation, images
 
 
 @dataclass(frozen=True)

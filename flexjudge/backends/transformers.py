@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from flexjudge.backends._loading import TINY_ALIASES, auto_device, auto_dtype, load, resolve
 from flexjudge.backends._names import closers
 from flexjudge.backends._tokens import biases, token_bytes
-from flexjudge.backends.base import Generation, ImagePart, Request, Stopped, TextPart, TokenLogprob, Usage
+from flexjudge.backends.base import Generation, Request, Stopped, TokenLogprob, Usage, chat_template_messages
 from flexjudge.backends.engines import (
     DEFAULT_ENGINE,
     Engine,
@@ -251,16 +251,7 @@ class TransformersBackend:
         return done
 
     def _render(self, request: Request) -> tuple[str, list[Any]]:
-        conversation, images = [], []
-        for message in request.messages:
-            content: list[dict[str, str]] = []
-            for part in message.parts:
-                if isinstance(part, TextPart):
-                    content.append({"type": "text", "text": part.text})
-                elif isinstance(part, ImagePart):
-                    content.append({"type": "image"})
-                    images.append(part.image)
-            conversation.append({"role": message.role, "content": content})
+        conversation, images = chat_template_messages(request.messages)
         options = {k: v for k, v in (request.chat_template_kwargs or {}).items() if k in self._template_reads}
         text = self._processor.apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=True, **options

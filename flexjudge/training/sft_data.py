@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from flexjudge._sync import run_sync
 from flexjudge.anchors import Modality
-from flexjudge.backends.base import Generation, ImagePart, Message, Request, TextPart
+from flexjudge.backends.base import Generation, Message, Request, chat_template_messages
 from flexjudge.constraints import OutputFormat
 from flexjudge.errors import FlexjudgeError, TraceFileError, UsageError
 from flexjudge.formats import Format, parse, render
@@ -99,20 +99,8 @@ def pair_request(judge: Judge, prompt: str, candidates: Sequence[str], modality:
 
 
 def conversation(messages: Sequence[Message]) -> tuple[Conversation, list[PILImage]]:
-    """TRL's conversational form of `messages`: an image part becomes `{"type": "image"}` where it sits
-    and its image joins `images` in that order (what a processor's chat template takes)."""
-    turns: Conversation = []
-    images: list[PILImage] = []
-    for message in messages:
-        content: list[dict[str, str]] = []
-        for part in message.parts:
-            if isinstance(part, TextPart):
-                content.append({"type": "text", "text": part.text})
-            elif isinstance(part, ImagePart):
-                content.append({"type": "image"})
-                images.append(part.image)
-        turns.append({"role": message.role, "content": content})
-    return turns, images
+    """TRL's conversational form of `messages`, rendered as the local backend renders its prompts."""
+    return chat_template_messages(messages)
 
 
 def completion(text: str) -> Conversation:
