@@ -140,13 +140,14 @@ def test_completions_parse_back_to_the_traced_judgments(tmp_path: Path, traces: 
 def test_the_prompt_is_the_one_judge_sends_after_the_chat_template(
     tmp_path: Path, traces: tuple[Path, list]
 ) -> None:
-    from flexjudge.backends.tiny import tiny_model_dir
+    from trl.data_utils import apply_chat_template
+
     from flexjudge.backends.transformers import TransformersBackend
 
     path, records = traces
     build_sft_data(path, tmp_path / "sft", eval_fraction=0.0, frames_per_video=3)
     rows = {(r["id"], r["label"], len(r["images"])): r for r in _rows(tmp_path / "sft")}
-    local = TransformersBackend(tiny_model_dir())
+    local = TransformersBackend(_thinking_model(tmp_path))
     recorder = RuleJudge()
     checked = 0
     for record in records:
@@ -168,12 +169,53 @@ def test_the_prompt_is_the_one_judge_sends_after_the_chat_template(
         row = next(r for r in matches if _same_images(r["images"], sent))
         expected, images = local._render(sent)
         assert images and len(images) == len(row["images"])
-        rendered = local._processor.apply_chat_template(
-            row["prompt"], tokenize=False, add_generation_prompt=True
-        )
-        assert rendered == expected
+        # As TRL's trainers render a row: its chat_template_kwargs reach the template (thinking off).
+        example = {"prompt": row["prompt"], "chat_template_kwargs": row["chat_template_kwargs"]}
+        rendered = apply_chat_template(example, local._processor)["prompt"]
+        assert rendered == expected and expected.endswith(_THINK_OFF)
         checked += 1
     assert checked == 6  # p0 and p1 in both orders, the native trace, the video (3 frames per video)
+
+
+_THINK_OFF = "<think>\n\n</think>\n\n"
+
+
+def _thinking_model(tmp_path: Path) -> Path:
+    """The tiny model with a chat template that, like Qwen3.5's, writes an empty think block after the
+    generation prompt when `enable_thinking` is false."""
+    import shutil
+
+    from flexjudge.backends.tiny import tiny_model_dir
+
+    folder = tmp_path / "thinking-model"
+    shutil.copytree(tiny_model_dir(), folder)
+    template = folder / "chat_template.jinja"
+    switch = "{% if add_generation_prompt and enable_thinking is defined and not enable_thinking %}"
+    template.write_text(template.read_text() + switch + _THINK_OFF + "{% endif %}")
+    return folder
+
+
+def test_rows_keep_the_chat_template_arguments_a_template_reads(
+    tmp_path: Path, traces: tuple[Path, list]
+) -> None:
+    import sys
+
+    from flexjudge.backends.tiny import tiny_model_dir
+    from flexjudge.backends.transformers import TransformersBackend
+
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from training._common import fit_template_kwargs
+
+    path, _ = traces
+    build_sft_data(path, tmp_path / "sft", eval_fraction=0.0)
+    train = load_from_disk(str(tmp_path / "sft" / "train"))
+    assert {tuple(r.items()) for r in train["chat_template_kwargs"]} == {(("enable_thinking", False),)}
+    thinking = TransformersBackend(_thinking_model(tmp_path))._processor
+    assert fit_template_kwargs(train, thinking)["chat_template_kwargs"] == train["chat_template_kwargs"]
+    # The stock tiny template (Qwen2.5-VL's) reads no such switch: the column goes, so transformers is
+    # never handed an argument it would only warn about.
+    stock = TransformersBackend(tiny_model_dir())._processor
+    assert "chat_template_kwargs" not in fit_template_kwargs(train, stock).column_names
 
 
 def _same_images(row_images: list[Any], request: Request) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from flexjudge.judging import THINKING_OFF
 from training._config import (
     ConfigError,
     DpoSettings,
@@ -244,10 +245,11 @@ def build_sft_data(root: Path, rows: int = 2) -> Path:
                     "images": _images(),
                     "id": f"{prefix}{i}",
                     "label": "2",
+                    "chat_template_kwargs": THINKING_OFF,
                 }
                 for i in range(n)
             ],
-            features=sft_features(),
+            features=sft_features(THINKING_OFF),
         )
 
     split(rows, "t").save_to_disk(str(root / "train"))
@@ -273,10 +275,11 @@ def build_dpo_data(root: Path, rows: int = 2) -> Path:
                 "label": "2",
                 "case": "one_correct",
                 "tie_breaker": None,
+                "chat_template_kwargs": THINKING_OFF,
             }
             for i in range(rows)
         ],
-        features=dpo_features(),
+        features=dpo_features(THINKING_OFF),
     ).save_to_disk(str(root / "train"))
     return root
 

@@ -90,8 +90,37 @@ def load_splits(data: str, columns: list[str], reader: str) -> tuple[Any, Any]:
             raise ConfigError(
                 f"the dataset at {root} lacks {missing}: {reader} (it has {split.column_names})"
             )
-        splits.append(split.select_columns(columns))
+        # The rows' chat-template arguments travel with them, when they have any (`fit_template_kwargs`).
+        kept = [*columns, TEMPLATE_KWARGS] if TEMPLATE_KWARGS in split.column_names else columns
+        splits.append(split.select_columns(kept))
     return splits[0], splits[1]
+
+
+TEMPLATE_KWARGS = "chat_template_kwargs"
+
+
+def fit_template_kwargs(split: Any, processor: Any) -> Any:
+    """`split` with each row's `chat_template_kwargs` cut to what `processor`'s chat template reads, the
+    rule the transformers backend applies when it judges (an argument the template does not read only
+    earns a warning from transformers); without the column when the template reads none of them."""
+    from datasets import Features
+
+    from flexjudge.backends.transformers import template_variables
+
+    if split is None or TEMPLATE_KWARGS not in split.column_names:
+        return split
+    given = split.features[TEMPLATE_KWARGS]
+    keys = [key for key in given if key in template_variables(processor)]
+    if not keys:
+        return split.remove_columns(TEMPLATE_KWARGS)
+    if len(keys) == len(given):
+        return split
+    features = Features({**split.features, TEMPLATE_KWARGS: {key: given[key] for key in keys}})
+    return split.map(
+        lambda row: {TEMPLATE_KWARGS: {key: row[key] for key in keys}},
+        input_columns=[TEMPLATE_KWARGS],
+        features=features,
+    )
 
 
 def use_bf16(settings: TrainSettings) -> bool:

@@ -50,6 +50,7 @@ def build_trainer(settings: DpoSettings, resumed: str | None = None) -> tuple[ob
         settings.data, ["prompt", "chosen", "rejected", "images"], "DPO reads `flexjudge dpo-pairs` output"
     )
     processor = _common.load_processor(settings.model)
+    train, evaluation = (_common.fit_template_kwargs(split, processor) for split in (train, evaluation))
     model = _common.load_model(_common.weights_to_load(settings, resumed), settings)
     reference = None
     if settings.finetune == "full" or settings.ref_model is not None:

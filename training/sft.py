@@ -52,6 +52,7 @@ def build_trainer(settings: SftSettings, resumed: str | None = None) -> tuple[ob
         settings.data, ["prompt", "completion", "images"], "SFT reads `flexjudge sft-data` output"
     )
     processor = _common.load_processor(settings.model)
+    train, evaluation = (_common.fit_template_kwargs(split, processor) for split in (train, evaluation))
     model = _common.load_model(_common.weights_to_load(settings, resumed), settings)
     trainer = SFTTrainer(
         model=model,

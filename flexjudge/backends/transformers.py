@@ -73,6 +73,7 @@ __all__ = [
     "clear_compile_cache",
     "compile_cache_stats",
     "set_compile_cache_size",
+    "template_variables",
 ]
 
 
@@ -260,14 +261,7 @@ class TransformersBackend:
 
     @functools.cached_property
     def _template_reads(self) -> frozenset[str]:
-        """The variables the chat template reads. An option it does not read (`enable_thinking` on a
-        Qwen2.5-VL template) means nothing to it, and transformers would pass it on to the processor with
-        a warning; this is the rule transformers itself uses to tell the two apart."""
-        from transformers.utils.chat_template_utils import _get_template_variables
-
-        template = self._processor.chat_template
-        texts = template.values() if isinstance(template, dict) else [template]
-        return frozenset().union(*(_get_template_variables(t) for t in texts if t))
+        return template_variables(self._processor)
 
     def _run_batch(
         self, requests: Sequence[Request], *, digest: str | None, stop: threading.Event
@@ -417,6 +411,18 @@ class _ChosenLogprobs:
             return []
         rows: list[list[float]] = torch.stack(self.steps, dim=1).tolist()
         return rows
+
+
+def template_variables(processor: Any) -> frozenset[str]:
+    """The variables `processor`'s chat template reads. An option it does not read (`enable_thinking` on a
+    Qwen2.5-VL template) means nothing to it, and transformers would pass it on to the processor with a
+    warning; this is the rule transformers itself uses to tell the two apart. The training scripts apply
+    it to the `chat_template_kwargs` of their data, so a model is trained on the prompt it is asked."""
+    from transformers.utils.chat_template_utils import _get_template_variables
+
+    template = processor.chat_template
+    texts = template.values() if isinstance(template, dict) else [template]
+    return frozenset().union(*(_get_template_variables(t) for t in texts if t))
 
 
 def _is_set(event: threading.Event | None) -> bool:

@@ -35,7 +35,15 @@ from flexjudge.backends.base import Constraint, ImagePart, Message, Request, Tex
 from flexjudge.checks import check
 from flexjudge.errors import ParseError, UsageError
 from flexjudge.evaluation.data import Example, load_examples
-from flexjudge.training.sft_data import completion, conversation, message_features, pair_request, save_split
+from flexjudge.training.sft_data import (
+    completion,
+    conversation,
+    message_features,
+    pair_request,
+    save_split,
+    template_kwargs_feature,
+    template_kwargs_row,
+)
 
 if TYPE_CHECKING:
     from datasets import Features  # type: ignore[import-untyped]
@@ -323,7 +331,7 @@ def _examples(source: Path, skipped: Counter[str]) -> Iterator[Example]:
             yield example
 
 
-def dpo_features() -> Features:
+def dpo_features(template_kwargs: dict[str, Any]) -> Features:
     from datasets import Features, Image, List, Value
 
     turn = message_features()
@@ -337,6 +345,7 @@ def dpo_features() -> Features:
             "label": Value("string"),
             "case": Value("string"),
             "tie_breaker": Value("string"),
+            **template_kwargs_feature(template_kwargs),
         }
     )
 
@@ -347,7 +356,9 @@ def _write_dataset(log: Path, judge: Judge, target: Path) -> Counter[str]:
     counts = Counter[str]()
     with tempfile.TemporaryDirectory(prefix=".building-", dir=target) as staging:
         arrow = Path(staging) / "train.arrow"
-        with ArrowWriter(features=dpo_features(), path=str(arrow), writer_batch_size=64) as writer:
+        with ArrowWriter(
+            features=dpo_features(judge.chat_template_kwargs), path=str(arrow), writer_batch_size=64
+        ) as writer:
             with log.open(encoding="utf-8") as lines:
                 for line in lines:
                     record = json.loads(line)
@@ -366,6 +377,7 @@ def _write_dataset(log: Path, judge: Judge, target: Path) -> Counter[str]:
                             "label": str(record["label"]),
                             "case": record["case"],
                             "tie_breaker": record["tie_breaker"],
+                            **template_kwargs_row(request),
                         }
                     )
             writer.finalize()

@@ -47,7 +47,16 @@ if TYPE_CHECKING:
 
     from flexjudge.media import Limits
 
-__all__ = ["SftStats", "build_sft_data", "conversation", "has_tie_verdict", "pair_request", "prompt_judge"]
+__all__ = [
+    "SftStats",
+    "build_sft_data",
+    "conversation",
+    "has_tie_verdict",
+    "pair_request",
+    "prompt_judge",
+    "template_kwargs_feature",
+    "template_kwargs_row",
+]
 
 Conversation = list[dict[str, Any]]
 _LISTED = 1000  # skipped lines listed by number in stats.json; the counts stay exact beyond it
@@ -131,7 +140,7 @@ def message_features() -> Any:
     )
 
 
-def sft_features() -> Features:
+def sft_features(template_kwargs: dict[str, Any]) -> Features:
     from datasets import Features, Image, List, Value
 
     turn = message_features()
@@ -142,8 +151,32 @@ def sft_features() -> Features:
             "images": List(Image()),
             "id": Value("string"),
             "label": Value("string"),
+            **template_kwargs_feature(template_kwargs),
         }
     )
+
+
+_SCALAR_TYPES = {bool: "bool", int: "int64", float: "float64", str: "string"}
+
+
+def template_kwargs_feature(template_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The `chat_template_kwargs` column (a struct of scalars) for rows rendered with these chat-template
+    arguments, or no column when there are none. TRL passes a row's `chat_template_kwargs` to the chat
+    template, so the trained prompt is the one the judge renders at inference (`enable_thinking: false`
+    puts Qwen3.5's empty think block in both)."""
+    from datasets import Value
+
+    if not template_kwargs:
+        return {}
+    fields = {}
+    for key, value in template_kwargs.items():
+        kind = _SCALAR_TYPES.get(type(value))
+        if kind is None:
+            raise UsageError(
+                f"chat_template_kwargs[{key!r}] is a {type(value).__name__}; training rows hold scalars only"
+            )
+        fields[key] = Value(kind)
+    return {"chat_template_kwargs": fields}
 
 
 def save_split(arrow: Path, target: Path) -> int:
@@ -241,7 +274,8 @@ def build_sft_data(
     target.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target))
     try:
-        features = sft_features()
+        # Every judge here is built alike, so one set of chat-template arguments holds for every row.
+        features = sft_features(judges["flex"].chat_template_kwargs)
         writers = {
             split: ArrowWriter(
                 features=features, path=str(staging / f"{split}.arrow"), writer_batch_size=_WRITER_BATCH
@@ -344,7 +378,14 @@ def _row(
         "images": images,
         "id": ident,
         "label": str(shown_label),
+        **template_kwargs_row(request),
     }
+
+
+def template_kwargs_row(request: Request) -> dict[str, Any]:
+    """The row's `chat_template_kwargs` (see `template_kwargs_feature`): what `request` was rendered with."""
+    kwargs = request.chat_template_kwargs
+    return {"chat_template_kwargs": dict(kwargs)} if kwargs else {}
 
 
 def _fields(record: dict[str, Any]) -> tuple[str, Format, Modality, list[str], list[int], int | str] | str:
