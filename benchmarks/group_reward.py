@@ -9,7 +9,14 @@ no image), so that scheduling and client cost show. A group of G = 9 images is 3
 - ideal: ceil(calls / concurrency) x latency, the best any client can do at that concurrency;
 - bare: the `openai` client making the same calls (images encoded once, `json.loads` of each answer);
 - flexjudge: `flexjudge.rewards.agroup_rewards` with a `Judge(max_concurrency=c)`: media checks, prompt,
-  constraint, parse into typed judgments, outcomes, the reward formula.
+  constraint, parse into typed judgments, outcomes, the reward formula;
+- floor: the least a Python client can do here: aiohttp posting bodies encoded before the clock starts
+  and `json.loads` of each answer (no SDK, no retries, no checks): what the machine allows.
+
+Each repeat runs the three clients in turn (interleaved, so a busy spell on the shared machine hits all
+of them); the table keeps each one's best. CPU is `time.process_time` of the client per call, and the
+server's own CPU per call (from /proc), best repeat: on 2 cores the client and the server share, the
+sum bounds how close to the ideal any client gets.
 
     python benchmarks/group_reward.py [--latency-ms 50] [--repeat 5] [--record]
 """
@@ -20,6 +27,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,6 +93,66 @@ def _images() -> list[Image.Image]:
     return [Image.new("RGB", (256, 256), (25 * k, 40, 200 - 20 * k)) for k in range(G)]
 
 
+def _cpu_s(pid: int) -> float:
+    """A process's CPU seconds so far (user + system), from /proc (Linux); 0 where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pairs(calls: int) -> list[tuple[int, int]]:
+    pairs = [(i, j) for i in range(G) for j in range(i + 1, G)]
+    return (pairs * math.ceil(calls / len(pairs)))[:calls]
+
+
+async def _floor(url: str, images: list[Image.Image], calls: int, concurrency: int) -> float:
+    import aiohttp
+
+    text = render_prompt(PromptSpec(), PROMPT)
+    schema = pair_constraint("image", "flex")
+    urls = [to_data_url(im) for im in images]
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "judgment", "schema": schema, "strict": True},
+    }
+    bodies = [
+        json.dumps(
+            {
+                "model": "canned",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": urls[i]}},
+                            {"type": "image_url", "image_url": {"url": urls[j]}},
+                            {"type": "text", "text": text},
+                        ],
+                    }
+                ],
+                "response_format": response_format,
+                "max_tokens": 4096,
+                "temperature": 0.0,
+            }
+        ).encode()
+        for i, j in _pairs(calls)
+    ]
+    gate = asyncio.Semaphore(concurrency)
+    headers = {"content-type": "application/json", "authorization": "Bearer EMPTY"}
+    async with aiohttp.ClientSession() as session:
+
+        async def one(body: bytes) -> Any:
+            async with gate, session.post(f"{url}/chat/completions", data=body, headers=headers) as response:
+                return json.loads(await response.read())["choices"][0]["message"]["content"]
+
+        await asyncio.gather(*(one(b) for b in bodies[:concurrency]))  # connections, as the others warm up
+        started = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in bodies))
+        return time.perf_counter() - started
+
+
 async def _bare(url: str, images: list[Image.Image], calls: int, concurrency: int) -> float:
     from openai import AsyncOpenAI
 
@@ -92,8 +160,7 @@ async def _bare(url: str, images: list[Image.Image], calls: int, concurrency: in
     text = render_prompt(PromptSpec(), PROMPT)
     schema = pair_constraint("image", "flex")
     gate = asyncio.Semaphore(concurrency)
-    pairs = [(i, j) for i in range(G) for j in range(i + 1, G)]
-    pairs = (pairs * math.ceil(calls / len(pairs)))[:calls]
+    pairs = _pairs(calls)
 
     async def one(i: int, j: int, urls: list[str]) -> Any:
         async with gate:
@@ -107,8 +174,13 @@ async def _bare(url: str, images: list[Image.Image], calls: int, concurrency: in
     return elapsed
 
 
-async def _flexjudge(url: str, images: list[Image.Image], concurrency: int, swap: bool) -> float:
-    judge = flexjudge.Judge("canned", backend="openai", base_url=url, max_concurrency=concurrency)
+async def _flexjudge(
+    url: str, images: list[Image.Image], concurrency: int, swap: bool, transport: str = "auto"
+) -> float:
+    options = {"transport": transport}
+    judge = flexjudge.Judge(
+        "canned", backend="openai", base_url=url, max_concurrency=concurrency, backend_options=options
+    )
     await agroup_rewards(PROMPT, images[:2], judge)  # the capability probe and connections, once
     fresh = [im.copy() for im in images]  # new pixels objects, same content: the encode memo is by content
     for im, k in zip(fresh, range(G), strict=True):
@@ -122,10 +194,28 @@ async def _flexjudge(url: str, images: list[Image.Image], concurrency: int, swap
     return elapsed
 
 
+class _Timed:
+    """Best wall time, and client and server CPU per call in the best-CPU repeat, of one client."""
+
+    def __init__(self) -> None:
+        self.wall = math.inf
+        self.cpu = math.inf
+        self.server_cpu = math.inf
+
+    def run(self, server_pid: int, calls: int, timed: Any) -> None:
+        client, served = time.process_time(), _cpu_s(server_pid)
+        wall = asyncio.run(timed)
+        self.wall = min(self.wall, wall)
+        cpu = (time.process_time() - client) / calls
+        if cpu < self.cpu:
+            self.cpu, self.server_cpu = cpu, (_cpu_s(server_pid) - served) / calls
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--latency-ms", type=float, default=50.0)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--transport", choices=["auto", "aiohttp", "httpx"], default="auto")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     latency = args.latency_ms / 1000
@@ -139,21 +229,33 @@ def main() -> None:
         for concurrency, swap in ((8, False), (36, False), (8, True), (72, True)):
             calls = pairs * (2 if swap else 1)
             ideal = math.ceil(calls / concurrency) * latency
-            bare = min(asyncio.run(_bare(url, images, calls, concurrency)) for _ in range(args.repeat))
-            ours = min(asyncio.run(_flexjudge(url, images, concurrency, swap)) for _ in range(args.repeat))
-            rows.append((concurrency, calls, ideal, bare, ours))
+            floor, bare, ours = _Timed(), _Timed(), _Timed()
+            for _ in range(args.repeat):  # interleaved
+                floor.run(server.pid, calls, _floor(url, images, calls, concurrency))
+                bare.run(server.pid, calls, _bare(url, images, calls, concurrency))
+                ours.run(
+                    server.pid,
+                    calls,
+                    _flexjudge(url, images, concurrency, swap, args.transport),
+                )
+            rows.append((concurrency, calls, ideal, floor, bare, ours))
     finally:
         server.terminate()
     table = [
-        "| concurrency | calls | ideal ms | bare client ms | flexjudge ms | flexjudge / ideal "
-        "| flexjudge / bare |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| concurrency | calls | ideal ms | floor ms | bare client ms | flexjudge ms | floor / ideal "
+        "| flexjudge / ideal | flexjudge / bare | CPU ms/call: floor, bare, flexjudge, server |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     table += [
-        f"| {c} | {n} | {i * 1000:.0f} | {b * 1000:.0f} | {o * 1000:.0f} | {o / i:.2f} | {o / b:.2f} |"
-        for c, n, i, b, o in rows
+        f"| {c} | {n} | {i * 1000:.0f} | {f.wall * 1000:.0f} | {b.wall * 1000:.0f} | {o.wall * 1000:.0f} "
+        f"| {f.wall / i:.2f} | {o.wall / i:.2f} | {o.wall / b.wall:.2f} "
+        f"| {f.cpu * 1000:.2f}, {b.cpu * 1000:.2f}, {o.cpu * 1000:.2f}, {o.server_cpu * 1000:.2f} |"
+        for c, n, i, f, b, o in rows
     ]
-    setup = f"{machine()}; G = {G}, 256x256 images, latency {args.latency_ms:.0f} ms, best of {args.repeat}"
+    setup = (
+        f"{machine()}; G = {G}, 256x256 images, latency {args.latency_ms:.0f} ms, best of {args.repeat} "
+        f"interleaved, flexjudge transport {args.transport}, load average {os.getloadavg()[0]:.1f}"
+    )
     report("group_reward", setup, table, args.record)
 
 

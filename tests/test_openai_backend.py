@@ -334,7 +334,7 @@ def test_a_bug_of_ours_is_not_retried(url: str, injector: FaultInjector) -> None
     from openai import AsyncOpenAI
 
     class Buggy(AsyncOpenAI):
-        def _process_response_data(self, *args: Any, **kwargs: Any) -> Any:
+        async def _process_response(self, *args: Any, **kwargs: Any) -> Any:
             raise TypeError("a bug while reading a good answer")
 
     client = Buggy(base_url=url, api_key="k", max_retries=0)

@@ -1,8 +1,11 @@
-"""The openai backend sends exactly the body `chat.completions.create` would, through `client.post`.
+"""The openai backend sends the body `chat.completions.create` would, through `client.post`.
 
 `flexjudge.backends._retry` skips `create`'s parameter transform (a CPU cost per request that grows with
-the response schema); this holds it to the same bytes on the wire, auth header included, for a real
-judge request (schema response format, images, template options in `extra_body`).
+the response schema), and the backend splices each body from a constant part encoded once
+(`openai_wire.encode`). These hold the body on the wire to what `create` sends for a real judge request
+(schema response format, images, template options in `extra_body`), as the same JSON value with the same
+auth header: `create` orders the keys its own way, so the bytes differ only in key order. The splice
+itself is held byte for byte to what the client's own encoder makes of the same dict.
 """
 
 from __future__ import annotations
@@ -16,8 +19,13 @@ from typing import Any
 
 import pytest
 from openai import AsyncOpenAI
+from openai._utils._json import openapi_dumps
 
-from flexjudge.backends._retry import complete
+from flexjudge.backends._probe import PROBE_TOKENS
+from flexjudge.backends._retry import complete, json_fields
+from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart
+from flexjudge.backends.openai import OpenAIBackend
+from flexjudge.backends.openai_wire import Tail, encode
 from flexjudge.constraints import pair_constraint
 from flexjudge.prompting import PromptSpec, render_prompt
 
@@ -30,6 +38,37 @@ _ANSWER = {
 }
 
 
+_PROBE_OK = {"role": "assistant", "content": '{"ok": true}'}
+_IMAGE = "data:image/png;base64,iVBORw0KGgo="
+_TEXT = render_prompt(PromptSpec(), "a red fox by a café, 狐狸 🦊")  # non-ASCII travels as UTF-8
+
+
+def _body() -> dict[str, Any]:
+    """A judge request as `create` takes it."""
+    return {
+        "model": "judge",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": _IMAGE}},
+                    {"type": "image_url", "image_url": {"url": _IMAGE}},
+                    {"type": "text", "text": _TEXT},
+                ],
+            }
+        ],
+        "max_tokens": 4096,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": 3,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "judgment", "schema": pair_constraint("image", "flex"), "strict": True},
+        },
+        "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
+    }
+
+
 @pytest.fixture
 def recorder() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     seen: list[dict[str, Any]] = []
@@ -37,10 +76,20 @@ def recorder() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["content-length"]))
-            seen.append(
-                {"path": self.path, "auth": self.headers.get("authorization"), "body": json.loads(body)}
-            )
-            out = json.dumps(_ANSWER).encode()
+            decoded = json.loads(body)
+            if decoded.get("max_tokens") == PROBE_TOKENS:  # the backend's capability probe: pass it
+                answer = {**_ANSWER, "choices": [{**_ANSWER["choices"][0], "message": _PROBE_OK}]}
+            else:
+                seen.append(
+                    {
+                        "path": self.path,
+                        "auth": self.headers.get("authorization"),
+                        "type": self.headers.get("content-type"),
+                        "body": decoded,
+                    }
+                )
+                answer = _ANSWER
+            out = json.dumps(answer).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(out)))
@@ -60,28 +109,7 @@ def recorder() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 def test_the_body_on_the_wire_is_what_create_sends(recorder: tuple[str, list[dict[str, Any]]]) -> None:
     url, seen = recorder
-    image = "data:image/png;base64,iVBORw0KGgo="
-    body = {
-        "model": "judge",
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": image}},
-                    {"type": "image_url", "image_url": {"url": image}},
-                    {"type": "text", "text": render_prompt(PromptSpec(), "a red fox")},
-                ],
-            }
-        ],
-        "max_tokens": 4096,
-        "temperature": 0.0,
-        "top_p": 1.0,
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": "judgment", "schema": pair_constraint("image", "flex"), "strict": True},
-        },
-        "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
-    }
+    body = _body()
 
     async def both() -> None:
         client = AsyncOpenAI(base_url=url, api_key="sk-test", max_retries=0)
@@ -95,3 +123,61 @@ def test_the_body_on_the_wire_is_what_create_sends(recorder: tuple[str, list[dic
     assert ours == reference
     assert ours["auth"] == "Bearer sk-test" and ours["path"] == "/v1/chat/completions"
     assert ours["body"]["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+def test_the_backends_spliced_body_is_what_create_sends(
+    recorder: tuple[str, list[dict[str, Any]]], transport: str
+) -> None:
+    url, seen = recorder
+    body = _body()
+    schema = body["response_format"]["json_schema"]["schema"]
+    request = Request(
+        messages=(Message("user", (ImagePart(_png()), ImagePart(_png()), TextPart(_TEXT))),),
+        constraint=Constraint(schema=schema, strict_schema=schema),
+        seed=3,
+        chat_template_kwargs={"enable_thinking": False},
+    )
+    backend = OpenAIBackend(url, model="judge", api_key="sk-test", transport=transport)  # type: ignore[arg-type]
+
+    async def both() -> None:
+        try:
+            for _ in range(2):  # the second from the encoded constant part
+                (generation,) = await backend.generate([request])
+                assert generation.text == "ok" and generation.usage is None
+        finally:
+            await backend.aclose()
+        client = AsyncOpenAI(base_url=url, api_key="sk-test", max_retries=0)
+        for message in body["messages"]:  # the image as the backend encodes it
+            message["content"][0]["image_url"]["url"] = message["content"][1]["image_url"]["url"] = _png_url()
+        await client.chat.completions.create(**body)
+        await client.close()
+
+    asyncio.run(both())
+    first, second, reference = seen
+    assert first == second == reference
+    assert first["auth"] == "Bearer sk-test" and first["type"] == "application/json"
+
+
+def test_the_splice_is_the_clients_own_encoding_byte_for_byte() -> None:
+    payload = json_fields(_body())
+    constant = ("model", "response_format", "chat_template_kwargs")
+    head = {k: v for k, v in payload.items() if k not in constant}
+    tail = {k: payload[k] for k in constant}
+    assert encode(head, Tail.of(tail)) == openapi_dumps({**head, **tail})
+    assert encode({}, Tail.of(tail)) == openapi_dumps(tail)
+    assert encode(head, Tail.of({})) == openapi_dumps(head)
+    with pytest.raises(ValueError):  # as the client's encoder: no NaN on the wire
+        encode({**head, "temperature": float("nan")}, Tail.of(tail))
+
+
+def _png() -> Any:
+    from PIL import Image
+
+    return Image.new("RGB", (4, 4), (200, 30, 30))
+
+
+def _png_url() -> str:
+    from flexjudge.media import to_data_url
+
+    return to_data_url(_png())

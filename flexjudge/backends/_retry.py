@@ -8,8 +8,9 @@ while building the body, say) is a bug, never a server error to retry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential, wait_random
@@ -25,33 +26,50 @@ RETRY_AFTER_CAP_S = 60.0
 _RAW_RESPONSE = "X-Stainless-Raw-Response"  # what `with_raw_response` sets: parse the body ourselves, below
 _RETRIED_STATUS = frozenset({408, 409, 429})  # a timeout, a lock conflict, a rate limit; plus any 5xx
 
-__all__ = ["RETRY_AFTER_CAP_S", "complete"]
+T = TypeVar("T")
+
+__all__ = ["RETRY_AFTER_CAP_S", "complete", "complete_raw", "json_fields"]
 
 
 async def complete(
     client: AsyncOpenAI, body: dict[str, Any], *, url: str, attempts: int, backoff_s: float
 ) -> ChatCompletion:
     """One chat completion under the retry policy; a failure that remains is a `BackendError`."""
-    retrying = AsyncRetrying(
+    return await _retrying(attempts, backoff_s)(_once, client, body, url)
+
+
+async def complete_raw(
+    client: AsyncOpenAI,
+    content: bytes,
+    read: Callable[[bytes], T],
+    *,
+    url: str,
+    attempts: int,
+    backoff_s: float,
+) -> T:
+    """`complete` for a body encoded already (JSON bytes): the answer's bytes go to `read`, which raises a
+    retryable `BackendError` for a body that is not a chat completion, so it is asked again like any
+    other server fault. Same client, route, auth, headers, timeouts and errors as `complete`."""
+    return await _retrying(attempts, backoff_s)(_once_raw, client, content, read, url)
+
+
+def _retrying(attempts: int, backoff_s: float) -> AsyncRetrying:
+    return AsyncRetrying(
         stop=stop_after_attempt(attempts),
         wait=_wait(backoff_s),
         retry=retry_if_exception(lambda exc: isinstance(exc, BackendError) and exc.retryable),
         reraise=True,
     )
-    return await retrying(_once, client, body, url)
 
 
-async def _once(client: AsyncOpenAI, body: dict[str, Any], url: str) -> ChatCompletion:
+@contextmanager
+def _http_errors(url: str) -> Iterator[None]:
+    """The client's status and connection errors as `BackendError`s, retryable when the server was at
+    fault or unreachable."""
     import openai
-    from openai.types.chat import ChatCompletion, ChatCompletionMessage
 
     try:
-        raw = await client.post(
-            "/chat/completions",
-            cast_to=ChatCompletion,
-            body=_payload(body),
-            options={"headers": {_RAW_RESPONSE: "true"}},
-        )
+        yield
     except openai.APIStatusError as exc:
         status = exc.status_code
         retryable = status in _RETRIED_STATUS or status >= 500
@@ -60,6 +78,27 @@ async def _once(client: AsyncOpenAI, body: dict[str, Any], url: str) -> ChatComp
         ) from exc
     except openai.APIConnectionError as exc:  # timeouts included
         raise BackendError(f"cannot reach {url}: {exc}", retryable=True, original=exc) from exc
+
+
+async def _once_raw(client: AsyncOpenAI, content: bytes, read: Callable[[bytes], T], url: str) -> T:
+    with _http_errors(url):
+        # Not streamed: the client reads the whole body inside `post`, so a body cut short is a
+        # connection error there, never half an answer here.
+        raw = await client.post("/chat/completions", cast_to=bytes, content=content)
+    return read(raw)
+
+
+async def _once(client: AsyncOpenAI, body: dict[str, Any], url: str) -> ChatCompletion:
+    import openai
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+
+    with _http_errors(url):
+        raw = await client.post(
+            "/chat/completions",
+            cast_to=ChatCompletion,
+            body=json_fields(body),
+            options={"headers": {_RAW_RESPONSE: "true"}},
+        )
     try:
         # Reading the body happens here and only here: JSON that does not parse and bytes that do not
         # decode raise ValueError (JSONDecodeError, UnicodeDecodeError), a body the client rejects
@@ -82,7 +121,7 @@ async def _once(client: AsyncOpenAI, body: dict[str, Any], url: str) -> ChatComp
     return response
 
 
-def _payload(body: dict[str, Any]) -> dict[str, Any]:
+def json_fields(body: dict[str, Any]) -> dict[str, Any]:
     """The JSON body of `chat.completions.create(**body)`, its `extra_body` merged in as the client does.
 
     Requests go through `client.post`, the client's documented route for requests it does not type: the
