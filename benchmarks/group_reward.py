@@ -103,12 +103,29 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Window:
+    """Wall time, the client's CPU and the server's CPU over one timed stretch."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.wall = self.cpu = self.server_cpu = 0.0
+
+    def start(self) -> None:
+        self._at = (time.perf_counter(), time.process_time(), _cpu_s(self.server_pid))
+
+    def stop(self) -> None:
+        wall, cpu, served = self._at
+        self.wall = time.perf_counter() - wall
+        self.cpu = time.process_time() - cpu
+        self.server_cpu = _cpu_s(self.server_pid) - served
+
+
 def _pairs(calls: int) -> list[tuple[int, int]]:
     pairs = [(i, j) for i in range(G) for j in range(i + 1, G)]
     return (pairs * math.ceil(calls / len(pairs)))[:calls]
 
 
-async def _floor(url: str, images: list[Image.Image], calls: int, concurrency: int) -> float:
+async def _floor(url: str, images: list[Image.Image], calls: int, concurrency: int, window: Window) -> None:
     import aiohttp
 
     text = render_prompt(PromptSpec(), PROMPT)
@@ -148,12 +165,14 @@ async def _floor(url: str, images: list[Image.Image], calls: int, concurrency: i
                 return json.loads(await response.read())["choices"][0]["message"]["content"]
 
         await asyncio.gather(*(one(b) for b in bodies[:concurrency]))  # connections, as the others warm up
-        started = time.perf_counter()
+        window.start()
         await asyncio.gather(*(one(b) for b in bodies))
-        return time.perf_counter() - started
+        window.stop()
 
 
-async def _bare(url: str, images: list[Image.Image], calls: int, concurrency: int) -> float:
+async def _bare(
+    url: str, images: list[Image.Image], calls: int, concurrency: int, window: Window | None = None
+) -> None:
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0)
@@ -166,17 +185,18 @@ async def _bare(url: str, images: list[Image.Image], calls: int, concurrency: in
         async with gate:
             return await bare_judgment(client, [urls[i], urls[j]], text, schema)
 
-    started = time.perf_counter()
+    if window is not None:
+        window.start()
     urls = [to_data_url(im) for im in images]  # once per group, as flexjudge does
     await asyncio.gather(*(one(i, j, urls) for i, j in pairs))
-    elapsed = time.perf_counter() - started
+    if window is not None:
+        window.stop()
     await client.close()
-    return elapsed
 
 
 async def _flexjudge(
-    url: str, images: list[Image.Image], concurrency: int, swap: bool, transport: str = "auto"
-) -> float:
+    url: str, images: list[Image.Image], concurrency: int, swap: bool, transport: str, window: Window
+) -> None:
     options = {"transport": transport}
     judge = flexjudge.Judge(
         "canned", backend="openai", base_url=url, max_concurrency=concurrency, backend_options=options
@@ -185,13 +205,12 @@ async def _flexjudge(
     fresh = [im.copy() for im in images]  # new pixels objects, same content: the encode memo is by content
     for im, k in zip(fresh, range(G), strict=True):
         im.putpixel((0, 0), (k, k, k + 1))  # distinct from the warm-up's, so nothing is pre-encoded
-    started = time.perf_counter()
+    window.start()
     result = await agroup_rewards(PROMPT, fresh, judge, swap=swap)
-    elapsed = time.perf_counter() - started
+    window.stop()
     await judge.aclose()
     if result.failures or len(result.judgments) != G * (G - 1) // 2:
         raise SystemExit(f"the group did not complete: {result.failures[:3]}")
-    return elapsed
 
 
 class _Timed:
@@ -202,13 +221,11 @@ class _Timed:
         self.cpu = math.inf
         self.server_cpu = math.inf
 
-    def run(self, server_pid: int, calls: int, timed: Any) -> None:
-        client, served = time.process_time(), _cpu_s(server_pid)
-        wall = asyncio.run(timed)
-        self.wall = min(self.wall, wall)
-        cpu = (time.process_time() - client) / calls
-        if cpu < self.cpu:
-            self.cpu, self.server_cpu = cpu, (_cpu_s(server_pid) - served) / calls
+    def run(self, window: Window, calls: int, timed: Any) -> None:
+        asyncio.run(timed)
+        self.wall = min(self.wall, window.wall)
+        if window.cpu / calls < self.cpu:
+            self.cpu, self.server_cpu = window.cpu / calls, window.server_cpu / calls
 
 
 def main() -> None:
@@ -231,13 +248,10 @@ def main() -> None:
             ideal = math.ceil(calls / concurrency) * latency
             floor, bare, ours = _Timed(), _Timed(), _Timed()
             for _ in range(args.repeat):  # interleaved
-                floor.run(server.pid, calls, _floor(url, images, calls, concurrency))
-                bare.run(server.pid, calls, _bare(url, images, calls, concurrency))
-                ours.run(
-                    server.pid,
-                    calls,
-                    _flexjudge(url, images, concurrency, swap, args.transport),
-                )
+                window = Window(server.pid)
+                floor.run(window, calls, _floor(url, images, calls, concurrency, window))
+                bare.run(window, calls, _bare(url, images, calls, concurrency, window))
+                ours.run(window, calls, _flexjudge(url, images, concurrency, swap, args.transport, window))
             rows.append((concurrency, calls, ideal, floor, bare, ours))
     finally:
         server.terminate()

@@ -23,10 +23,11 @@ from openai._utils._json import openapi_dumps
 
 from flexjudge.backends._probe import PROBE_TOKENS
 from flexjudge.backends._retry import complete, json_fields
-from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart
+from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart, TokenLogprob, Usage
 from flexjudge.backends.openai import OpenAIBackend
-from flexjudge.backends.openai_wire import Tail, encode
+from flexjudge.backends.openai_wire import Tail, encode, read
 from flexjudge.constraints import pair_constraint
+from flexjudge.errors import BackendError, UsageError
 from flexjudge.prompting import PromptSpec, render_prompt
 
 _ANSWER = {
@@ -181,3 +182,75 @@ def _png_url() -> str:
     from flexjudge.media import to_data_url
 
     return to_data_url(_png())
+
+
+def _completion(**choice: Any) -> dict[str, Any]:
+    message = choice.pop("message", {"role": "assistant", "content": "ok"})
+    return {**_ANSWER, "choices": [{"index": 0, "message": message, "finish_reason": "stop", **choice}]}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"<html>not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        json.dumps({**_ANSWER, "choices": []}).encode(),
+        json.dumps({**_ANSWER, "choices": ["text"]}).encode(),
+        json.dumps(_completion(message="ok")).encode(),
+    ],
+)
+def test_a_body_that_is_not_a_chat_completion_is_worth_asking_again(raw: bytes) -> None:
+    with pytest.raises(BackendError, match="http://x") as info:
+        read(raw, "http://x")
+    assert info.value.retryable
+
+
+def test_a_choice_without_text_is_not_retried() -> None:
+    raw = json.dumps(_completion(message={"role": "assistant", "content": None})).encode()
+    with pytest.raises(BackendError) as info:
+        read(raw, "http://x")
+    assert not info.value.retryable
+
+
+def test_what_is_read_of_an_answer() -> None:
+    tokens = [{"token": "{", "logprob": -0.25}, {"token": "}", "logprob": 0}]
+    answer = read(
+        json.dumps(
+            {
+                **_completion(finish_reason="length", logprobs={"content": tokens}),
+                "usage": {"prompt_tokens": 7, "completion_tokens": 2},
+            }
+        ).encode(),
+        "http://x",
+    )
+    assert answer.text == "ok" and answer.finish_reason == "length" and answer.model == "m"
+    assert answer.usage == Usage(7, 2)
+    assert answer.token_logprobs == (TokenLogprob("{", -0.25), TokenLogprob("}", 0.0))
+    plain = read(json.dumps({**_completion(), "model": None}).encode(), "http://x")
+    assert plain.finish_reason == "stop" and plain.usage is None and plain.model == ""
+    assert plain.token_logprobs is None
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [{"prompt_tokens": 7, "completion_tokens": None}, {"prompt_tokens": True, "completion_tokens": 2}, 5],
+)
+def test_counts_that_are_not_counts_are_no_usage(usage: Any) -> None:
+    assert read(json.dumps({**_completion(), "usage": usage}).encode(), "http://x").usage is None
+
+
+@pytest.mark.parametrize("bad", [0.5, "NaN", "-Infinity", True, None, "x"])
+def test_one_unusable_log_probability_drops_the_list(bad: Any) -> None:
+    value = float(bad) if bad in ("NaN", "-Infinity") else bad
+    tokens = [{"token": "a", "logprob": -0.1}, {"token": "b", "logprob": value}]
+    raw = json.dumps(
+        _completion(logprobs={"content": tokens})
+    ).encode()  # NaN and -Infinity as Python writes them
+    assert read(raw, "http://x").token_logprobs is None
+
+
+def test_the_transport_is_checked() -> None:
+    with pytest.raises(UsageError):
+        OpenAIBackend("http://127.0.0.1:1/v1", model="m", transport="curl")  # type: ignore[arg-type]
+    assert OpenAIBackend("http://127.0.0.1:1/v1", model="m", transport="httpx").transport == "httpx"
