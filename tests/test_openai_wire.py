@@ -250,6 +250,14 @@ def test_one_unusable_log_probability_drops_the_list(bad: Any) -> None:
     assert read(raw, "http://x").token_logprobs is None
 
 
+def test_behind_a_proxy_auto_keeps_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert OpenAIBackend("http://127.0.0.1:1/v1", model="m").transport == "aiohttp"
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert OpenAIBackend("http://127.0.0.1:1/v1", model="m").transport == "httpx"
+
+
 def test_the_transport_is_checked() -> None:
     with pytest.raises(UsageError):
         OpenAIBackend("http://127.0.0.1:1/v1", model="m", transport="curl")  # type: ignore[arg-type]

@@ -26,8 +26,9 @@ Requests travel as JSON bytes through the client's raw route (`client.post`: its
 timeouts and errors), the constant part of each body (the schema, the model, template options)
 encoded once per constraint, and answers are read from their JSON (`openai_wire.py`) rather than
 through the client's response models. The HTTP transport is aiohttp where it is installed (the openai
-client's documented `DefaultAioHttpClient`: about a third less CPU a request than httpx2 here), else
-httpx2; `transport="httpx"` or `"aiohttp"` chooses.
+client's documented `DefaultAioHttpClient`: about a third less CPU a request than httpx2 here) unless
+the environment names a proxy (aiohttp ignores HTTP(S)_PROXY), else httpx2; `transport="httpx"` or
+`"aiohttp"` chooses.
 
 Scale-out is the server's business: one vLLM endpoint with tensor or data parallelism behind it.
 """
@@ -38,6 +39,7 @@ import asyncio
 import json
 import os
 import threading
+import urllib.request
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -448,6 +450,10 @@ def _transport(chosen: Transport) -> Literal["aiohttp", "httpx"]:
     if chosen not in ("auto", "aiohttp", "httpx"):
         raise UsageError(f"transport must be 'auto', 'aiohttp' or 'httpx', not {chosen!r}")
     if chosen == "httpx":
+        return "httpx"
+    if chosen == "auto" and urllib.request.getproxies():
+        # The client's aiohttp transport ignores HTTP(S)_PROXY and the like, which httpx2 follows: behind
+        # a proxy, "auto" keeps the transport that goes where the environment says.
         return "httpx"
     try:
         import aiohttp  # noqa: F401
