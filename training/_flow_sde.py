@@ -83,7 +83,9 @@ def sde_step(
         if std == 0.0:
             prev_sample = mean
         else:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            # Drawn where the generator lives (a CPU generator stays reproducible across devices).
+            where = generator.device if generator is not None else x.device
+            noise = torch.randn(x.shape, generator=generator, device=where, dtype=x.dtype).to(x.device)
             prev_sample = mean + std * noise
     if std == 0.0:
         return Step(prev_sample=prev_sample, log_prob=None, mean=mean, std=std)
