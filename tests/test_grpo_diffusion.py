@@ -40,6 +40,9 @@ def test_the_shipped_config_holds_the_papers_flux_settings(capsys: pytest.Captur
     assert settings["learning_rate"] == pytest.approx(3e-6)
     assert settings["kl_beta"] == 0.0
     assert settings["model"] == "black-forest-labs/FLUX.1-dev"
+    wan = load_settings(GrpoDiffusionSettings, ROOT / "training" / "configs" / "grpo_wan.yaml")
+    assert (wan.group_size, wan.num_inference_steps, wan.learning_rate) == (6, 20, 3e-5)
+    assert (wan.kl_beta, wan.lora.r) == (0.004, 64)
 
 
 @pytest.mark.parametrize(
@@ -85,12 +88,12 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tests.tiny_flow import COLOUR_PROMPTS, build_flux, build_sd3
+    from tests.tiny_flow import COLOUR_PROMPTS, build_flux, build_sd3, build_wan
 
     root = tmp_path_factory.mktemp("tiny_flow")
     (root / "prompts.txt").write_text("\n".join(COLOUR_PROMPTS) + "\n")
-    flux, sd3 = build_flux(root / "flux"), build_sd3(root / "sd3")
-    return {"flux": flux, "sd3": sd3, "prompts": root / "prompts.txt"}
+    flux, sd3, wan = build_flux(root / "flux"), build_sd3(root / "sd3"), build_wan(root / "wan")
+    return {"flux": flux, "sd3": sd3, "wan": wan, "prompts": root / "prompts.txt"}
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +162,26 @@ def test_sd3_trains_with_an_in_process_judge_over_the_served_model_with_kl(
     summary = json.loads((tmp_path / grpo_diffusion.SUMMARY).read_text())
     assert summary["finite"] and summary["log"][0]["kl"] >= 0.0 and summary["log"][0]["failed_pairs"] == 0
     assert judge.calls - before == 2 * 6  # two groups of 4: C(4, 2) pairs each
+    assert any(v.abs().sum() > 0 for k, v in _adapter(tmp_path).items() if "lora_B" in k)
+
+
+@pytest.mark.slow
+def test_wan_video_trains_through_the_same_loop_with_videos_judged_as_videos(
+    tiny: dict[str, Path], served: tuple[str, Any], tmp_path: Path
+) -> None:
+    url, judge = served
+    before = judge.calls
+    video = [
+        "height=16", "width=16", "num_frames=5", "group_size=3", "prompts_per_step=1",
+        "num_inference_steps=3", "guidance_scale=5.0", "kl_beta=0.004", "train_batch_size=1",
+        "gradient_accumulation_steps=1",
+    ]  # fmt: skip
+    grpo_diffusion.main(_argv(tiny, tmp_path, f"reward.server_url={url}", "max_steps=1", *video, model="wan"))
+    summary = json.loads((tmp_path / grpo_diffusion.SUMMARY).read_text())
+    (entry,) = summary["log"]
+    assert summary["finite"] and entry["failed_pairs"] == 0 and summary["optimizer_steps"] == 3
+    assert entry["kl"] > 0  # the second and third updates start from a trained LoRA
+    assert judge.calls - before == 3  # C(3, 2) pairs of videos
     assert any(v.abs().sum() > 0 for k, v in _adapter(tmp_path).items() if "lora_B" in k)
 
 

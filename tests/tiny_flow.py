@@ -1,8 +1,9 @@
-"""Tiny random-weight flow-matching pipelines (FLUX, SD3) built from configs, offline, with tiny local text
-encoders and a byte-level tokenizer trained here, so the pipelines' own `encode_prompt` runs as with real
-checkpoints. Saved to a directory and loaded back by path, as the training script loads a checkpoint.
+"""Tiny random-weight flow-matching pipelines (FLUX, SD3, Wan2.1) built from configs, offline, with tiny
+local text encoders and a byte-level tokenizer trained here, so the pipelines' own `encode_prompt` runs as
+with real checkpoints. Saved to a directory and loaded back by path, as the training script loads one.
 
-Also a rule judge for GRPO tests: the redder image (mean of the red channel minus the others) wins.
+Also a rule judge for GRPO tests: the redder image or video (mean of the red channel minus the others)
+wins.
 """
 
 from __future__ import annotations
@@ -175,6 +176,38 @@ def build_sd3(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def build_wan(out: Path, seed: int = 0) -> Path:
+    """A tiny WanPipeline (Wan2.1 layout, its UniPC scheduler with a flow shift) saved at `out`; 16x16
+    videos of 5 frames."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=1, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )  # fmt: skip
+    tok = tokenizer(64)
+    encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, decoder_start_token_id=0,
+        )
+    )  # fmt: skip
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
+    WanPipeline(
+        tokenizer=tok, text_encoder=encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    ).save_pretrained(out)
+    return out
+
+
 def redness(image: Any) -> float:
     import numpy as np
 
@@ -200,7 +233,11 @@ class RednessJudge:
         if not images:  # the openai backend's capability probe
             return Generation(text='{"ok": true}', finish_reason="stop", constrained=True)
         self.calls += 1
-        winner = 1 if redness(images[0]) >= redness(images[1]) else 2
+        # An image pair shows 2 images; a video pair the frames of the first video, then the second's.
+        half = len(images) // 2
+        first = sum(redness(i) for i in images[:half]) / half
+        second = sum(redness(i) for i in images[half:]) / half
+        winner = 1 if first >= second else 2
         return Generation(text=judgment_text(winner), finish_reason="stop", constrained=False)
 
     async def aclose(self) -> None:

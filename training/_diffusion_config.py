@@ -59,11 +59,13 @@ class RewardSettings(_Strict):
 class GrpoDiffusionSettings(_Strict):
     """GRPO (Flow-GRPO mechanics, Pref-GRPO rewards) on a diffusers flow-matching pipeline."""
 
-    model: str = Field(description="A diffusers pipeline directory or cached hub id (FLUX or SD3 family).")
+    model: str = Field(description="A diffusers pipeline directory or cached hub id (FLUX, SD3 or Wan2.1).")
     prompts: str = Field(description="A text file with one prompt per line.")
     output_dir: str = Field(description="Checkpoints (the LoRA adapter, optimizer, state) go here.")
     reward: RewardSettings
-    family: Literal["auto", "flux", "sd3"] = Field("auto", description="auto: from the pipeline's class.")
+    family: Literal["auto", "flux", "sd3", "wan"] = Field(
+        "auto", description="auto: from the pipeline's class."
+    )
     lora: DiffusionLoraSettings = Field(default_factory=lambda: DiffusionLoraSettings())
     group_size: int = Field(9, ge=2, description="G: samples per prompt, judged as one group (paper: 9).")
     prompts_per_step: int = Field(
@@ -77,6 +79,7 @@ class GrpoDiffusionSettings(_Strict):
     num_inference_steps: int = Field(15, ge=2, description="Sampling steps (paper: 15 for FLUX.1-dev).")
     height: int = Field(512, ge=16, description="Image height (not in DESIGN.md; Flow-GRPO's 512).")
     width: int = Field(512, ge=16)
+    num_frames: int = Field(81, ge=1, description="Video frames (Wan; Wan2.1 T2V's 81). Images ignore it.")
     guidance_scale: float = Field(
         3.5, ge=0.0, description="FLUX: the embedded guidance; SD3: classifier-free guidance (1 = off)."
     )

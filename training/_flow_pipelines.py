@@ -9,7 +9,10 @@ log-probability, so the few lines of each family's denoising loop are repeated h
 - FLUX (`FluxPipeline`): packed 2x2 latent patches, timestep / 1000, the embedded guidance of
   FLUX.1-dev (`guidance_embeds`), the schedule shifted by the image's sequence length (`mu`).
 - SD3 (`StableDiffusion3Pipeline`): classifier-free guidance in one doubled batch, timesteps in 0..1000.
-- Wan (`WanPipeline`, video) is not here yet: see the recipe's "Video" paragraph.
+- Wan2.1 (`WanPipeline`, video): classifier-free guidance in two passes, timesteps in 0..1000, latents
+  (B, C, F, H, W) normalised by the VAE's per-channel mean and std. Wan ships a UniPC multistep scheduler;
+  the SDE needs a one-step flow-matching schedule, so the sigmas come from a `FlowMatchEulerDiscreteScheduler`
+  with the pipeline's `flow_shift`. Wan2.2 (two transformers, per-token timesteps) is refused.
 """
 
 from __future__ import annotations
@@ -38,10 +41,17 @@ class FlowFamily:
     shared: tuple[str, ...] = ()
 
     def __init__(
-        self, pipe: Any, *, height: int, width: int, guidance_scale: float, max_sequence_length: int
-    ):
+        self,
+        pipe: Any,
+        *,
+        height: int,
+        width: int,
+        guidance_scale: float,
+        max_sequence_length: int,
+        num_frames: int = 1,
+    ) -> None:
         self.pipe = pipe
-        self.height, self.width = height, width
+        self.height, self.width, self.num_frames = height, width, num_frames
         self.guidance_scale = guidance_scale
         self.max_sequence_length = max_sequence_length
 
@@ -58,8 +68,12 @@ class FlowFamily:
         raise NotImplementedError
 
     def decode(self, latents: Any) -> Any:
-        """Images (B, 3, H, W) with values in [0, 1]."""
+        """Images (B, 3, H, W) or videos (B, 3, F, H, W) with values in [0, 1]."""
         raise NotImplementedError
+
+    def candidates(self, decoded: Any) -> Any:
+        """What the reward function takes: the image batch as it is (B, 3, H, W) on the CPU."""
+        return decoded.cpu()
 
     def rows(self, cond: dict[str, Any], index: Any) -> dict[str, Any]:
         """The conditioning of the samples `index` (a slice or index tensor)."""
@@ -208,8 +222,88 @@ class SD3Family(FlowFamily):
         return self._to_unit(vae.decode(scaled.to(vae.dtype), return_dict=False)[0])
 
 
-FAMILIES: dict[str, type[FlowFamily]] = {"flux": FluxFamily, "sd3": SD3Family}
-_BY_PIPELINE = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
+class WanFamily(FlowFamily):
+    name = "wan"
+
+    def __init__(self, pipe: Any, **kwargs: Any) -> None:
+        super().__init__(pipe, **kwargs)
+        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("expand_timesteps", False):
+            raise ConfigError("Wan2.2 pipelines (two transformers, per-token timesteps) are not supported")
+        if (self.num_frames - 1) % pipe.vae_scale_factor_temporal:
+            raise ConfigError(
+                f"num_frames must be 1 more than a multiple of {pipe.vae_scale_factor_temporal}"
+            )
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    def encode(self, prompts: list[str]) -> dict[str, Any]:
+        device = self.pipe.transformer.device
+        embeds, negative = self.pipe.encode_prompt(
+            prompt=prompts,
+            negative_prompt=[""] * len(prompts) if self.cfg else None,
+            do_classifier_free_guidance=self.cfg,
+            max_sequence_length=self.max_sequence_length,
+            device=device,
+        )
+        dtype = self.pipe.transformer.dtype
+        return {
+            "encoder_hidden_states": embeds.to(dtype),
+            "negative_encoder_hidden_states": negative.to(dtype) if negative is not None else None,
+        }
+
+    def initial_latents(self, count: int, generator: Any, device: Any) -> Any:
+        import torch
+
+        channels = self.pipe.transformer.config.in_channels
+        return self.pipe.prepare_latents(
+            count, channels, self.height, self.width, self.num_frames, torch.float32, device, generator
+        )
+
+    def schedule(self, steps: int, device: Any) -> Schedule:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        shift = self.pipe.scheduler.config.get("flow_shift") or self.pipe.scheduler.config.get("shift") or 1.0
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=float(shift))
+        scheduler.set_timesteps(steps, device=device)
+        return Schedule([float(t) for t in scheduler.timesteps], [float(s) for s in scheduler.sigmas])
+
+    def velocity(self, transformer: Any, latents: Any, timestep: float, cond: dict[str, Any]) -> Any:
+        import torch
+
+        t = torch.full((latents.shape[0],), timestep, device=latents.device, dtype=latents.dtype)
+
+        def predict(embeds: Any) -> Any:
+            return transformer(
+                hidden_states=latents, timestep=t, encoder_hidden_states=embeds, return_dict=False
+            )[0]
+
+        text = predict(cond["encoder_hidden_states"])
+        if not self.cfg:
+            return text
+        uncond = predict(cond["negative_encoder_hidden_states"])
+        return uncond + self.guidance_scale * (text - uncond)
+
+    def decode(self, latents: Any) -> Any:
+        import torch
+
+        vae = self.pipe.vae
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+        std = torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+        return self._to_unit(vae.decode((latents * std + mean).to(vae.dtype), return_dict=False)[0])
+
+    def candidates(self, decoded: Any) -> Any:
+        """Each video as (F, H, W, 3) uint8 frames, as `flexjudge.judge` takes a video."""
+        import torch
+
+        frames = (decoded.permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        return list(frames)
+
+
+FAMILIES: dict[str, type[FlowFamily]] = {"flux": FluxFamily, "sd3": SD3Family, "wan": WanFamily}
+_BY_PIPELINE = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3", "WanPipeline": "wan"}
 
 
 def family_of(pipe: Any, name: str, **kwargs: Any) -> FlowFamily:
@@ -218,7 +312,8 @@ def family_of(pipe: Any, name: str, **kwargs: Any) -> FlowFamily:
     if name == "auto":
         if pipeline not in _BY_PIPELINE:
             raise ConfigError(
-                f"{pipeline} is not a pipeline this script trains (FluxPipeline, StableDiffusion3Pipeline); "
+                f"{pipeline} is not a pipeline this script trains (FluxPipeline, StableDiffusion3Pipeline, "
+                "WanPipeline); "
                 "set `family` if it is one of their kind"
             )
         name = _BY_PIPELINE[pipeline]

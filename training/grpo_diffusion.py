@@ -1,4 +1,4 @@
-"""GRPO of a diffusers flow-matching text-to-image pipeline (FLUX, SD3) on flexjudge's group rewards.
+"""GRPO of a diffusers flow-matching pipeline (FLUX, SD3 images; Wan2.1 video) on flexjudge's group rewards.
 
     python training/grpo_diffusion.py --config training/configs/grpo_flux.yaml --model FLUX_DIR \\
         --prompts prompts.txt --output-dir OUT --set reward.server_url=http://127.0.0.1:8000
@@ -15,6 +15,9 @@ gathered from every rank and judged whole (`flexjudge.rewards.distributed.Gather
 are sampled in batches of `groups_per_reward_batch`; each batch is judged on a worker thread while the
 next samples, so the judge does not idle the generator. Checkpoints (the adapter, the optimizer, the
 step) go to output_dir every `save_steps`; rerunning continues from the newest (`resume: auto`).
+
+Wan2.1 (`WanPipeline`) trains through the same loop: videos of `num_frames` frames are judged as videos
+(the judge samples its frames). Wan2.2's two-transformer pipelines are refused.
 
 For a benchmark: `run(settings)` trains and returns the summary; `load_pipeline` and `sample` draw images
 from a base pipeline with or without a trained adapter.
@@ -56,8 +59,8 @@ Event = Callable[[str, int, int], None]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="training/grpo_diffusion.py",
-        description="GRPO (Flow-GRPO's SDE sampler, PPO-clip, LoRA) of a FLUX or SD3 pipeline on flexjudge "
-        "group rewards.",
+        description="GRPO (Flow-GRPO's SDE sampler, PPO-clip, LoRA) of a FLUX, SD3 or Wan2.1 pipeline on "
+        "flexjudge group rewards.",
     )
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help=f"YAML config (default: {DEFAULT_CONFIG})."
@@ -114,6 +117,7 @@ def load_pipeline(settings: GrpoDiffusionSettings, device: Any) -> tuple[Any, Fl
         width=settings.width,
         guidance_scale=settings.guidance_scale,
         max_sequence_length=settings.max_sequence_length,
+        num_frames=settings.num_frames,
     )
     return pipe, family
 
@@ -139,7 +143,8 @@ def add_lora(pipe: Any, settings: GrpoDiffusionSettings) -> Any:
 @dataclass
 class Trajectory:
     """What sampling keeps for training: the latents at every step (T + 1, float32), the log-probability
-    of each step (T, B), the prompts' conditioning and the decoded images (B, 3, H, W) in [0, 1]."""
+    of each step (T, B), the prompts' conditioning and the decoded images (B, 3, H, W) or videos
+    (B, 3, F, H, W), in [0, 1]."""
 
     latents: list[Any]
     log_probs: list[Any]
@@ -156,8 +161,8 @@ def sample(
     noise_level: float,
     generator: Any,
 ) -> Trajectory:
-    """Sample `prompts` (one image each) with the SDE step; `noise_level` 0 is diffusers' Euler sampler
-    (then `log_probs` is empty). Runs without gradients."""
+    """Sample `prompts` (one image or video each) with the SDE step; `noise_level` 0 is diffusers' Euler
+    sampler (then `log_probs` is empty). Runs without gradients."""
     import torch
 
     device = family.pipe.transformer.device
@@ -422,7 +427,8 @@ def _sample_and_judge(
         )
         emit("sample_end", step, batch)
         trajectories.append(trajectory)
-        pending.append(pool.submit(_judge, reward, trajectory.images, mine, emit, step, batch))
+        candidates = family.candidates(trajectory.images)
+        pending.append(pool.submit(_judge, reward, candidates, mine, emit, step, batch))
     advantages, failures = [], 0
     for future in pending:
         values, info = future.result()
@@ -431,9 +437,11 @@ def _sample_and_judge(
     return trajectories, advantages, failures
 
 
-def _judge(reward: Any, images: Any, mine: list[tuple[str, int]], emit: Event, step: int, batch: int) -> Any:
+def _judge(
+    reward: Any, candidates: Any, mine: list[tuple[str, int]], emit: Event, step: int, batch: int
+) -> Any:
     emit("reward_start", step, batch)
-    result = reward(images.cpu(), [p for p, _ in mine], [g for _, g in mine])
+    result = reward(candidates, [p for p, _ in mine], [g for _, g in mine])
     emit("reward_end", step, batch)
     return result
 
