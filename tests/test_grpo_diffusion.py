@@ -151,13 +151,14 @@ def test_flux_trains_two_steps_on_served_rewards_and_a_resumed_run_matches_an_un
 
 
 @pytest.mark.slow
-def test_sd3_trains_with_an_in_process_judge_over_the_served_model_with_kl(
+def test_sd3_trains_with_an_in_process_judge_over_the_served_model_with_kl_and_checkpointing(
     tiny: dict[str, Path], served: tuple[str, Any], tmp_path: Path
 ) -> None:
     url, judge = served
     before = judge.calls
     reward = ["reward.server_url=null", "reward.judge_model=redness-judge", "reward.backend=openai",
-              f"reward.base_url={url}", "guidance_scale=4.5", "kl_beta=0.01", "max_steps=1"]  # fmt: skip
+              f"reward.base_url={url}", "guidance_scale=4.5", "kl_beta=0.01", "max_steps=1",
+              "gradient_checkpointing=true"]  # fmt: skip
     grpo_diffusion.main(_argv(tiny, tmp_path, *reward, model="sd3"))
     summary = json.loads((tmp_path / grpo_diffusion.SUMMARY).read_text())
     assert summary["finite"] and summary["log"][0]["kl"] >= 0.0 and summary["log"][0]["failed_pairs"] == 0

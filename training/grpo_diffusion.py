@@ -417,14 +417,12 @@ def _sample_and_judge(
         mine = flat[rank * share : (rank + 1) * share]
         emit("sample_start", step, batch)
         generator = torch.Generator().manual_seed(hash_parts(settings.seed, step, batch, rank))
-        trajectory = sample(
-            family,
-            sampler,
-            [p for p, _ in mine],
-            schedule,
-            noise_level=settings.noise_level,
-            generator=generator,
-        )
+        sampler.eval()  # no adapter dropout while sampling; training (below) recomputes in train mode
+        with accelerator.autocast():  # the precision the training forward uses, so fresh ratios are 1
+            texts = [p for p, _ in mine]
+            trajectory = sample(
+                family, sampler, texts, schedule, noise_level=settings.noise_level, generator=generator
+            )
         emit("sample_end", step, batch)
         trajectories.append(trajectory)
         candidates = family.candidates(trajectory.images)
