@@ -234,16 +234,18 @@ def _check_script(path: str, args: list[str], dry_run: bool) -> None:
     module: Any = importlib.import_module(f"training.{Path(path).stem}")
     parser = module.build_parser()
     parsed = parser.parse_args(args)  # every flag exists and every value converts (argparse exits 2)
-    if not any("--set" in action.option_strings for action in parser._actions):
-        return  # a script without a config (export.py): its flags are all there is
-    # The settings class the script resolves its config with: the one TrainSettings subclass it imports.
-    (settings,) = {
+    # The settings class the script resolves its config with: the TrainSettings subclass it imports (a
+    # script with another kind of config is held to its parser here, and to its --dry-run when slow).
+    found = {
         v
         for v in vars(module).values()
         if isinstance(v, type) and issubclass(v, TrainSettings) and v is not TrainSettings
     }
-    settings_from_args(settings, parsed)  # a ConfigError names every wrong key or value
-    if dry_run:
+    assert len(found) <= 1, f"{path}: which settings? {found}"
+    if found and "overrides" in vars(parsed):
+        settings_from_args(found.pop(), parsed)  # a ConfigError names every wrong key or value
+    has_dry_run = any("--dry-run" in action.option_strings for action in parser._actions)
+    if dry_run and has_dry_run:
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             module.main([*args, "--dry-run"] if "--dry-run" not in args else args)
