@@ -86,6 +86,7 @@ def test_constrained_sampling_hands_vllm_the_judges_own_schema() -> None:
     assert extra["structured_outputs"] == {"json": schema, "disable_any_whitespace": True}
 
 
+@pytest.mark.slow  # a subprocess: about 1.5 s of CPU, 6 s on a busy machine
 def test_a_config_mistake_exits_2_naming_the_key_without_a_traceback() -> None:
     result = _script("--set", "num_generatons=3")
     assert result.returncode == 2 and "Traceback" not in result.stderr

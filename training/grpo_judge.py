@@ -218,7 +218,9 @@ def load_data(settings: GrpoSettings) -> tuple[Any, Any]:
     if not _prepared(root):
         from accelerate import PartialState
 
-        with PartialState().main_process_first():  # one process renders; the others read its output
+        # One process renders, the others read its output; `cpu` as the trainer will ask, so the state
+        # created here is the one the trainer finds.
+        with PartialState(cpu=settings.use_cpu).main_process_first():
             root = render_pairs(settings)
     reader = "GRPO reads labelled pairs or `flexjudge sft-data` / `dpo-pairs` output"
     train, evaluation = _common.load_splits(str(root), COLUMNS, reader)
