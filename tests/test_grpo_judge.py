@@ -327,3 +327,32 @@ def test_dry_run_prints_the_grpo_arguments_without_loading_a_model(tmp_path: Pat
     assert trl["generation_kwargs"] is None and trl["use_vllm"] is False
     assert resolved["settings"]["finetune"] == "lora"
     assert not (tmp_path / "o").exists()  # nothing rendered, nothing loaded
+
+
+def test_prompts_are_rendered_with_the_judges_template_arguments_cut_to_what_the_template_reads(
+    tmp_path: Path,
+) -> None:
+    from datasets import Dataset
+
+    from flexjudge.training.sft_data import prompt_judge
+    from training import grpo_judge
+
+    class Processor:  # only its chat template is read
+        def __init__(self, template: str) -> None:
+            self.chat_template = template
+
+    thinking = Processor("{{ messages }}{% if enable_thinking %}x{% endif %}")
+    plain = Processor("{{ messages }}")
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    settings = load_settings(GrpoSettings, None, [f"data={pairs}", "model=m", f"output_dir={tmp_path}"])
+    empty = Dataset.from_list([{"prompt": "p", "label": "1"}])
+    judge_kwargs = prompt_judge("flex").chat_template_kwargs
+    assert judge_kwargs  # the judge asks with thinking off; the model's template decides whether it reads it
+    assert grpo_judge.template_kwargs(settings, empty, thinking) == judge_kwargs
+    assert grpo_judge.template_kwargs(settings, empty, plain) == {}
+    # A prepared dataset's column wins; rows rendered two ways cannot share TRL's one set.
+    rows = Dataset.from_list([{"chat_template_kwargs": {"enable_thinking": True}}] * 2)
+    assert grpo_judge.template_kwargs(settings, rows, thinking) == {"enable_thinking": True}
+    mixed = Dataset.from_list([{"chat_template_kwargs": {"enable_thinking": v}} for v in (True, False)])
+    with pytest.raises(ConfigError, match="chat_template_kwargs"):
+        grpo_judge.template_kwargs(settings, mixed, thinking)

@@ -70,7 +70,9 @@ def generation_kwargs(settings: GrpoSettings) -> dict[str, Any] | None:
     return extra or None
 
 
-def trl_config(settings: GrpoSettings, has_eval: bool) -> object:
+def trl_config(
+    settings: GrpoSettings, has_eval: bool, template_kwargs: dict[str, Any] | None = None
+) -> object:
     from trl import GRPOConfig
 
     kwargs = _common.trainer_arguments(settings, has_eval)
@@ -90,6 +92,8 @@ def trl_config(settings: GrpoSettings, has_eval: bool) -> object:
         vllm_server_base_url=settings.vllm_server_base_url,
         generation_kwargs=generation_kwargs(settings),
         log_completions=settings.log_completions,
+        # One set for every prompt: TRL 1.16's GRPO renders all prompts with the same arguments.
+        chat_template_kwargs=template_kwargs or None,
         # Set, so transformers does not warn about TRL's default under its old name.
         activation_checkpointing=settings.gradient_checkpointing,
     )
@@ -210,6 +214,36 @@ def render_pairs(settings: GrpoSettings) -> Path:
     return target
 
 
+def template_kwargs(settings: GrpoSettings, train: Any, processor: Any) -> dict[str, Any]:
+    """The chat-template arguments the prompts were rendered with (a prepared dataset's
+    `chat_template_kwargs` column, else those of the judge that renders them here), cut to what the
+    model's template reads: the rule the transformers backend applies when it judges."""
+    from flexjudge.backends.transformers import template_variables
+    from flexjudge.training.sft_data import prompt_judge
+
+    if _common.TEMPLATE_KWARGS in train.column_names:
+        seen = {json.dumps(v, sort_keys=True) for v in train[_common.TEMPLATE_KWARGS]}
+        if len(seen) > 1:
+            raise ConfigError(
+                f"the rows of {settings.data} were rendered with different chat_template_kwargs "
+                f"({sorted(seen)}); TRL's GRPO renders every prompt with one set"
+            )
+        given: dict[str, Any] = json.loads(seen.pop()) if seen else {}
+    elif _prepared(Path(settings.data)):
+        given = {}
+    else:
+        given = prompt_judge(settings.output_format).chat_template_kwargs
+    read = template_variables(processor)
+    return {key: value for key, value in given.items() if key in read}
+
+
+def _without_template_kwargs(split: Any) -> Any:
+    """The split without its `chat_template_kwargs` column: TRL's GRPO takes them from its config."""
+    if split is None or _common.TEMPLATE_KWARGS not in split.column_names:
+        return split
+    return split.remove_columns(_common.TEMPLATE_KWARGS)
+
+
 def load_data(settings: GrpoSettings) -> tuple[Any, Any]:
     """(train, eval or None): rendered rows with a winner label (ties dropped)."""
     root = Path(settings.data)
@@ -243,11 +277,13 @@ def build_trainer(settings: GrpoSettings, resumed: str | None = None) -> tuple[o
     if len(train) == 0:
         raise ConfigError(f"the dataset at {settings.data} has no row labelled 1 or 2")
     processor = _common.load_processor(settings.model)
+    kwargs = template_kwargs(settings, train, processor)
+    train, evaluation = (_without_template_kwargs(split) for split in (train, evaluation))
     model = _common.load_model(_common.weights_to_load(settings, resumed), settings)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=rewards(settings),
-        args=trl_config(settings, evaluation is not None),  # type: ignore[arg-type]
+        args=trl_config(settings, evaluation is not None, kwargs),  # type: ignore[arg-type]
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
