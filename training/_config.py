@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from flexjudge.errors import UsageError
 
 __all__ = [
     "ConfigError",
     "DpoSettings",
+    "GrpoSettings",
     "LoraSettings",
+    "RewardSettings",
     "SftSettings",
     "TrainSettings",
     "add_arguments",
@@ -127,6 +129,88 @@ class DpoSettings(TrainSettings):
         "with its adapters disabled, no second copy).",
     )
     loss_type: str = Field("sigmoid", description="TRL DPO loss (sigmoid is the paper's DPO).")
+
+
+class RewardSettings(_Strict):
+    """The verifiable reward (`flexjudge.rewards.verdict_reward`): 1 for the label's winner, 0 for the
+    other, `unreadable` when the completion does not read under the schema, minus `penalty` per finding."""
+
+    penalty: float = Field(0.1, ge=0.0, description="Cost of each check() finding and of a repaired read.")
+    unreadable: float = Field(0.0, description="Reward of a completion that does not parse.")
+
+
+class GrpoSettings(TrainSettings):
+    """GRPO of the judge on labelled pairs with the verifiable reward (TRL `GRPOTrainer`).
+
+    The learning rate, batch, accumulation and warm-up defaults are the SFT/DPO ones (the paper gives no
+    judge GRPO recipe); `num_generations` must divide per_device_train_batch_size x
+    gradient_accumulation_steps x processes (TRL's generation batch)."""
+
+    output_format: Literal["flex", "native"] = Field(
+        "flex", description="The judgment format: the prompt asks for it and the reward parses it."
+    )
+    data_layout: str = Field(
+        "flexjudge",
+        description="Layout of labelled pairs (`flexjudge eval`'s: flexjudge, genai-bench-image, ...), "
+        "read when `data` is not a dataset of rendered prompts.",
+    )
+    orders: Literal["both", "given"] = Field(
+        "both", description="both: each pair in both candidate orders (label swapped), so no position pays."
+    )
+    frames_per_video: int = Field(8, ge=1, description="Frames the prompt shows per video candidate.")
+    num_generations: int = Field(4, ge=2, description="G: completions sampled per prompt.")
+    max_completion_length: int = Field(1024, ge=1, description="Token budget of one sampled judgment.")
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    beta: float = Field(0.0, ge=0.0, description="KL coefficient to the starting model (0: no reference).")
+    epsilon: float = Field(0.2, gt=0.0, description="PPO clip range of the probability ratio.")
+    num_iterations: int = Field(1, ge=1, description="Optimisation passes per generated batch.")
+    loss_type: str = Field("dapo", description="TRL GRPO loss (grpo, dapo, dr_grpo, bnpo, ...).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the group's (or batch's) reward std, or not."
+    )
+    reward: RewardSettings = Field(default_factory=lambda: RewardSettings())
+    use_vllm: bool = Field(False, description="Sample with vLLM (colocate or server) instead of generate().")
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_server_base_url: str | None = Field(None, description="`trl vllm-serve` address in server mode.")
+    modality: Literal["image", "video"] | None = Field(
+        None, description="The constraint's modality (constrained runs: one modality per run)."
+    )
+    max_string_length: int | None = Field(
+        None, ge=1, description="Bound on every string of the constraint (random-weight models only)."
+    )
+    # After use_vllm and modality: its validator reads them.
+    constrained: bool = Field(
+        False,
+        description="Sample under the judgment schema (vLLM structured outputs; needs use_vllm and "
+        "modality). Free generation by default: the reward scores invalid output as unreadable.",
+    )
+    generation_kwargs: dict[str, Any] | None = Field(
+        None, description="Extra sampling arguments (transformers GenerationConfig or vLLM SamplingParams)."
+    )
+    log_completions: bool = False
+
+    @field_validator("max_length")
+    @classmethod
+    def _no_cut(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError(
+                "does not apply to GRPO: prompts are never cut (a cut drops image tokens); "
+                "max_completion_length bounds the sampled judgment"
+            )
+        return value
+
+    @field_validator("constrained")
+    @classmethod
+    def _constrainable(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("use_vllm"):
+            raise ValueError(
+                "needs use_vllm: true (TRL 1.16 hands transformers' generate() no logits processor; "
+                "see training/README.md, GRPO of the judge)"
+            )
+        if value and info.data.get("modality") is None:
+            raise ValueError("needs modality: image or video (one schema per run)")
+        return value
 
 
 S = TypeVar("S", bound=TrainSettings)
