@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, BinaryIO, Literal, cast
 from flexjudge._images import (
     DEFAULT_LIMITS,
     IMAGE_FORMATS,
+    ORIGINAL_ATTR,
+    UPLOAD_TYPES,
     VIDEO_CONTAINERS,
     ImageSource,
     Limits,
@@ -42,6 +44,7 @@ from flexjudge._images import (
     _is_url,
     _to_rgb,
     load_image,
+    open_original,
 )
 from flexjudge._video import load_video, sample_frame_indices
 from flexjudge.errors import MediaError, UsageError
@@ -62,6 +65,8 @@ __all__ = [
     "load_candidate",
     "load_image",
     "load_video",
+    "open_original",
+    "original_of",
     "sample_frame_indices",
     "to_data_url",
 ]
@@ -166,23 +171,48 @@ def load_candidate(
 # -------------------------------------------------------------------------------------------- encoding
 
 
-def to_data_url(image: PILImage, *, format: Literal["PNG", "JPEG"] = "PNG", quality: int = 90) -> str:
-    """A base64 ``data:`` URL for OpenAI-compatible servers. `quality` (1..95) applies to JPEG only."""
-    if format not in ("PNG", "JPEG"):
+def original_of(image: PILImage) -> tuple[str, bytes] | None:
+    """``(Pillow format, file bytes)`` of an image from `open_original` whose pixels are still the file's;
+    None for any other image. Every change to an image's pixels decodes it first (`load` gives it its
+    pixel store, Pillow's `_im`), so bytes held by an image that was loaded since are never trusted
+    (nor where that attribute is missing: another Pillow, which then costs an encode, never a wrong
+    image)."""
+    original = getattr(image, ORIGINAL_ATTR, None)
+    if original is None or getattr(image, "_im", True) is not None:
+        return None
+    fmt, data = original
+    return (fmt, data) if isinstance(fmt, str) and isinstance(data, bytes) else None
+
+
+def to_data_url(image: PILImage, *, format: Literal["PNG", "JPEG"] | None = None, quality: int = 90) -> str:
+    """A base64 ``data:`` URL for OpenAI-compatible servers. `quality` (1..95) applies to JPEG only.
+
+    `format` None: the file's own bytes for an untouched `open_original` image (no decode, no
+    re-encode), PNG for any other; "PNG" takes a PNG file's own bytes too (the same pixels)."""
+    if format not in ("PNG", "JPEG", None):
         raise UsageError(f"format must be 'PNG' or 'JPEG', got {format!r}")
     if not 1 <= quality <= 95:
         raise UsageError(f"quality must be in 1..95, got {quality}")
+    original = original_of(image)
+    if original is not None and (format is None or format == original[0]) and format != "JPEG":
+        return f"data:{UPLOAD_TYPES[original[0]]};base64,{base64.b64encode(original[1]).decode('ascii')}"
     buffer = io.BytesIO()
     if format == "JPEG":
         rgb = image if image.mode in ("RGB", "L") else _to_rgb(image, "<image>")
         rgb.save(buffer, format="JPEG", quality=quality)
-    else:
-        image.save(buffer, format="PNG")
-    return f"data:image/{format.lower()};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+        return f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+    image.save(buffer, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
 def image_digest(image: PILImage) -> str:
-    """SHA-256 (hex) of the mode, size and pixels: equal for equal pixels whatever file they came from."""
+    """SHA-256 (hex) of the mode, size and pixels: equal for equal pixels whatever file they came from.
+
+    An untouched `open_original` image is not decoded to be hashed: its digest is that of its file's
+    bytes (under a prefix no pixel digest starts with), equal for equal files."""
+    original = original_of(image)
+    if original is not None:
+        return hashlib.sha256(b"file " + original[0].encode() + b"\n" + original[1]).hexdigest()
     digest = hashlib.sha256(f"{image.mode} {image.width}x{image.height}\n".encode())
     digest.update(image.tobytes())
     return digest.hexdigest()

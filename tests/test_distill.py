@@ -7,6 +7,7 @@ distill` process and resumes it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from served import FaultInjector, running_server
 from simulated import candidate, judgment_text, quality
 from typer.testing import CliRunner
@@ -434,6 +436,40 @@ def test_a_saved_datasets_dataset_with_images_is_distilled(
         assert all(
             Path(p).is_file() and Path(p).parent == out.parent / "t.jsonl.media" for p in trace["candidates"]
         )
+
+
+def test_image_files_go_to_the_teacher_as_their_own_bytes_and_others_decoded(
+    tmp_path: Path, served: tuple[str, RuleTeacher, FaultInjector]
+) -> None:
+    """A plain PNG travels as the file (no decode, no PNG encode: what bounds a run on few cores); a
+    transparent one is decoded onto white and encoded, as `Judge` sends it; the teacher judges both."""
+    from PIL.PngImagePlugin import PngInfo
+
+    url, _, injector = served
+    data = write_data(tmp_path / "d", clean_rows(2))
+    files = {}
+    for q in (10, 11, 249, 250):  # a text chunk that no re-encoding of the pixels would write
+        path = tmp_path / "d" / f"q{q}.png"
+        note = PngInfo()
+        note.add_text("made-by", f"test {q}")
+        candidate(q).save(path, pnginfo=note)
+        files[path.read_bytes()] = q
+    faded = Image.new("RGBA", (16, 16), (5, 40, 90, 255))  # opaque, yet an alpha band: decoded
+    faded.save(tmp_path / "d" / "alpha.png")
+    row = {"id": "t", "prompt": "<<t >>", "candidates": ["alpha.png", "q250.png"], "label": 2}
+    data.write_text(data.read_text() + json.dumps(row) + "\n")
+    out = tmp_path / "t.jsonl"
+    totals = run(data, out, url)
+    assert totals.written == 3 and all(t["agrees"] for t in lines(out))
+    shown = [
+        base64.b64decode(part["image_url"]["url"].partition(",")[2])
+        for body in injector.bodies
+        for part in body["messages"][0]["content"]
+        if part["type"] == "image_url"
+    ]
+    assert len(shown) == 6 and sorted(files[s] for s in shown if s in files) == [10, 11, 249, 250, 250]
+    (alpha,) = [s for s in shown if s not in files]
+    assert alpha != (tmp_path / "d" / "alpha.png").read_bytes()  # decoded and encoded, as `Judge` sends it
 
 
 def test_bad_data_and_flags_are_refused_before_the_teacher_is_asked(
