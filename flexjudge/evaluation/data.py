@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from flexjudge._jsonl import KeySet
 from flexjudge.anchors import Modality, canonical_anchors, canonical_name
 from flexjudge.errors import DataError, MediaError
 from flexjudge.evaluation.results import Label
@@ -68,7 +69,7 @@ def load_examples(
     path = Path(source)
     if not path.exists():
         raise DataError("no such file or folder", source=str(source))
-    seen: set[str] = set()
+    seen = KeySet()  # one key per row of a stream of any length: 16-byte digests, not strings
     for row, example in LAYOUTS[layout](path, split, _Media(path, media_dir)):
         if example.id in seen:
             raise DataError(
