@@ -212,16 +212,19 @@ class JsonlLog:
     def __contains__(self, key: object) -> bool:
         return key in self.keys
 
-    def append(self, record: Any) -> bool:
-        """Write `record` (anything `json.dumps` takes) as one line, flushed and fsynced; returns False
-        without writing when its key is already in the log."""
+    def append(self, record: Any, *, sync: bool = True) -> bool:
+        """Write `record` (anything `json.dumps` takes) as one line, flushed and fsynced (see
+        `append_line` for `sync`); returns False without writing when its key is already in the log."""
         found = self._key(record)
         if found in self.keys:
             return False
-        return self.append_line(found, json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        return self.append_line(found, line, sync=sync)
 
-    def append_line(self, key: str, line: str) -> bool:
-        """Write an already-serialised one-line record under `key` (e.g. a pydantic model's JSON)."""
+    def append_line(self, key: str, line: str, *, sync: bool = True) -> bool:
+        """Write an already-serialised one-line record under `key` (e.g. a pydantic model's JSON).
+        `sync=False` flushes it to the OS (a killed process loses nothing) but leaves the fsync (a
+        machine that loses power may) to a later `sync()`: one for a batch of lines."""
         if key in self.keys:
             return False
         if "\n" in line or "\r" in line:  # one record, one line: what resuming relies on
@@ -230,11 +233,19 @@ class JsonlLog:
         try:
             self._file.write(data)  # one call: a crash leaves a prefix of this line, never of two
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if sync:
+                os.fsync(self._file.fileno())
         except OSError as exc:
             raise LogFileError(f"cannot be written ({exc.strerror})", path=str(self.path)) from exc
         self.keys.add(key)
         return True
+
+    def sync(self) -> None:
+        """fsync what `append_line(..., sync=False)` wrote."""
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise LogFileError(f"cannot be written ({exc.strerror})", path=str(self.path)) from exc
 
     def close(self) -> None:
         self._file.close()

@@ -286,6 +286,49 @@ class _Outcome:
     trace: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None
     kind: Failure | None = None
+    line: str | None = None
+    """The trace as the line the validator read (written as it is)."""
+
+
+class _Committer:
+    """Group commit of finished outcomes: those that finish while a batch is being written go in the
+    next one. Each line is still written whole and flushed to the OS at once (a killed run loses
+    nothing); one thread hop and one fsync serve a batch instead of each line (at many requests in
+    flight, answers come in bursts), and a slow disk no longer queues the writes one by one."""
+
+    def __init__(self, write_batch: Callable[[list[tuple[str, _Outcome]]], None]) -> None:
+        self._write_batch = write_batch
+        self._pending: list[tuple[str, _Outcome, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def put(self, key: str, outcome: _Outcome) -> None:
+        """Queue one outcome; returns once its line is written (raises what writing it raised)."""
+        written = asyncio.get_running_loop().create_future()
+        self._pending.append((key, outcome, written))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+        await written
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:  # off the loop: fsync waits on the disk, the teacher calls go on
+                    await asyncio.to_thread(self._write_batch, [(key, outcome) for key, outcome, _ in batch])
+                except Exception as exc:  # a LogFileError: each waiter of the batch raises it
+                    for *_, written in batch:
+                        if not written.done():
+                            written.set_exception(exc)
+                else:
+                    for *_, written in batch:
+                        if not written.done():  # a waiter cancelled meanwhile has its line all the same
+                            written.set_result(None)
+        finally:
+            self._task = None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await asyncio.wait([self._task])
 
 
 class _Asked(Exception):
@@ -329,7 +372,7 @@ class _Run:
         advance: Callable[[int], None],
     ) -> None:
         gate = asyncio.Semaphore(concurrency)  # teacher calls in flight
-        writing = asyncio.Lock()  # one append at a time: lines never interleave
+        committer = _Committer(lambda batch: self.write_batch(batch, traces, failed))
 
         async def worker() -> None:
             # Workers share one iterator: at most `concurrency` examples are open however long the data.
@@ -342,8 +385,7 @@ class _Run:
                     continue
                 outcomes = await self.example(example, todo, gate)
                 for order, outcome in zip(todo, outcomes, strict=True):
-                    async with writing:  # off the loop: fsync waits on the disk, other calls go on
-                        await asyncio.to_thread(self.write, keys[order], outcome, traces, failed)
+                    await committer.put(keys[order], outcome)  # returns once its line is written
                     advance(1)
 
         try:
@@ -352,17 +394,27 @@ class _Run:
                     group.create_task(worker())
         except BaseExceptionGroup as failure:
             raise failure.exceptions[0] from None  # the error itself, not a group around it
+        finally:
+            await committer.close()  # the logs close after this: no batch may still be writing
+
+    def write_batch(self, batch: list[tuple[str, _Outcome]], traces: JsonlLog, failed: JsonlLog) -> None:
+        """Append each outcome as one whole line, flushed to the OS as it is written (a killed run loses
+        none), then one fsync per log for the batch."""
+        for key, outcome in batch:
+            self.write(key, outcome, traces, failed)
+        traces.sync()
+        failed.sync()
 
     def write(self, key: str, outcome: _Outcome, traces: JsonlLog, failed: JsonlLog) -> None:
         if outcome.trace is not None:
-            line = json.dumps(outcome.trace, ensure_ascii=False, separators=(",", ":"))
-            if traces.append_line(key, line):
+            line = outcome.line or json.dumps(outcome.trace, ensure_ascii=False, separators=(",", ":"))
+            if traces.append_line(key, line, sync=False):
                 self.totals.written += 1
                 agrees = outcome.trace["agrees"]
                 self.totals.agree += agrees is True
                 self.totals.disagree += agrees is False
                 self.totals.unlabelled += agrees is None
-        elif outcome.failure is not None and failed.append(outcome.failure):
+        elif outcome.failure is not None and failed.append(outcome.failure, sync=False):
             self.totals.failed += 1
             self.totals.failures[outcome.kind or "refused"] += 1
         else:
@@ -434,7 +486,7 @@ class _Run:
                 reason = f"flexjudge validate refuses it: {found}"
                 return _failure(example, order, "invalid", reason, attempts)
             if trace["agrees"] is not False or self.on_disagree == "keep":
-                return _Outcome(trace=trace)
+                return _Outcome(trace=trace, line=line)
         reason = (
             f"the teacher chose {_shown_winner(judgment, order)}, the label is {example.label}"
             f" (after {tries} tries)"
