@@ -19,7 +19,10 @@ up to `--concurrency` requests wait once, as a batching model server does).
 - CPU ms per row (this process, all threads; the server runs in another) is reported beside each rate:
   on a machine that other work shares it is steadier than the rate.
 - memory: in a fresh process per size, `--memory` rows (all naming the same two small images) distilled
-  with no latency; peak RSS (`resource.getrusage`) per size shows whether memory grows with the rows.
+  with no latency; peak RSS (`resource.getrusage`) per size, and within the run after every tenth of
+  its rows, shows whether memory grows with the rows. The server there is a canned chat endpoint in
+  plain asyncio (`_light_serve`): only the client's memory is measured, and on a shared machine
+  `flexjudge serve`'s CPU a request would make 100,000 rows take an hour.
 
     python benchmarks/distill_throughput.py --rows 512 --concurrency 64 --latency 0.05 \
         --memory 10000 100000 [--record]
@@ -39,9 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from _machine import machine
-from openai_overhead import _serve, bare_judgment, report, spawn_server
+from openai_overhead import CANNED, _serve, bare_judgment, report, spawn_server
 from PIL import Image
 
+from flexjudge.backends._probe import PROBE_TOKENS
 from flexjudge.constraints import pair_constraint
 from flexjudge.evaluation.data import load_examples
 from flexjudge.media import to_data_url
@@ -70,7 +74,8 @@ async def bare(url: str, data: Path, out: Path, concurrency: int, decoded: bool 
     """The bare client over the same rows; returns the seconds it took."""
     from openai import AsyncOpenAI
 
-    client = AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0)
+    # A long connect timeout too: on a loaded machine the default 5 s connect can pass before accept.
+    client = AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=120.0)
     text = render_prompt(PromptSpec(), PROMPT)
     schema = pair_constraint("image", "flex")
     rows = iter(data.read_text().splitlines())
@@ -109,22 +114,91 @@ async def distilled(url: str, data: Path, out: Path, concurrency: int) -> float:
     return elapsed
 
 
+def _light_serve(port: int) -> None:
+    """A canned OpenAI-compatible chat endpoint (HTTP/1.1 keep-alive, plain asyncio): every request gets
+    the canned flex judgment at once (the capability probe its `{"ok": true}`), with usage."""
+
+    def answer(content: str) -> bytes:
+        body = json.dumps(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "canned",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 800, "total_tokens": 900},
+            }
+        ).encode()
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        return head.encode() + body
+
+    answers = {True: answer('{"ok": true}'), False: answer(CANNED)}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = json.loads(await reader.readexactly(length)) if length else {}
+                writer.write(answers[body.get("max_tokens") == PROBE_TOKENS])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, limit=1 << 24)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _memory_child(url: str, rows: int, concurrency: int, folder: str, queue: Any) -> None:
     data = write_rows(Path(folder), rows, distinct=False, size=16)
-    elapsed = asyncio.run(distilled(url, data, Path(folder) / "traces.jsonl", concurrency))
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rows / elapsed))
+    marks: list[tuple[int, float]] = []
+
+    def counted(examples: Any) -> Any:  # peak RSS after every tenth of the rows has been read
+        for k, example in enumerate(examples, 1):
+            if k % max(1, rows // 10) == 0:
+                marks.append((k, _rss_mib()))
+                print(f"  {rows:,} rows: {k:,} read, peak RSS {marks[-1][1]:,.0f} MiB", flush=True)
+            yield example
+
+    out = Path(folder) / "traces.jsonl"
+    teacher = Teacher(base_url=url, model="canned")
+    started = time.perf_counter()
+    totals = asyncio.run(
+        distill(counted(load_examples(data)), teacher, out, concurrency=concurrency, progress=False)
+    )
+    elapsed = time.perf_counter() - started
+    assert totals.written == rows, totals.as_dict()
+    queue.put((_rss_mib(), rows / elapsed, marks))
 
 
-def memory(url: str, rows: int, concurrency: int) -> tuple[float, float]:
-    """Peak RSS (MiB) and rows/s of a fresh process distilling `rows` rows."""
+def memory(url: str, rows: int, concurrency: int) -> tuple[float, float, list[tuple[int, float]]]:
+    """Peak RSS (MiB), rows/s and the peak RSS after each tenth of the rows, of a fresh process
+    distilling `rows` rows."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     with tempfile.TemporaryDirectory() as folder:
         child = context.Process(target=_memory_child, args=(url, rows, concurrency, folder, queue))
         child.start()
-        peak, rate = queue.get()
+        peak, rate, marks = queue.get()
         child.join()
-    return peak, rate
+    return peak, rate, marks
 
 
 def _cpu_s() -> float:
@@ -183,15 +257,20 @@ def main() -> None:
             f"latency, best of {args.repeat}"
         )
     if args.memory:
-        server, port = spawn_server(_serve, 0.0, args.concurrency)
+        server, port = spawn_server(_light_serve)
         try:
-            table += ["", "| rows | peak RSS (MiB) | rows/s |", "|---:|---:|---:|"]
+            table += ["", "| rows | peak RSS (MiB) | after each tenth of the rows (MiB) | rows/s |"]
+            table.append("|---:|---:|---|---:|")
             for rows in args.memory:
-                peak, rate = memory(f"http://127.0.0.1:{port}/v1", rows, args.concurrency)
-                table.append(f"| {rows:,} | {peak:,.0f} | {rate:,.0f} |")
+                peak, rate, marks = memory(f"http://127.0.0.1:{port}/v1", rows, args.concurrency)
+                curve = " ".join(f"{rss:,.0f}" for _, rss in marks)
+                table.append(f"| {rows:,} | {peak:,.0f} | {curve} | {rate:,.0f} |")
         finally:
             server.terminate()
-        setup.append(f"memory: no latency, concurrency {args.concurrency}, one process per size")
+        setup.append(
+            f"memory: a canned asyncio server, no latency, concurrency {args.concurrency}, "
+            "one process per size"
+        )
     report("distill_throughput", "; ".join(setup), table, args.record)
 
 
