@@ -74,8 +74,10 @@ async def bare(url: str, data: Path, out: Path, concurrency: int, decoded: bool 
     """The bare client over the same rows; returns the seconds it took."""
     from openai import AsyncOpenAI
 
-    # A long connect timeout too: on a loaded machine the default 5 s connect can pass before accept.
-    client = AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=120.0)
+    # A long connect timeout, and the client's default retries: on a loaded machine the default 5 s
+    # connect can pass before accept, and the server may close an idle kept-alive connection just as a
+    # request goes out on it (a reset the client's own retry absorbs; it costs nothing otherwise).
+    client = AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=2, timeout=120.0)
     text = render_prompt(PromptSpec(), PROMPT)
     schema = pair_constraint("image", "flex")
     rows = iter(data.read_text().splitlines())
