@@ -173,7 +173,7 @@ def pipeline(run: Run) -> None:
     argv += ["--out", str(work / "dpo-pairs"), "--samples", "2", "--temperature", "0.7"]
     argv += ["--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed)]
     if args.smoke:  # two SFT steps teach nothing: the flag for random-weight models keeps strings short
-        argv += ["--max-string-length", "4", "--max-new-tokens", "1024"]
+        argv += ["--max-string-length", "1", "--max-new-tokens", "1024"]
     run.command("dpo-pairs", argv)
     dpo = work / "runs" / "dpo"
     argv = [*PYTHON, "training/dpo.py", "--model", str(sft), "--data", str(work / "dpo-pairs")]
@@ -243,7 +243,7 @@ def main() -> None:
     ap.add_argument("--record", nargs="?", const=str(Path(__file__).parent / "RESULTS.md"), default=None)
     args = ap.parse_args()
     if args.smoke:
-        args.train, args.dpo, args.test, args.hidden, args.layers, args.max_steps = 4, 6, 2, 64, 2, 2
+        args.train, args.dpo, args.test, args.hidden, args.layers, args.max_steps = 4, 3, 2, 64, 2, 2
         args.max_new_tokens = 64
     command = "python benchmarks/pipeline_learns.py " + " ".join(sys.argv[1:])
     work = args.work or Path(tempfile.mkdtemp(prefix="pipeline-learns-"))
