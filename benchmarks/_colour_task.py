@@ -1,0 +1,132 @@
+"""The synthetic colour task of `pipeline_learns.py`, and the rule teacher that judges it.
+
+A pair's prompt names one of six colours; its two candidates are noisy images of two different colours;
+the one showing the named colour wins (label 1 or 2, so chance is 50%). The teacher is `flexjudge serve`'s
+app over `ColourTeacher`, a stand-in model that reads each image's colour from the pixels it is sent (the
+mean, nearest of the six) and the named colour from the prompt text, and writes a short, correct flex
+judgment: every criterion's evidence names the colour each image shows, and the matching image takes
+8 of the 10 points everywhere. Its traces pass `check()`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from flexjudge.backends._probe import PROBE_TOKENS
+from flexjudge.backends.base import Generation, ImagePart, Request, TextPart, Usage
+from flexjudge.constraints import anchor_names
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 220, 50),
+    "purple": (140, 50, 170),
+    "orange": (240, 140, 30),
+}
+NOISE = 40
+"""Standard deviation of the per-pixel, per-channel Gaussian noise (0-255 scale)."""
+
+_NAMED = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
+
+
+def prompt_for(colour: str) -> str:
+    return f"A {colour} picture"
+
+
+def noisy_image(colour: str, size: int, rng: random.Random) -> Image.Image:
+    """A `size` x `size` image of `colour` with independent Gaussian noise on every pixel and channel."""
+    base = COLOURS[colour]
+    data = bytes(
+        max(0, min(255, round(rng.gauss(channel, NOISE)))) for _ in range(size * size) for channel in base
+    )
+    return Image.frombytes("RGB", (size, size), data)
+
+
+def write_pairs(folder: Path, count: int, *, seed: int, size: int, name: str) -> Path:
+    """`count` labelled pairs as `folder/<name>.jsonl` (the layout `flexjudge distill` and `eval` read), their
+    images as PNG files under `folder/<name>/`. Colours, label side and noise are drawn from `seed`."""
+    rng = random.Random(seed)
+    images = folder / name
+    images.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        for k in range(count):
+            named, other = rng.sample(sorted(COLOURS), 2)
+            label = rng.choice((1, 2))
+            shown = (named, other) if label == 1 else (other, named)
+            candidates = []
+            for side, colour in enumerate(shown, start=1):
+                relative = f"{name}/{k}-{side}.png"
+                noisy_image(colour, size, rng).save(folder / relative)
+                candidates.append(relative)
+            row = {"id": f"{name}-{k}", "prompt": prompt_for(named), "candidates": candidates, "label": label}
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def colour_of(image: Image.Image) -> str:
+    """The colour of the six nearest to the image's mean pixel."""
+    pixels = list(image.convert("RGB").getdata())
+    mean = [sum(p[c] for p in pixels) / len(pixels) for c in range(3)]
+    return min(COLOURS, key=lambda name: sum((m - v) ** 2 for m, v in zip(mean, COLOURS[name], strict=True)))
+
+
+def colour_judgment(prompt: str, shown: tuple[str, str], named: str) -> str:
+    """The teacher's flex judgment (compact JSON): candidates showing `shown`, the prompt naming `named`."""
+    winner = 1 if shown[0] == named else 2
+    scores = (8, 2) if winner == 1 else (2, 8)
+    reason = f"Image {winner} is {named}"
+    dims = [
+        {"name": name, "reason_1": shown[0], "reason_2": shown[1], "score_1": scores[0], "score_2": scores[1]}
+        for name in ("Colour", "Hue", "Tone")
+    ]
+    categories = [
+        {"name": name, "dims": dims, "cat_reason": reason, "cat_winner": f"Image {winner}"}
+        for name in anchor_names("image", "flex")
+    ]
+    answer = {"prompt": prompt, "categories": categories, "reason": reason, "winner": f"Image {winner}"}
+    return json.dumps(answer, separators=(",", ":"))
+
+
+class ColourTeacher:
+    """A rule-based stand-in model (a `Backend`) that judges the colour task from the request alone: the
+    images' pixels and the prompt's text, as a served model sees them."""
+
+    name = "colour-teacher"
+    model = "colour-teacher"
+
+    async def generate(self, requests: list[Request]) -> list[Generation]:
+        return [self._answer(r) for r in requests]
+
+    def _answer(self, request: Request) -> Generation:
+        if request.max_new_tokens == PROBE_TOKENS:  # the openai backend's structured-output probe
+            return Generation('{"ok": true}', "stop", True, Usage(10, 4), model=self.model)
+        parts = [p for m in request.messages if m.role == "user" for p in m.parts]
+        images = [p.image for p in parts if isinstance(p, ImagePart)]
+        text = " ".join(p.text for p in parts if isinstance(p, TextPart))
+        found = _NAMED.findall(text)
+        if len(images) != 2 or len(set(found)) != 1:  # not a colour-task request: refuse to guess
+            return Generation("{}", "stop", True, Usage(10, 1), model=self.model)
+        named = found[0]
+        prompt = next(line for line in text.splitlines() if named in line).removeprefix("Prompt:").strip()
+        answer = colour_judgment(prompt, (colour_of(images[0]), colour_of(images[1])), named)
+        return Generation(answer, "stop", True, Usage(100, len(answer) // 4), model=self.model)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def serve_teacher(port: int) -> None:
+    """Serve `ColourTeacher` with `flexjudge serve`'s app on 127.0.0.1:`port` (a spawned process's target)."""
+    import uvicorn
+
+    from flexjudge.serve import create_app
+
+    app = create_app(ColourTeacher(), model_name="colour-teacher", window_s=0.0)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")

@@ -1,0 +1,64 @@
+"""benchmarks/pipeline_learns.py at its smallest scale: every stage of the training pipeline runs, as a user
+runs it, and writes what the next stage reads. Accuracy is the benchmark's to measure, not asserted here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from flexjudge.traces import iter_reports
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.slow  # about 100 s of CPU: nine commands, each starting torch
+def test_pipeline_benchmark_runs_every_stage(tmp_path: Path) -> None:
+    work, record = tmp_path / "work", tmp_path / "RESULTS.md"
+    env = {k: v for k, v in os.environ.items() if k != "FLEXJUDGE_BASE_URL"}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    script = [sys.executable, "benchmarks/pipeline_learns.py"]
+    result = subprocess.run(
+        [*script, "--smoke", "--work", str(work), "--record", str(record)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    pairs = [json.loads(line) for line in (work / "train.jsonl").read_text().splitlines()]
+    traces = [json.loads(line) for line in (work / "traces.jsonl").read_text().splitlines()]
+    assert len(traces) == 2 * len(pairs)  # both candidate orders of every pair
+    assert all(trace["agrees"] for trace in traces)  # the rule teacher reads the colours right
+    assert not (work / "traces.failures.jsonl").exists() or not (work / "traces.failures.jsonl").read_text()
+    reports = list(iter_reports(work / "traces.jsonl"))
+    assert len(reports) == len(traces) and all(r.valid() and not r.problems for r in reports)
+    assert all(r.judgment is not None and r.judgment.verdict.winner == r.label for r in reports)
+
+    stats = json.loads((work / "sft-data" / "stats.json").read_text())
+    assert stats["rows"]["train"] + stats["rows"]["eval"] == len(traces)
+    assert len(load_from_disk(str(work / "sft-data" / "train"))) == stats["rows"]["train"] > 0
+
+    tests = (work / "test.jsonl").read_text().splitlines()
+    for stage in ("step-0", "after-SFT", "after-DPO"):
+        rows = (work / f"eval-{stage}.jsonl").read_text().splitlines()
+        assert sorted(json.loads(r)["id"] for r in rows) == sorted(json.loads(t)["id"] for t in tests)
+
+    dpo = load_from_disk(str(work / "dpo-pairs" / "train"))
+    assert len(dpo) > 0 and {"prompt", "chosen", "rejected", "images"} <= set(dpo.column_names)
+    for model in ("sft", "dpo"):
+        assert (work / "runs" / model / "model.safetensors").is_file()
+        assert json.loads((work / "runs" / model / "train_summary.json").read_text())["global_step"] == 2
+
+    recorded = record.read_text()
+    assert "## pipeline_learns" in recorded
+    for row in ("| step 0 |", "| after SFT |", "| after DPO |", "| distill |", "| sft |", "| dpo |"):
+        assert row in recorded and row in result.stdout
