@@ -18,7 +18,8 @@ advantages measures what skipping pairs loses.
 
 Each schedule is driven exactly as `flexjudge.rewards.agroup_rewards` drives it: `next_pairs` in rounds,
 each pair shown lower index first, outcomes fed back, then `from_outcomes(..., estimate="points" if
-schedule.complete else "bradley_terry")`. Besides the library's schedules:
+schedule.complete else "bradley_terry")`. `Posterior` runs where it applies (G <= 12: at G = 9; its
+posterior sums over the 2^G subsets). Besides the library's schedules:
 
 - `round robin + swap`: every pair in both orders (2 C(G, 2) calls) merged as the judge's swap rule does
   (`flexjudge.swap`), on outcomes: an anchor both orders agree on keeps that winner, an anchor they
@@ -32,9 +33,15 @@ schedule.complete else "bradley_terry")`. Besides the library's schedules:
   judge's pointwise twin is plain err 10%. The scores are turned into outcomes for every pair (higher
   score wins) and rewarded by `from_outcomes` with points, as round robin is.
 
-Reported per schedule, over the same groups: calls per group, the mean Kendall tau (tau-b) of the
-ranking the advantages induce against the true order, and the mean Pearson correlation of the advantages
-with round robin's on the same group. The goal (issue 9): at most half of round robin's calls at a
+- `oracle: true order (bound)`: not a schedule (it reads the true order): the budget's pairs nearest in
+  the true order (rank distance 1, then 2, ...), rewarded like any incomplete schedule. What half the
+  calls reach with this estimator when the pairs are chosen as well as the truth allows.
+
+Reported per schedule, over the same groups: calls and rounds per group (a round's calls run
+concurrently, rounds run one after another), the mean Kendall tau (tau-b) of the ranking the advantages
+induce against the true order, its gap to round robin's with the standard error of the mean per-group
+gap (the groups are shared), and the mean Pearson correlation of the advantages with round robin's on
+the same group. The goal (issue 9): at most half of round robin's calls at a
 Kendall tau within 0.02 of round robin's.
 
     python benchmarks/schedules.py                  # 1,000 groups per setting, G = 9 and 16
