@@ -130,6 +130,12 @@ class Swiss:
         return sorted(set(pairs))
 
 
+CHOICE_PRIOR_GAMES = 1.0
+"""The prior `Active` fits its choice on (one virtual game against an average opponent, half won): firmer
+than the rewards' own (`PRIOR_GAMES`), so one early upset does not send a strength to the extremes and
+steer the next rounds' pairs; measured: the weak prior in the choice cost `Active` 0.01 to 0.02 tau."""
+
+
 @dataclass(frozen=True)
 class Active:
     """`fraction` of the C(G, 2) pairs (rounded down), spent where the ranking is still in doubt.
@@ -154,7 +160,7 @@ class Active:
         if left <= 0:
             return []
         games = [(i, j, winner) for i, j, overall, anchors in outcomes for winner in (overall, *anchors)]
-        strength = bradley_terry(g, games)
+        strength = bradley_terry(g, games, prior_games=CHOICE_PRIOR_GAMES)
         played = {(i, j) for i, j, _, _ in outcomes}
         unplayed = [p for p in itertools.combinations(range(g), 2) if p not in played]
         closest = sorted(unplayed, key=lambda p: (abs(strength[p[0]] - strength[p[1]]), rng.random()))
