@@ -65,7 +65,7 @@ def test_schedules_benchmark_runs(tmp_path: Path) -> None:
     args = ["--groups", "8", "--sizes", "16", "--jobs", "1", "--record", str(record)]
     stdout = _run_benchmark("schedules.py", args)
     rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| 16 |")]
-    tau = {(r[1].strip(), r[2].strip()): float(r[4]) for r in rows}
+    tau = {(r[1].strip(), r[2].strip()): float(r[5]) for r in rows}  # after calls and rounds
     for judge in ("err 10%", "err 25%", "err 10% + first bias"):
         assert tau[judge, "Active(fraction=0.5)"] > tau[judge, "RandomGraph(k=7)"]
         assert {s for j, s in tau if j == judge} >= {"round robin", "round robin + swap", "pointwise"}

@@ -15,7 +15,7 @@ import pytest
 
 from flexjudge import Judge, ParseError, UsageError
 from flexjudge.rewards import Outcome, RandomGraph, RoundRobin, Swiss, agroup_rewards, group_rewards
-from flexjudge.rewards.schedules import Active
+from flexjudge.rewards.schedules import Active, Posterior
 from tests.simulated import SimulatedJudge, candidate
 
 QUALITIES = [120, 200, 40, 160, 80]  # true order, best first: 1, 3, 0, 4, 2
@@ -96,8 +96,8 @@ def test_failures_are_counted_and_returned_in_every_mode() -> None:
 
 @pytest.mark.parametrize(
     "schedule",
-    [RandomGraph(k=4), Swiss(rounds=4), Active(fraction=0.5)],
-    ids=["random-graph", "swiss", "active"],
+    [RandomGraph(k=4), Swiss(rounds=4), Active(fraction=0.5), Posterior(fraction=0.5)],
+    ids=["random-graph", "swiss", "active", "posterior"],
 )
 def test_cheaper_schedules_judge_fewer_pairs_and_still_rank(schedule: object) -> None:
     sim = SimulatedJudge()
@@ -112,7 +112,7 @@ def test_cheaper_schedules_judge_fewer_pairs_and_still_rank(schedule: object) ->
 
 def test_round_robin_is_complete_and_the_cheaper_ones_are_not() -> None:
     assert RoundRobin().complete and not RandomGraph().complete and not Swiss().complete
-    assert not Active().complete
+    assert not Active().complete and not Posterior().complete
 
 
 def _play(schedule: Active, g: int, seed: int) -> list[list[tuple[int, int]]]:

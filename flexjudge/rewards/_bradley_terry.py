@@ -6,20 +6,42 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["bradley_terry", "expected_win_rates"]
+from flexjudge.errors import UsageError
+
+__all__ = ["PRIOR_GAMES", "bradley_terry", "expected_win_rates"]
 
 Game = tuple[Any, ...]
 """`(i, j, winner, ...)`: candidates i and j (0-based), the winner's index or None for a tie."""
 
 
-def bradley_terry(num_candidates: int, outcomes: Iterable[Game], *, iterations: int = 200) -> list[float]:
+PRIOR_GAMES = 0.1
+"""The prior's weight: each candidate is credited `PRIOR_GAMES` virtual games against an average opponent
+(strength 1, log strength 0), half of them won."""
+
+
+def bradley_terry(
+    num_candidates: int, outcomes: Iterable[Game], *, iterations: int = 200, prior_games: float = PRIOR_GAMES
+) -> list[float]:
     """Bradley-Terry strengths (log scale, mean 0) from `(i, j, winner, ...)` games (an outcome's first
     three fields), a tie (winner None) counting half a win each.
 
-    Fitted by minorisation-maximisation (Hunter 2004) with one virtual tie of every candidate against an
-    average opponent: a prior that keeps a candidate who won (or lost) all its games finite, and that
-    leaves one never compared at the average."""
-    return _fit(num_candidates, [(game[0], game[1], game[2]) for game in outcomes], iterations)
+    What is fitted: the strengths p_i of P(i beats j) = p_i / (p_i + p_j) that maximise the likelihood
+    of the observed games times a prior of `prior_games` virtual games of every candidate against an
+    average opponent of strength 1, half of them won (the maximum a posteriori fit), approached by
+    minorisation-maximisation (Hunter 2004) from equal strengths and stopped after `iterations` steps or
+    when no log strength moves by 1e-9. The prior keeps a candidate who won (or lost) all its games finite
+    and leaves one never compared at the average. It is weak (0.1 of a game) on purpose: a stronger one
+    pulls every fit towards net wins (points), which ignores whom a candidate met, and costs an adaptive
+    schedule most of what its choice of opponents bought (`benchmarks/RESULTS.md`, schedules). The price
+    of a weak prior is slow convergence for a candidate that won (or lost) nearly everything: after the
+    default 200 steps such a candidate's strength may still be rising (and a near-tied pair may still
+    swap), so the returned fit is the deterministic 200-step iterate, the MAP itself where it has
+    converged. The benchmark's numbers are those of this iterate."""
+    if prior_games <= 0:
+        raise UsageError(
+            f"prior_games must be positive (it keeps unbeaten candidates finite), got {prior_games}"
+        )
+    return _fit(num_candidates, [(game[0], game[1], game[2]) for game in outcomes], iterations, prior_games)
 
 
 def expected_win_rates(strengths: Sequence[float]) -> list[float]:
@@ -34,8 +56,10 @@ def expected_win_rates(strengths: Sequence[float]) -> list[float]:
     ]
 
 
-def _fit(g: int, games: Sequence[tuple[int, int, int | None]], iterations: int) -> list[float]:
-    wins = [0.5] * g  # the virtual tie against an average opponent (strength 1)
+def _fit(
+    g: int, games: Sequence[tuple[int, int, int | None]], iterations: int, prior_games: float
+) -> list[float]:
+    wins = [prior_games / 2] * g  # the virtual games against an average opponent (strength 1), half won
     opponents: list[list[int]] = [[] for _ in range(g)]
     for i, j, winner in games:
         opponents[i].append(j)
@@ -48,7 +72,8 @@ def _fit(g: int, games: Sequence[tuple[int, int, int | None]], iterations: int) 
     p = [1.0] * g
     for _ in range(iterations):
         updated = [
-            wins[i] / (1.0 / (p[i] + 1.0) + sum(1.0 / (p[i] + p[j]) for j in opponents[i])) for i in range(g)
+            wins[i] / (prior_games / (p[i] + 1.0) + sum(1.0 / (p[i] + p[j]) for j in opponents[i]))
+            for i in range(g)
         ]
         change = max(abs(math.log(a / b)) for a, b in zip(updated, p, strict=True))
         p = updated
