@@ -51,6 +51,17 @@ _TRAIN_TINY = (
 TINY: dict[str, tuple[str, ...]] = {
     "python training/sft.py": _TRAIN_TINY,
     "python training/dpo.py": _TRAIN_TINY,
+    # One group of 2 judgments a step, each at most 64 tokens (a random-weight model's do not read: the
+    # reward is `unreadable` for all, which the chain accepts; tests/test_grpo_judge.py shows it learn).
+    "python training/grpo_judge.py": (
+        *_TRAIN_TINY,
+        "--set",
+        "per_device_train_batch_size=2",
+        "--set",
+        "num_generations=2",
+        "--set",
+        "max_completion_length=64",
+    ),
     # A random-weight model closes no string on its own under sampling: bound them, and the budget.
     "flexjudge dpo-pairs": ("--max-string-length", "6", "--max-new-tokens", "700"),
     "flexjudge judge": ("--max-string-length", "8", "--max-new-tokens", "700"),

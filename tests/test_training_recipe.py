@@ -273,7 +273,17 @@ def test_the_recipe_runs_chained_at_tiny_scale(tmp_path: Path) -> None:
 
     # What the chain made: each stage's outputs, and the exported model judged under the constraint.
     steps_that_wrote = set(written_by.values())
-    assert steps_that_wrote >= {"data", "distill", "sft-data", "sft", "dpo-pairs", "dpo", "export", "eval"}
+    assert steps_that_wrote >= {
+        "data",
+        "distill",
+        "sft-data",
+        "sft",
+        "dpo-pairs",
+        "dpo",
+        "export",
+        "eval",
+        "grpo-judge",
+    }
     traces = (work / "runs" / "traces.jsonl").read_text().splitlines()
     assert len(traces) == 2 * len(INPUTS["prefs.jsonl"])  # both orders, none dropped by this teacher
     summary = json.loads((work / "runs" / "dpo" / "train_summary.json").read_text())
@@ -283,6 +293,9 @@ def test_the_recipe_runs_chained_at_tiny_scale(tmp_path: Path) -> None:
     assert any(row["primary"]["status"] == "ok" for row in results), results
     judged = next(result for line, result in ran.items() if line.startswith("flexjudge judge"))
     assert "Image" in judged.stdout, judged.stdout
+    grpo = json.loads((work / "runs" / "grpo-judge" / "train_summary.json").read_text())
+    assert grpo["global_step"] == 2 and len(grpo["losses"]) == 2 and grpo["finite"], grpo
+    assert (work / "runs" / "grpo-judge" / "grpo-data" / "stats.json").is_file()  # the pairs, rendered
 
 
 @pytest.mark.slow

@@ -564,16 +564,23 @@ def _readme_commands() -> list[list[str]]:
 def test_every_training_command_in_the_readme_resolves_its_flags_and_config() -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from training import dpo, export, grpo_diffusion, sft
+    from training import dpo, export, grpo_diffusion, grpo_judge, sft
+    from training._config import GrpoSettings
     from training._diffusion_config import GrpoDiffusionSettings
 
     scripts = {
         "training/sft.py": sft,
         "training/dpo.py": dpo,
         "training/export.py": export,
+        "training/grpo_judge.py": grpo_judge,
         "training/grpo_diffusion.py": grpo_diffusion,
     }
-    settings_of: dict[Any, Any] = {sft: SftSettings, dpo: DpoSettings, grpo_diffusion: GrpoDiffusionSettings}
+    settings_of: dict[Any, Any] = {
+        sft: SftSettings,
+        dpo: DpoSettings,
+        grpo_judge: GrpoSettings,
+        grpo_diffusion: GrpoDiffusionSettings,
+    }
     seen = set()
     for words in _readme_commands():
         script = next((w for w in words if w in scripts), None)
