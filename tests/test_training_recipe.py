@@ -19,15 +19,17 @@ from served import running_server
 
 from tests._docblocks import ROOT
 from tests._recipe import (
-    PLACEHOLDERS,
+    CHAINS,
+    JUDGE_CHAIN,
     REQUIRED,
-    TINY,
     RecipeTeacher,
     Step,
+    chain_steps,
     check_line,
     check_vllm,
     declaration_problems,
     read_steps,
+    shell_words,
     tiny_command,
     write_pairs,
 )
@@ -41,6 +43,10 @@ INPUTS = {
 }
 
 
+SHOWN_INPUTS = {"data": "json", "prompts": "text"}
+"""Run steps that show the user's input files rather than commands (the test writes those files)."""
+
+
 def _run_steps() -> list[Step]:
     return [step for step in STEPS if step.kind == "run"]
 
@@ -49,8 +55,15 @@ def test_the_page_walks_the_recipe_in_order_and_declares_every_change() -> None:
     names = [step.name for step in _run_steps()]
     assert len(names) == len(set(names)), names
     assert [name for name in names if name in REQUIRED] == list(REQUIRED), names
-    assert all(step.lang == "console" and step.lines for step in _run_steps() if step.name != "data")
+    assert all(
+        step.lang == "console" and step.lines for step in _run_steps() if step.name not in SHOWN_INPUTS
+    )
+    assert {step.name: step.lang for step in _run_steps() if step.name in SHOWN_INPUTS} == SHOWN_INPUTS
     assert declaration_problems(STEPS) == []
+    # Every run step is in exactly one chain, and each chain has a command to run.
+    chains = [JUDGE_CHAIN, *CHAINS]
+    assert sorted(s.name for chain in chains for s in chain_steps(STEPS, chain)) == sorted(names)
+    assert all(any(s.lines for s in chain_steps(STEPS, chain)) for chain in chains)
     checked = [step for step in STEPS if step.kind != "run"]
     assert {step.kind for step in checked} == {"alternative", "needs gpu", "needs vllm"}
     assert all(step.lang == "console" and step.lines for step in checked)
@@ -120,6 +133,25 @@ def _wrong_lines() -> list[object]:
             ConfigError, id="launched-script-without-output-dir",
         ),
         pytest.param("vllm serve --port 8000", AssertionError, id="vllm-shape"),
+        pytest.param(
+            "python training/grpo_diffusion.py --model m --prompts p --output-dir o --set group_sise=4",
+            ConfigError, id="grpo-config-key",
+        ),
+        pytest.param(
+            "CUDA_VISIBLE_DEVICES=0,1 accelerate launch --multi_gpu --num_processes 2"
+            " training/grpo_diffusion.py --model m --prompts p --output-dir o"
+            " --set prompts_per_step=3 --set groups_per_reward_batch=2 &",
+            ConfigError, id="launched-grpo-layout",
+        ),
+        pytest.param(
+            "accelerate launch --num_processes 1 training/grpo_diffusion.py"
+            " --model m --prompts p --output-dir o",
+            AssertionError, id="launch-of-one-process",
+        ),
+        pytest.param(
+            "accelerate launch --multi-gpus training/grpo_diffusion.py --model m --prompts p --output-dir o",
+            SystemExit, id="launch-flag",
+        ),
     ]  # fmt: skip
 
 
@@ -144,7 +176,9 @@ def test_a_page_with_an_unmarked_block_or_an_undeclared_placeholder_is_refused(t
     assert any("TINY['flexjudge eval'] matches no run step" in p for p in problems)
 
 
-@pytest.mark.parametrize("line", [line for step in STEPS for line in step.lines if line.startswith("vllm ")])
+@pytest.mark.parametrize(
+    "line", [line for step in STEPS for line in step.lines if shell_words(line)[0] == "vllm"]
+)
 def test_vllm_lines_hold_to_the_installed_vllm(line: str) -> None:
     if shutil.which("vllm") is None:
         pytest.skip("vLLM is not installed here (a CUDA wheel): its flags are checked where it is")
@@ -174,20 +208,40 @@ def _children_cpu() -> float:
     return used.ru_utime + used.ru_stime
 
 
-@pytest.mark.slow
-def test_the_recipe_runs_chained_at_tiny_scale(tmp_path: Path) -> None:
-    from flexjudge.backends.tiny import build_tiny_model
+def _run_chain(
+    chain: str, work: Path, values: dict[str, str], env: dict[str, str], written_by: dict[str, str]
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run the chain's steps in page order in `work`, each line as `tiny_command` makes it; `written_by`
+    (path -> the step that wrote it) starts with the user's files and gains each step's outputs."""
+    ran: dict[str, subprocess.CompletedProcess[str]] = {}
+    for step in chain_steps(STEPS, chain):
+        for line in step.lines:
+            command = tiny_command(line, values)
+            reads = _reads(shlex.split(line)[1:], work)  # the page's words: $BASE is the user's
+            # Each step reads what the steps before it wrote (the scripts under training/ aside), and
+            # nothing else: a step whose input no earlier step wrote breaks the chain here.
+            assert reads, f"{line!r} reads nothing an earlier step wrote"
+            for path in reads:
+                assert any(p == path or p.startswith(path + "/") for p in written_by), (
+                    f"{line!r} reads {path}, which no earlier step wrote"
+                )
+            before, cpu = _files(work), _children_cpu()
+            result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, f"{line!r} exited {result.returncode}:\n{result.stderr[-3000:]}"
+            written_by.update({path: step.name for path in _files(work) - before})
+            ran[line] = result
+            print(f"{step.name}: {_children_cpu() - cpu:.1f} s CPU")  # shown when the test fails
+    return ran
 
-    work, cache = tmp_path / "work", tmp_path / "cache"
+
+def _work(tmp_path: Path) -> Path:
+    work = tmp_path / "work"
     work.mkdir()
     (work / "training").symlink_to(ROOT / "training")  # the page's commands run from the repository root
-    for name, pairs in INPUTS.items():
-        write_pairs(work, name, pairs)
-    for name, quality in (("a.png", 60), ("b.png", 210)):
-        from simulated import candidate
+    return work
 
-        candidate(quality).save(work / name)
-    base = build_tiny_model(cache / "tiny-base")
+
+def _env(cache: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "FLEXJUDGE_BASE_URL"}
     env.update(
         PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", FLEXJUDGE_CACHE_DIR=str(cache),
@@ -196,37 +250,40 @@ def test_the_recipe_runs_chained_at_tiny_scale(tmp_path: Path) -> None:
         # torch's spinning threads cost 2.5 times the CPU (8.4 s against 21 s for one `flexjudge judge`).
         OMP_NUM_THREADS="1",
     )  # fmt: skip
+    return env
+
+
+@pytest.mark.slow
+def test_the_recipe_runs_chained_at_tiny_scale(tmp_path: Path) -> None:
+    from flexjudge.backends.tiny import build_tiny_model
+
+    work, cache = _work(tmp_path), tmp_path / "cache"
+    for name, pairs in INPUTS.items():
+        write_pairs(work, name, pairs)
+    for name, quality in (("a.png", 60), ("b.png", 210)):
+        from simulated import candidate
+
+        candidate(quality).save(work / name)
+    base = build_tiny_model(cache / "tiny-base")
 
     written_by: dict[str, str] = {path: "data" for path in _files(work)}  # the user's files: step 1
-    ran: dict[str, subprocess.CompletedProcess[str]] = {}
     with running_server(RecipeTeacher(), model_name="teacher") as (url, _):
         values = {"$BASE": str(base), "http://localhost:8000/v1": url}
-        assert set(values) == set(PLACEHOLDERS)
-        for step in _run_steps():
-            for line in step.lines:
-                command = tiny_command(line, values)
-                reads = _reads(shlex.split(line)[1:], work)  # the page's words: $BASE is the user's
-                # Each step reads what the steps before it wrote (the scripts under training/ aside), and
-                # nothing else: a step whose input no earlier step wrote breaks the chain here.
-                assert reads, f"{line!r} reads nothing an earlier step wrote"
-                for path in reads:
-                    assert any(p == path or p.startswith(path + "/") for p in written_by), (
-                        f"{line!r} reads {path}, which no earlier step wrote"
-                    )
-                before, cpu = _files(work), _children_cpu()
-                result = subprocess.run(
-                    command, cwd=work, env=env, capture_output=True, text=True, timeout=600
-                )
-                assert result.returncode == 0, (
-                    f"{line!r} exited {result.returncode}:\n{result.stderr[-3000:]}"
-                )
-                written_by.update({path: step.name for path in _files(work) - before})
-                ran[line] = result
-                print(f"{step.name}: {_children_cpu() - cpu:.1f} s CPU")  # shown when the test fails
+        ran = _run_chain(JUDGE_CHAIN, work, values, _env(cache), written_by)
 
     # What the chain made: each stage's outputs, and the exported model judged under the constraint.
     steps_that_wrote = set(written_by.values())
-    assert steps_that_wrote >= {"data", "distill", "sft-data", "sft", "dpo-pairs", "dpo", "export", "eval"}
+    assert steps_that_wrote >= {
+        "data",
+        "distill",
+        "sft-data",
+        "sft",
+        "dpo-pairs",
+        "dpo",
+        "export",
+        "eval",
+        "grpo-judge",
+    }
     traces = (work / "runs" / "traces.jsonl").read_text().splitlines()
     assert len(traces) == 2 * len(INPUTS["prefs.jsonl"])  # both orders, none dropped by this teacher
     summary = json.loads((work / "runs" / "dpo" / "train_summary.json").read_text())
@@ -236,4 +293,36 @@ def test_the_recipe_runs_chained_at_tiny_scale(tmp_path: Path) -> None:
     assert any(row["primary"]["status"] == "ok" for row in results), results
     judged = next(result for line, result in ran.items() if line.startswith("flexjudge judge"))
     assert "Image" in judged.stdout, judged.stdout
-    assert set(TINY) <= {" ".join(line.split()[:2]) for line in ran}
+    grpo = json.loads((work / "runs" / "grpo-judge" / "train_summary.json").read_text())
+    assert grpo["global_step"] == 2 and len(grpo["losses"]) == 2 and grpo["finite"], grpo
+    assert (work / "runs" / "grpo-judge" / "grpo-data" / "stats.json").is_file()  # the pairs, rendered
+
+
+@pytest.mark.slow
+def test_the_generator_recipe_runs_chained_at_tiny_scale(tmp_path: Path) -> None:
+    """Step 10 as written: the page's prompt file, `grpo_diffusion.py` on a tiny random FLUX pipeline
+    for the paper's FLUX.1-dev, rewarded through a real reward server (`/v1/rewards`) on 127.0.0.1 whose
+    rule judge prefers the redder image."""
+    from safetensors.torch import load_file
+
+    from tests.served import running_server as serve
+    from tests.tiny_flow import RednessJudge, build_flux
+
+    work, cache = _work(tmp_path), tmp_path / "cache"
+    (prompts,) = [step for step in STEPS if step.name == "prompts"]
+    (work / "prompts.txt").write_text(prompts.code, encoding="utf-8")
+    flux = build_flux(cache / "tiny-flux")
+    written_by: dict[str, str] = {path: "prompts" for path in _files(work)}
+    judge = RednessJudge()
+    with serve(judge, model_name="redness-judge") as (url, _):
+        values = {"black-forest-labs/FLUX.1-dev": str(flux), "http://127.0.0.1:8000": url.removesuffix("/v1")}
+        _run_chain("generator", work, values, _env(cache), written_by)
+
+    out = work / "runs" / "grpo-flux"
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["finite"], summary
+    assert all(entry["failed_pairs"] == 0 for entry in summary["log"]), summary["log"]
+    assert judge.calls == 2 * 3  # 2 steps, one group of 3 a step: C(3, 2) pairs, judged through the server
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at 0: it trained
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()

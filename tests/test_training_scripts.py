@@ -552,20 +552,35 @@ def test_dry_run_resolves_gpu_configs_without_loading_a_model(script: str, tmp_p
 
 def _readme_commands() -> list[list[str]]:
     import re
-    import shlex
 
     text = (TRAINING / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```console\n(.*?)```", text, re.S)
     lines = [line[2:] for block in blocks for line in block.splitlines() if line.startswith("$ ")]
-    return [shlex.split(line.replace("$BASE", "base-model")) for line in lines]
+    from tests._recipe import shell_words  # without `CUDA_VISIBLE_DEVICES=...` and a trailing `&`
+
+    return [shell_words(line.replace("$BASE", "base-model")) for line in lines]
 
 
 def test_every_training_command_in_the_readme_resolves_its_flags_and_config() -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from training import dpo, export, sft
+    from training import dpo, export, grpo_diffusion, grpo_judge, sft
+    from training._config import GrpoSettings
+    from training._diffusion_config import GrpoDiffusionSettings
 
-    scripts = {"training/sft.py": sft, "training/dpo.py": dpo, "training/export.py": export}
+    scripts = {
+        "training/sft.py": sft,
+        "training/dpo.py": dpo,
+        "training/export.py": export,
+        "training/grpo_judge.py": grpo_judge,
+        "training/grpo_diffusion.py": grpo_diffusion,
+    }
+    settings_of: dict[Any, Any] = {
+        sft: SftSettings,
+        dpo: DpoSettings,
+        grpo_judge: GrpoSettings,
+        grpo_diffusion: GrpoDiffusionSettings,
+    }
     seen = set()
     for words in _readme_commands():
         script = next((w for w in words if w in scripts), None)
@@ -573,20 +588,18 @@ def test_every_training_command_in_the_readme_resolves_its_flags_and_config() ->
             assert words[0] in ("flexjudge", "vllm"), words  # judged with, or served (GPU), not trained
             continue
         seen.add(script)
-        if words[:2] == ["accelerate", "launch"]:
+        if words[:2] == ["accelerate", "launch"] and "--config_file" in words:
             config = ROOT / words[words.index("--config_file") + 1]
             assert load_config_from_file(str(config)).num_processes >= 2
+        elif words[:2] == ["accelerate", "launch"]:
+            assert int(words[words.index("--num_processes") + 1]) >= 2, words
         else:
             assert words[0] == "python", words
         args = words[words.index(script) + 1 :]
         module: Any = scripts[script]
         parsed = module.build_parser().parse_args(args)
         if script != "training/export.py":
-            settings = load_settings(
-                SftSettings if module is sft else DpoSettings,
-                parsed.config,
-                parsed.overrides,
-                {"model": parsed.model, "data": parsed.data, "output_dir": parsed.output_dir},
-            )
-            assert settings.model and settings.data and settings.output_dir
+            flags = {k: vars(parsed).get(k) for k in ("model", "data", "prompts", "output_dir")}
+            settings = load_settings(settings_of[module], parsed.config, parsed.overrides, flags)
+            assert settings.model and settings.output_dir
     assert seen == set(scripts)
