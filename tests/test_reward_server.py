@@ -37,7 +37,7 @@ from flexjudge.backends.base import Generation, Request
 from flexjudge.batching import BatchingBackend
 from flexjudge.errors import BackendError
 from flexjudge.media import to_data_url
-from flexjudge.rewards import Active, GroupResult, RandomGraph, Swiss, agroup_rewards
+from flexjudge.rewards import Active, GroupResult, Posterior, RandomGraph, Swiss, agroup_rewards
 from flexjudge.rewards.adapters import FlowGRPOReward, GroupReward
 from flexjudge.rewards.client import RemotePairError, RewardClient
 from flexjudge.serve import ServeLimits, create_app, server_config
@@ -121,11 +121,13 @@ SETTINGS = [
      {"swap": "both", "schedule": RandomGraph(2), "seed": 7}),
     ({"schedule": {"kind": "swiss", "rounds": 2}, "seed": 3}, {"schedule": Swiss(2), "seed": 3}),
     ({"schedule": {"kind": "active", "fraction": 0.6}, "seed": 5}, {"schedule": Active(0.6), "seed": 5}),
+    ({"schedule": {"kind": "posterior", "fraction": 0.6, "per_round": 1, "error": 0.2}, "seed": 4},
+     {"schedule": Posterior(0.6, per_round=1, error=0.2), "seed": 4}),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("wire", "local"), SETTINGS, ids=["default", "swap-tie", "graph-both", "swiss", "active"]
+    ("wire", "local"), SETTINGS, ids=["default", "swap-tie", "graph-both", "swiss", "active", "posterior"]
 )
 def test_served_rewards_equal_agroup_rewards_in_process(
     sim_server: tuple[str, Sim], wire: dict[str, Any], local: dict[str, Any]
@@ -256,6 +258,7 @@ BAD: list[tuple[Any, int, str]] = [
     ({"groups": [group()], "schedule": {"kind": "elo"}}, 400, "schedule"),
     ({"groups": [group()], "schedule": {"kind": "swiss", "rounds": 0}}, 400, "rounds"),
     ({"groups": [group()], "schedule": {"kind": "active", "fraction": 0}}, 400, "fraction"),
+    ({"groups": [group()], "schedule": {"kind": "posterior", "error": 0.5}}, 400, "error"),
     ({"groups": [group(3)], "schedule": {"kind": "random_graph", "k": 1}}, 400, "RandomGraph"),
     ({"groups": [group(1)]}, 400, "candidates"),
     ({"groups": [group(prompt="")]}, 400, "prompt"),

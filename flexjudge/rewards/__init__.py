@@ -18,7 +18,7 @@ from flexjudge.rewards._group import (
     group_rewards,
 )
 from flexjudge.rewards._outcome import outcome_of
-from flexjudge.rewards.schedules import Active, RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import Active, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
 
 __all__ = [
     "RELEASED_IMAGE_WEIGHTS",
@@ -29,6 +29,7 @@ __all__ = [
     "OnFailure",
     "Outcome",
     "PairFailure",
+    "Posterior",
     "RandomGraph",
     "RoundRobin",
     "Schedule",

@@ -20,7 +20,7 @@ from flexjudge.errors import UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, OnFailure, SwapMode, agroup_rewards
 from flexjudge.rewards.client import RewardClient
-from flexjudge.rewards.schedules import Active, RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import Active, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
 
 __all__ = ["FlowGRPOReward", "GroupReward", "RewardOutput", "schedule_spec", "to_candidates"]
 
@@ -180,7 +180,7 @@ def _groups(prompts: Sequence[str], count: int, size: int) -> list[tuple[int, in
 
 
 def schedule_spec(schedule: Schedule | None) -> dict[str, Any] | None:
-    """A schedule as a reward server takes it in a request body (the three built-in kinds)."""
+    """A schedule as a reward server takes it in a request body (the built-in kinds)."""
     if schedule is None or isinstance(schedule, RoundRobin):
         return None if schedule is None else {"kind": "round_robin"}
     if isinstance(schedule, RandomGraph):
@@ -189,4 +189,7 @@ def schedule_spec(schedule: Schedule | None) -> dict[str, Any] | None:
         return {"kind": "swiss", "rounds": schedule.rounds}
     if isinstance(schedule, Active):
         return {"kind": "active", "fraction": schedule.fraction}
+    if isinstance(schedule, Posterior):
+        fields = {"fraction": schedule.fraction, "per_round": schedule.per_round, "error": schedule.error}
+        return {"kind": "posterior", **fields}
     raise UsageError(f"a reward server knows the built-in schedules, not {schedule!r}")

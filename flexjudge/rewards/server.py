@@ -29,7 +29,7 @@ from flexjudge._serve_limits import (
 from flexjudge.errors import MediaError, UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, agroup_rewards
-from flexjudge.rewards.schedules import Active, RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import Active, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
 
 if TYPE_CHECKING:
     from fastapi.responses import JSONResponse
@@ -65,8 +65,15 @@ class ActiveSpec(_Body):
     fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
 
 
+class PosteriorSpec(_Body):
+    kind: Literal["posterior"]
+    fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    per_round: _Small = 2
+    error: Annotated[float, Field(gt=0, lt=0.5, allow_inf_nan=False)] = 0.15
+
+
 ScheduleSpec = Annotated[
-    RoundRobinSpec | RandomGraphSpec | SwissSpec | ActiveSpec, Field(discriminator="kind")
+    RoundRobinSpec | RandomGraphSpec | SwissSpec | ActiveSpec | PosteriorSpec, Field(discriminator="kind")
 ]
 _Candidate = str | Annotated[list[str], Field(min_length=1)]
 
@@ -99,6 +106,8 @@ class RewardsRequest(_Body):
             return Swiss(rounds=spec.rounds)
         if isinstance(spec, ActiveSpec):
             return Active(fraction=spec.fraction)
+        if isinstance(spec, PosteriorSpec):
+            return Posterior(fraction=spec.fraction, per_round=spec.per_round, error=spec.error)
         return RoundRobin()
 
 
