@@ -114,6 +114,11 @@ def _argv(tiny: dict[str, Path], out: Path, *extra: str, model: str = "flux") ->
     return argv
 
 
+def _untimed(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A step log without its wall-clock seconds (which no two runs share)."""
+    return [{k: v for k, v in entry.items() if k not in ("reward_wait_s", "step_s")} for entry in log]
+
+
 def _adapter(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -144,7 +149,7 @@ def test_flux_trains_two_steps_on_served_rewards_and_a_resumed_run_matches_an_un
     grpo_diffusion.main(_argv(tiny, split, reward, "max_steps=2", "save_steps=1"))  # resume: auto
     resumed = json.loads((split / grpo_diffusion.SUMMARY).read_text())
     assert resumed["resumed_from"] == str(split / "checkpoint-1") and resumed["global_step"] == 2
-    assert resumed["log"] == summary["log"]
+    assert _untimed(resumed["log"]) == _untimed(summary["log"])
     again = _adapter(split)
     for key in last:
         torch.testing.assert_close(again[key], last[key])
@@ -241,11 +246,32 @@ def test_the_next_batch_samples_while_the_judge_rewards_the_last(
         overrides = [*TINY, f"reward.server_url={url}", "max_steps=1", "groups_per_reward_batch=1"]
         flags = {"model": str(tiny["flux"]), "prompts": str(tiny["prompts"]), "output_dir": str(tmp_path)}
         settings = load_settings(GrpoDiffusionSettings, FLUX_CONFIG, overrides, flags)
-        grpo_diffusion.run(settings, on_event=on_event)
+        summary = grpo_diffusion.run(settings, on_event=on_event)
     assert not any(waited_in_vain)
     order = events.index
     assert order(("reward_start", 0, 0)) < order(("sample_start", 0, 1)) < order(("reward_end", 0, 0))
     assert order(("sample_end", 0, 1)) < order(("reward_end", 0, 1))
+    (entry,) = summary["log"]
+    assert 0 <= entry["reward_wait_s"] < entry["step_s"]
+
+
+@pytest.mark.slow
+def test_without_the_overlap_each_batch_is_judged_before_the_next_samples(
+    tiny: dict[str, Path], served: tuple[str, Any], tmp_path: Path
+) -> None:
+    """overlap_rewards=false, the baseline of benchmarks/grpo_reward_wait.py: strictly serial, and the
+    trainer's wait for each batch's rewards is counted in reward_wait_s."""
+    url, _ = served
+    events: list[tuple[str, int, int]] = []
+    overrides = [*TINY, f"reward.server_url={url}", "max_steps=1", "groups_per_reward_batch=1",
+                 "overlap_rewards=false"]  # fmt: skip
+    flags = {"model": str(tiny["flux"]), "prompts": str(tiny["prompts"]), "output_dir": str(tmp_path)}
+    settings = load_settings(GrpoDiffusionSettings, FLUX_CONFIG, overrides, flags)
+    summary = grpo_diffusion.run(settings, on_event=lambda *event: events.append(event))
+    kinds = ["sample_start", "sample_end", "reward_start", "reward_end"]
+    assert events == [(kind, 0, batch) for batch in (0, 1) for kind in kinds]
+    (entry,) = summary["log"]
+    assert 0 < entry["reward_wait_s"] < entry["step_s"]
 
 
 @pytest.mark.slow

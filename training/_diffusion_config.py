@@ -76,6 +76,11 @@ class GrpoDiffusionSettings(_Strict):
         ge=1,
         description="Groups sampled between reward submissions: each batch is judged while the next samples.",
     )
+    overlap_rewards: bool = Field(
+        True,
+        description="Judge each reward batch while the next samples; False awaits each batch's rewards "
+        "before the next samples (the serial baseline the overlap is measured against).",
+    )
     num_inference_steps: int = Field(15, ge=2, description="Sampling steps (paper: 15 for FLUX.1-dev).")
     height: int = Field(512, ge=16, description="Image height (not in DESIGN.md; Flow-GRPO's 512).")
     width: int = Field(512, ge=16)

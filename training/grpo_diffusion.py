@@ -13,7 +13,9 @@ one, over a random `timestep_fraction` of the steps, optionally with a KL to the
 transformer with its LoRA off). The samples of a step are spread over the ranks; a prompt's group is
 gathered from every rank and judged whole (`flexjudge.rewards.distributed.Gathered`). The step's groups
 are sampled in batches of `groups_per_reward_batch`; each batch is judged on a worker thread while the
-next samples, so the judge does not idle the generator. Checkpoints (the adapter, the optimizer, the
+next samples, so the judge does not idle the generator (`overlap_rewards: false` judges each batch before
+the next samples: the baseline). Each step's metrics hold `reward_wait_s`, the seconds the trainer was
+blocked on rewards, beside `step_s`, the step's seconds. Checkpoints (the adapter, the optimizer, the
 step) go to output_dir every `save_steps`; rerunning continues from the newest (`resume: auto`).
 
 Wan2.1 (`WanPipeline`) trains through the same loop: videos of `num_frames` frames are judged as videos
@@ -32,8 +34,9 @@ import os
 import random
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,7 +355,8 @@ def run(settings: GrpoDiffusionSettings, on_event: Event | None = None) -> dict[
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewards"))
         while state["step"] < settings.max_steps:
             step = state["step"]
-            trajectories, advantages, failures = _sample_and_judge(
+            started = time.perf_counter()
+            trajectories, advantages, failures, waited = _sample_and_judge(
                 settings,
                 step_prompts(prompts, settings, step),
                 family,
@@ -376,7 +380,9 @@ def run(settings: GrpoDiffusionSettings, on_event: Event | None = None) -> dict[
                 state,
                 step,
             )
+            # reward_wait_s: the seconds this rank sat blocked on rewards (the cost the overlap removes).
             metrics |= {"step": step + 1, "failed_pairs": failures, "samples": per_step}
+            metrics |= {"reward_wait_s": waited, "step_s": time.perf_counter() - started}
             state["log"].append(metrics)
             state["step"] = step + 1
             if accelerator.is_main_process:
@@ -397,14 +403,17 @@ def _sample_and_judge(
     pool: ThreadPoolExecutor,
     emit: Event,
     step: int,
-) -> tuple[list[Trajectory], list[Any], int]:
-    """This rank's trajectories of the step, batch by batch, each batch judged while the next samples."""
+) -> tuple[list[Trajectory], list[Any], int, float]:
+    """This rank's trajectories of the step, batch by batch, each batch judged while the next samples
+    (with `overlap_rewards`; else judged before the next samples), and the seconds spent blocked on the
+    rewards."""
     import torch
 
     world, rank = accelerator.num_processes, accelerator.process_index
     sampler = accelerator.unwrap_model(model)
     trajectories: list[Trajectory] = []
     pending: list[Future[tuple[list[float], dict[str, Any]]]] = []
+    waited = 0.0
     groups = settings.groups_per_reward_batch
     for batch, start in enumerate(range(0, len(chosen), groups)):
         # The batch's samples in group order (G consecutive per prompt), cut into equal parts per rank.
@@ -427,12 +436,22 @@ def _sample_and_judge(
         trajectories.append(trajectory)
         candidates = family.candidates(trajectory.images)
         pending.append(pool.submit(_judge, reward, candidates, mine, emit, step, batch))
+        if not settings.overlap_rewards:
+            waited += _blocked_on(pending[-1])
     advantages, failures = [], 0
     for future in pending:
+        waited += _blocked_on(future)
         values, info = future.result()
         advantages.append(torch.tensor(values, dtype=torch.float32, device=accelerator.device))
         failures += sum(len(f) for f in info["failures"])
-    return trajectories, advantages, failures
+    return trajectories, advantages, failures, waited
+
+
+def _blocked_on(future: Future[Any]) -> float:
+    """Wait for `future` (its error, if any, is raised where its result is read); the seconds waited."""
+    started = time.perf_counter()
+    wait([future])
+    return time.perf_counter() - started
 
 
 def _judge(
