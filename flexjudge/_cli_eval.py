@@ -102,6 +102,7 @@ def eval_command(
     output_format: cj.OutputFormat = "flex",
     frames_per_video: cj.FramesPerVideo = 8,
     max_new_tokens: cj.MaxNewTokens = 4096,
+    max_string_length: cj.MaxStringLength = None,
     as_json: AsJson = False,
 ) -> None:
     """Measure a judge's agreement with labelled preference pairs.
@@ -149,6 +150,7 @@ def eval_command(
         "engine": engine,
         "frames_per_video": frames_per_video,
         "max_new_tokens": max_new_tokens,
+        "max_string_length": max_string_length,
         "temperature": 0.0,
         "top_p": 1.0,
         "max_concurrency": concurrency,

@@ -392,3 +392,18 @@ def test_cli_fits_a_calibration_map_and_judges_with_it(tmp_path: Path, served: t
     assert [r.primary.confidence for r in read_rows(mapped)] == [1.0] * len(PAIRS)
     assert json.loads(again.stdout)["calibration"]["ece"] == 0.0
     assert _cli(str(data), *common, "--out", str(out), "--fit-calibration", "magic").exit_code == 2
+
+
+@pytest.mark.slow  # a local model's whole judgment: seconds, not the default run's budget
+def test_cli_bounds_the_judgment_strings_as_the_judging_commands_do(tmp_path: Path) -> None:
+    """--max-string-length reaches the constraint, as for `judge` and `dpo-pairs`: a random tiny model,
+    which never closes an unbounded string, writes whole judgments of one-character strings."""
+    data = write_data(tmp_path / "d", PAIRS[:1])
+    out = tmp_path / "r.jsonl"
+    common = ["--model", "tiny-random", "--device", "cpu", "--out", str(out), "--no-consistency"]
+    result = _cli(str(data), *common, "--max-string-length", "1", "--max-new-tokens", "1024", "--no-progress")
+    assert result.exit_code == 0, result.output
+    (row,) = read_rows(out)
+    assert row.primary.status == "ok" and row.primary.judgment is not None
+    criteria = [c for d in row.primary.judgment["dimensions"] for c in d["criteria"]]
+    assert criteria and all(len(c["evidence_1"]) <= 1 and len(c["evidence_2"]) <= 1 for c in criteria)
