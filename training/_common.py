@@ -6,15 +6,18 @@ torch, transformers and TRL are imported inside the functions, so `--help` and c
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flexjudge.errors import FlexjudgeError
-from training._config import ConfigError, TrainSettings
+from training._config import ConfigError, TrainSettings, settings_from_args
+
+Settings = TypeVar("Settings", bound=TrainSettings)
 
 SUMMARY = "train_summary.json"
 """Written into output_dir at the end of a run: steps, losses, where it resumed from."""
@@ -262,6 +265,28 @@ def finish(
 def dry_run(settings: TrainSettings, trl_config: Any) -> None:
     resolved = {"settings": settings.model_dump(), "trl": json.loads(trl_config.to_json_string())}
     print(json.dumps(resolved, indent=2))
+
+
+def train_main(
+    argv: list[str] | None,
+    parser: argparse.ArgumentParser,
+    settings_class: type[Settings],
+    build_trainer: Callable[[Settings, str | None], tuple[Any, Any]],
+    trl_config: Callable[..., Any],
+    script: str,
+) -> None:
+    """The body of every TRL script's `main`: settings from the command line; with `--dry-run` the
+    trainer's arguments printed and nothing else; otherwise train (resuming the newest checkpoint when the
+    settings say so) and save the model and processor."""
+    args = parser.parse_args(argv)
+    settings = settings_from_args(settings_class, args)
+    if args.dry_run:
+        dry_run(settings, trl_config(settings, has_eval=False))
+        return
+    resumed = resume_from(settings)
+    trainer, processor = build_trainer(settings, resumed)
+    trainer.train(resume_from_checkpoint=resumed)
+    finish(trainer, processor, settings, resumed, script)
 
 
 def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:

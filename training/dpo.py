@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a file: make `training` importable from 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training import _common
-from training._config import DpoSettings, add_arguments, settings_from_args
+from training._config import DpoSettings, add_arguments
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dpo.yaml"
 
@@ -73,15 +73,7 @@ def build_trainer(settings: DpoSettings, resumed: str | None = None) -> tuple[ob
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(DpoSettings, args)
-    if args.dry_run:
-        _common.dry_run(settings, trl_config(settings, has_eval=False))
-        return
-    resumed = _common.resume_from(settings)
-    trainer, processor = build_trainer(settings, resumed)
-    trainer.train(resume_from_checkpoint=resumed)  # type: ignore[attr-defined]
-    _common.finish(trainer, processor, settings, resumed, "dpo")
+    _common.train_main(argv, build_parser(), DpoSettings, build_trainer, trl_config, "dpo")
 
 
 if __name__ == "__main__":

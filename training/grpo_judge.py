@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a file: make `training` importable from 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training import _common
-from training._config import ConfigError, GrpoSettings, add_arguments, settings_from_args
+from training._config import ConfigError, GrpoSettings, add_arguments
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "grpo_judge.yaml"
 COLUMNS = ["prompt", "images", "label"]
@@ -293,15 +293,7 @@ def build_trainer(settings: GrpoSettings, resumed: str | None = None) -> tuple[o
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(GrpoSettings, args)
-    if args.dry_run:
-        _common.dry_run(settings, trl_config(settings, has_eval=False))
-        return
-    resumed = _common.resume_from(settings)
-    trainer, processor = build_trainer(settings, resumed)
-    trainer.train(resume_from_checkpoint=resumed)  # type: ignore[attr-defined]
-    _common.finish(trainer, processor, settings, resumed, "grpo_judge")
+    _common.train_main(argv, build_parser(), GrpoSettings, build_trainer, trl_config, "grpo_judge")
 
 
 if __name__ == "__main__":
