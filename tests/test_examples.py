@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -83,9 +84,11 @@ def test_the_distributed_example_runs_under_torchrun(tmp_path: Path) -> None:
         ["-m", "torch.distributed.run", "--nproc-per-node", "2", "examples/rewards/distributed_rewards.py"],
         tmp_path,
     )
-    lines = sorted(line for line in out.splitlines() if line.startswith("rank "))
-    assert [line[:19] for line in lines] == ["rank 0: 4 rewards [", "rank 1: 4 rewards ["]
-    zero, one = (_floats(line) for line in lines)
+    # Searched anywhere in the output: two processes share the pipe, so one's line may follow the other's
+    # text without a line break between them.
+    found = dict(re.findall(r"rank (\d): 4 rewards (\[[^\]]*\])", out))
+    assert sorted(found) == ["0", "1"], out
+    zero, one = (_floats(found[rank]) for rank in ("0", "1"))
     # Each rank holds two samples of each prompt: a group is rank 0's pair and rank 1's pair, judged whole.
     for k in (0, 2):
         assert sum(zero[k : k + 2] + one[k : k + 2]) == pytest.approx(0.0, abs=1e-3)

@@ -48,7 +48,8 @@ def main() -> None:
         with judge:
             rewards, info = reward_fn(images, prompts)
         print(
-            f"rank {rank}: {len(rewards)} rewards {[round(r, 3) for r in rewards]}; groups {info['groups']}"
+            f"rank {rank}: {len(rewards)} rewards {[round(r, 3) for r in rewards]}; groups {info['groups']}",
+            flush=True,  # one whole line now, before the process group (and the process) goes away
         )
     finally:
         dist.destroy_process_group()
