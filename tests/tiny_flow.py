@@ -78,10 +78,29 @@ def _t5(tok: Any) -> Any:
     )
 
 
+def _vae(latent_channels: int) -> Any:
+    """A one-block VAE for 32x32 images (FLUX's tiny pipeline packs 1 latent channel, SD3's takes 4)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+
+
 def build_flux(out: Path, seed: int = 0) -> Path:
     """A tiny FluxPipeline (guidance-embedded, as FLUX.1-dev) saved at `out`; 32x32 images."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
@@ -96,19 +115,7 @@ def build_flux(out: Path, seed: int = 0) -> Path:
         axes_dims_rope=[4, 4, 8],
         guidance_embeds=True,
     )
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=1,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = _vae(latent_channels=1)
     tok, tok2 = tokenizer(77), tokenizer(64)
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
     pipe = FluxPipeline(
@@ -128,7 +135,6 @@ def build_sd3(out: Path, seed: int = 0) -> Path:
     """A tiny StableDiffusion3Pipeline saved at `out`; 32x32 images."""
     import torch
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -147,19 +153,7 @@ def build_sd3(out: Path, seed: int = 0) -> Path:
         pooled_projection_dim=64,
         out_channels=4,
     )
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = _vae(latent_channels=4)
     tok, tok2, tok3 = tokenizer(77), tokenizer(77), tokenizer(64)
     pipe = StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
