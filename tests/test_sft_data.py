@@ -198,12 +198,8 @@ def _thinking_model(tmp_path: Path) -> Path:
 def test_rows_keep_the_chat_template_arguments_a_template_reads(
     tmp_path: Path, traces: tuple[Path, list]
 ) -> None:
-    import sys
-
     from flexjudge.backends.tiny import tiny_model_dir
     from flexjudge.backends.transformers import TransformersBackend
-
-    sys.path.insert(0, str(Path(__file__).parent.parent))
     from training._common import fit_template_kwargs
 
     path, _ = traces
