@@ -47,8 +47,17 @@ class FaultInjector:
         self.refuse_structured_always = False
         self.refuse_constraints_over: int | None = None
         self.ignore_constraint = False
+        self.in_flight = 0  # chat requests being served; changed only on the server's event loop
 
-    def reset(self) -> None:
+    def reset(self, settle_s: float = 30.0) -> None:
+        """Clear the script and the records, once every chat request still being served has finished: a
+        request the client gave up on ("hang") still reaches the model, and its answer must not land in
+        the next test's records (a module's tests share one server)."""
+        deadline = time.monotonic() + settle_s
+        while self.in_flight:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.in_flight} request(s) still served after {settle_s} s")
+            time.sleep(0.01)
         self.faults.clear()
         self.probe_faults.clear()
         self.bodies.clear()
@@ -61,6 +70,13 @@ class FaultInjector:
         if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
             await self.app(scope, receive, send)
             return
+        self.in_flight += 1
+        try:
+            await self._chat(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         raw = b""
         while True:
             message = await receive()
