@@ -4,8 +4,8 @@ Long runs (`flexjudge eval`, distillation) write one record per finished item. A
 instant leaves at most one torn line at the end (the write that was under way): opening the log again
 cuts that line away (reported, so the caller can say so), reads the keys already written, and appends
 after them. A key is never written twice. The file is read as a stream, one line at a time, so opening
-a large log holds only its keys in memory, and those compactly (`KeySet`: 32 to 64 bytes a key, where
-a set of strings takes about 100).
+a large log holds only its keys, and those in flat memory (`KeySet`: a compact table up to a few
+thousand keys, a temporary on-disk index past that).
 
 Why a line without its newline counts as torn even when it parses: each record is written with its
 newline in one call, so a missing newline means the write did not finish; redoing that one record is
@@ -17,7 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+import sqlite3
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,19 +36,29 @@ Key = Callable[[Any], str]
 
 
 class KeySet:
-    """A set of string keys held as 16-byte BLAKE2b digests in one open-addressed table (a quarter to
-    half full): 32 to 64 bytes a key, where a Python set of short strings takes about 100. Long runs
-    keep one key per item (resuming, refusing a repeated id); this keeps that memory small (4 MB at
-    100,000 keys, a set of strings ~10 MB). Two distinct keys share a digest with probability about
-    n^2 / 2^129: never, at any size a log reaches."""
+    """A set of string keys held as 16-byte BLAKE2b digests: exact membership in memory that stays flat
+    however many keys a run holds (resuming, refusing a repeated id: one key per item of a stream of any
+    length).
+
+    The first `in_memory` keys live in one open-addressed table (a quarter to half full: 32 to 64 bytes
+    a key, where a Python set of short strings takes about 100). Past that the digests move to a
+    private temporary SQLite database on disk (deleted when the set is closed or collected), whose page
+    cache is capped at 256 KiB: a lookup then costs a few microseconds, and memory no longer grows with
+    the keys (a set of 10 million strings would take about 1 GB). Two distinct keys share a digest with
+    probability about n^2 / 2^129: never, at any size a log reaches. Safe to use from several threads
+    (a log's keys are added by its writer thread and looked up on the event loop)."""
 
     _WIDTH = 16
     _EMPTY = bytes(_WIDTH)
+    _CACHE_KIB = 256
 
-    def __init__(self, keys: Iterable[str] = ()) -> None:
+    def __init__(self, keys: Iterable[str] = (), *, in_memory: int = 4096) -> None:
+        self._in_memory = in_memory
         self._slots = 1024
         self._table = bytearray(self._slots * self._WIDTH)
         self._count = 0
+        self._disk: sqlite3.Connection | None = None
+        self._lock = threading.RLock()  # re-entrant: `keys == keys` takes it twice
         for key in keys:
             self.add(key)
 
@@ -66,21 +80,48 @@ class KeySet:
                 return slot, False
             slot = (slot + 1) & mask  # linear probing: the table is at most half full
 
+    def _holds(self, digest: bytes) -> bool:
+        if self._disk is not None:
+            return self._on_disk("SELECT 1 FROM keys WHERE digest = ?", digest).fetchone() is not None
+        return self._find(digest)[1]
+
+    def _on_disk(self, sql: str, digest: bytes) -> sqlite3.Cursor:
+        assert self._disk is not None
+        try:
+            return self._disk.execute(sql, (digest,))
+        except sqlite3.Error as exc:  # a full or vanished temporary directory
+            raise LogFileError(
+                f"the key set's temporary database failed ({exc})", path=tempfile.gettempdir()
+            ) from exc
+
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._find(self._digest(key))[1]
+        if not isinstance(key, str):
+            return False
+        digest = self._digest(key)
+        with self._lock:
+            return self._holds(digest)
 
     def __len__(self) -> int:
         return self._count
+
+    def _digests(self) -> Iterator[bytes]:
+        if self._disk is not None:
+            yield from (row[0] for row in self._disk.execute("SELECT digest FROM keys"))
+            return
+        width = self._WIDTH
+        for start in range(0, len(self._table), width):
+            digest = bytes(self._table[start : start + width])
+            if digest != self._EMPTY:
+                yield digest
 
     def __eq__(self, other: object) -> bool:
         """Equal to a set of strings holding the same keys (a digest set cannot list its keys, but it
         can tell whether it holds exactly those)."""
         if isinstance(other, KeySet):
-            return len(other) == self._count and all(
-                self._find(bytes(other._table[k : k + self._WIDTH]))[1]
-                for k in range(0, len(other._table), self._WIDTH)
-                if other._table[k : k + self._WIDTH] != self._EMPTY
-            )
+            with other._lock:
+                theirs = list(other._digests())
+            with self._lock:
+                return len(theirs) == self._count and all(self._holds(d) for d in theirs)
         if isinstance(other, (set, frozenset)):
             return len(other) == self._count and all(key in self for key in other)
         return NotImplemented
@@ -89,23 +130,56 @@ class KeySet:
 
     def add(self, key: str) -> None:
         digest = self._digest(key)
-        slot, present = self._find(digest)
-        if present:
-            return
-        self._table[slot * self._WIDTH : (slot + 1) * self._WIDTH] = digest
-        self._count += 1
-        if 2 * self._count > self._slots:
-            self._grow()
+        with self._lock:
+            if self._disk is not None:
+                self._count += self._on_disk("INSERT OR IGNORE INTO keys VALUES (?)", digest).rowcount
+                return
+            slot, present = self._find(digest)
+            if present:
+                return
+            self._table[slot * self._WIDTH : (slot + 1) * self._WIDTH] = digest
+            self._count += 1
+            if self._count >= self._in_memory:
+                self._spill()
+            elif 2 * self._count > self._slots:
+                self._grow()
 
     def _grow(self) -> None:
-        old, width = self._table, self._WIDTH
+        digests = list(self._digests())
         self._slots *= 2
-        self._table = bytearray(self._slots * width)
-        for start in range(0, len(old), width):
-            digest = bytes(old[start : start + width])
-            if digest != self._EMPTY:
-                slot, _ = self._find(digest)
-                self._table[slot * width : (slot + 1) * width] = digest
+        self._table = bytearray(self._slots * self._WIDTH)
+        for digest in digests:
+            slot, _ = self._find(digest)
+            self._table[slot * self._WIDTH : (slot + 1) * self._WIDTH] = digest
+
+    def _spill(self) -> None:
+        """Move every digest to the temporary database; the table is freed."""
+        disk = sqlite3.connect("", isolation_level=None, check_same_thread=False)  # "": private, on disk
+        try:
+            # A scratch index: no journal, no fsync (a crash loses nothing the log cannot rebuild).
+            disk.executescript(
+                "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+                f" PRAGMA cache_size = -{self._CACHE_KIB};"
+                " CREATE TABLE keys (digest BLOB PRIMARY KEY) WITHOUT ROWID;"
+            )
+            disk.executemany("INSERT INTO keys VALUES (?)", ((d,) for d in self._digests()))
+        except sqlite3.Error as exc:
+            disk.close()
+            reason = f"the key set cannot move to a temporary database ({exc})"
+            raise LogFileError(reason, path=tempfile.gettempdir()) from exc
+        self._disk = disk
+        self._closer = weakref.finalize(self, disk.close)
+        self._table = bytearray()
+        self._slots = 0
+
+    def close(self) -> None:
+        """Delete the temporary database, if any (the set is empty afterwards)."""
+        with self._lock:
+            if self._disk is not None:
+                self._closer()
+                self._disk = None
+            self._slots, self._count = 1024, 0
+            self._table = bytearray(self._slots * self._WIDTH)
 
 
 @dataclass(frozen=True)
@@ -207,6 +281,7 @@ class JsonlLog:
         os.replace(partial, self.path)  # atomic: a kill leaves the old file or the new one, never half
         self._file.close()
         self._file = self.path.open("a+b")
+        self.keys.close()
         self.keys = kept
 
     def __contains__(self, key: object) -> bool:
@@ -249,6 +324,7 @@ class JsonlLog:
 
     def close(self) -> None:
         self._file.close()
+        self.keys.close()
 
     def __enter__(self) -> JsonlLog:
         return self

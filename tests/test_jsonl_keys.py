@@ -44,3 +44,47 @@ def test_it_equals_the_set_of_strings_it_holds() -> None:
     assert keys == {"a", "b"} and keys == frozenset({"b", "a"}) and keys == KeySet(["b", "a"])
     assert keys != {"a"} and keys != {"a", "c"} and keys != {"a", "b", "c"} and keys != KeySet(["a"])
     assert keys != ["a", "b"]
+
+
+def test_past_its_memory_budget_it_moves_to_disk_and_stays_exact() -> None:
+    keys = KeySet(in_memory=64)
+    added = [f"r{k}#12" for k in range(3000)] + ["\udcff lone"]
+    for key in added:
+        keys.add(key)
+    keys.add("r7#12")  # again, on disk: still one key
+    assert len(keys) == len(added)
+    assert all(key in keys for key in added) and not any(f"r{k}#21" in keys for k in range(3000))
+    assert keys == set(added) and keys == KeySet(added) and KeySet(added, in_memory=64) == KeySet(added)
+    assert keys != set(added[:-1]) and keys == keys
+    keys.close()
+    assert len(keys) == 0 and "r7#12" not in keys
+
+
+def test_memory_stays_flat_past_the_budget() -> None:
+    """Python's share of the set (the table) stops growing at the budget; SQLite's page cache, outside
+    tracemalloc's view, is capped at 256 KiB by the set itself."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        keys = KeySet(in_memory=1000)
+        sizes = []
+        for k in range(20_000):
+            keys.add(f"r{k}#12")
+            if k + 1 in (2_000, 20_000):
+                sizes.append(tracemalloc.get_traced_memory()[0] - base)
+    finally:
+        tracemalloc.stop()
+    assert len(keys) == 20_000 and "r19999#12" in keys
+    assert sizes[1] - sizes[0] < 16 * 1024 < 32 * 1000  # not one more table byte per key
+    keys.close()
+
+
+def test_a_log_reads_and_writes_its_keys_from_several_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = KeySet(in_memory=100)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(keys.add, (f"k{n}" for n in range(2000))))
+        found = list(pool.map(keys.__contains__, (f"k{n}" for n in range(2000))))
+    assert all(found) and len(keys) == 2000
+    keys.close()

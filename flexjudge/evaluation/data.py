@@ -69,14 +69,17 @@ def load_examples(
     path = Path(source)
     if not path.exists():
         raise DataError("no such file or folder", source=str(source))
-    seen = KeySet()  # one key per row of a stream of any length: 16-byte digests, not strings
-    for row, example in LAYOUTS[layout](path, split, _Media(path, media_dir)):
-        if example.id in seen:
-            raise DataError(
-                f"id {example.id!r} appears twice (ids must be unique)", source=str(path), row=row
-            )
-        seen.add(example.id)
-        yield example
+    seen = KeySet()  # one key per row of a stream of any length, in flat memory
+    try:
+        for row, example in LAYOUTS[layout](path, split, _Media(path, media_dir)):
+            if example.id in seen:
+                raise DataError(
+                    f"id {example.id!r} appears twice (ids must be unique)", source=str(path), row=row
+                )
+            seen.add(example.id)
+            yield example
+    finally:
+        seen.close()
 
 
 Rows = Iterator[tuple[int, Example]]
