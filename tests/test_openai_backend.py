@@ -194,12 +194,16 @@ def test_refusing_the_judgment_schema_is_a_constraint_error_with_the_servers_mes
     assert all("response_format" in body for body in injector.bodies)  # no fallback, ever
 
 
-def test_a_refusal_about_the_prompt_stays_a_backend_error(url: str, injector: FaultInjector) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])  # our own session, and the client's route
+def test_a_refusal_about_the_prompt_stays_a_backend_error(
+    url: str, injector: FaultInjector, transport: str
+) -> None:
     injector.faults = ["400"]
-    backend = _backend(url)
+    backend = _backend(url, transport=transport)
     with pytest.raises(flexjudge.BackendError) as info:
         _run(backend, _request())
     assert not isinstance(info.value, flexjudge.ConstraintError) and info.value.status_code == 400
+    assert "the prompt is too long" in str(info.value) and not info.value.retryable
     assert len(injector.bodies) == 2  # the request, and the check that the constraint is fine
     (generation,) = _run(backend, _request())  # the constraint is not marked refused
     assert generation.constrained

@@ -8,7 +8,7 @@ while building the body, say) is a bug, never a server error to retry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -28,7 +28,7 @@ _RETRIED_STATUS = frozenset({408, 409, 429})  # a timeout, a lock conflict, a ra
 
 T = TypeVar("T")
 
-__all__ = ["RETRY_AFTER_CAP_S", "complete", "complete_raw", "json_fields"]
+__all__ = ["RETRY_AFTER_CAP_S", "client_post", "complete", "complete_raw", "json_fields", "retryable_status"]
 
 
 async def complete(
@@ -39,18 +39,39 @@ async def complete(
 
 
 async def complete_raw(
-    client: AsyncOpenAI,
+    post: Callable[[bytes], Awaitable[bytes]],
     content: bytes,
     read: Callable[[bytes], T],
     *,
-    url: str,
     attempts: int,
     backoff_s: float,
 ) -> T:
-    """`complete` for a body encoded already (JSON bytes): the answer's bytes go to `read`, which raises a
+    """`complete` for a body encoded already (JSON bytes), sent by `post` (`client_post` or `_direct`),
+    which raises `BackendError`s as `complete` does: the answer's bytes go to `read`, which raises a
     retryable `BackendError` for a body that is not a chat completion, so it is asked again like any
-    other server fault. Same client, route, auth, headers, timeouts and errors as `complete`."""
-    return await _retrying(attempts, backoff_s)(_once_raw, client, content, read, url)
+    other server fault."""
+
+    async def once() -> T:
+        return read(await post(content))
+
+    return await _retrying(attempts, backoff_s)(once)
+
+
+def client_post(client: AsyncOpenAI, url: str) -> Callable[[bytes], Awaitable[bytes]]:
+    """A `post` for `complete_raw` through the client's raw route: its auth, headers, timeouts and errors."""
+
+    async def post(content: bytes) -> bytes:
+        with _http_errors(url):
+            # Not streamed: the client reads the whole body inside `post`, so a body cut short is a
+            # connection error there, never half an answer here.
+            return await client.post("/chat/completions", cast_to=bytes, content=content)
+
+    return post
+
+
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP error status is the server's fault: a timeout, a lock conflict, a rate limit, a 5xx."""
+    return status in _RETRIED_STATUS or status >= 500
 
 
 def _retrying(attempts: int, backoff_s: float) -> AsyncRetrying:
@@ -72,20 +93,14 @@ def _http_errors(url: str) -> Iterator[None]:
         yield
     except openai.APIStatusError as exc:
         status = exc.status_code
-        retryable = status in _RETRIED_STATUS or status >= 500
         raise BackendError(
-            f"HTTP {status} from {url}: {exc.message}", retryable=retryable, status_code=status, original=exc
+            f"HTTP {status} from {url}: {exc.message}",
+            retryable=retryable_status(status),
+            status_code=status,
+            original=exc,
         ) from exc
     except openai.APIConnectionError as exc:  # timeouts included
         raise BackendError(f"cannot reach {url}: {exc}", retryable=True, original=exc) from exc
-
-
-async def _once_raw(client: AsyncOpenAI, content: bytes, read: Callable[[bytes], T], url: str) -> T:
-    with _http_errors(url):
-        # Not streamed: the client reads the whole body inside `post`, so a body cut short is a
-        # connection error there, never half an answer here.
-        raw = await client.post("/chat/completions", cast_to=bytes, content=content)
-    return read(raw)
 
 
 async def _once(client: AsyncOpenAI, body: dict[str, Any], url: str) -> ChatCompletion:
@@ -148,9 +163,9 @@ def _wait(backoff_s: float) -> Callable[[RetryCallState], float]:
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
-    """The wait a server asked for (`retry-after-ms` or `Retry-After` in seconds), capped."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
+    """The wait a server asked for (`retry-after-ms` or `Retry-After` in seconds), capped. The headers are
+    the client's error's (`exc.response.headers`) or `_direct.HttpStatus`'s (`exc.headers`)."""
+    headers = getattr(exc, "headers", None) or getattr(getattr(exc, "response", None), "headers", None)
     if headers is None:
         return None
     for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):

@@ -22,13 +22,15 @@ on every pair) send `"logprobs": true`, and the tokens the server returns come b
 `Generation.token_logprobs` (None when the server sends none). Off by default: not every
 OpenAI-compatible server takes the field (vLLM, SGLang, OpenAI and `flexjudge serve` do).
 
-Requests travel as JSON bytes through the client's raw route (`client.post`: its auth, headers,
-timeouts and errors), the constant part of each body (the schema, the model, template options)
-encoded once per constraint, and answers are read from their JSON (`openai_wire.py`) rather than
-through the client's response models. The HTTP transport is aiohttp where it is installed (the openai
-client's documented `DefaultAioHttpClient`: about a third less CPU a request than httpx2 here) unless
-the environment names a proxy (aiohttp ignores HTTP(S)_PROXY), else httpx2; `transport="httpx"` or
-`"aiohttp"` chooses.
+Requests travel as JSON bytes, the constant part of each body (the schema, the model, template
+options) encoded once per constraint, and answers are read from their JSON (`openai_wire.py`) rather
+than through the client's response models. The transport is aiohttp where it is installed, unless the
+environment names a proxy (the client's aiohttp transport ignores HTTP(S)_PROXY), else httpx2;
+`transport="httpx"` or `"aiohttp"` chooses. With aiohttp, plain requests are posted by an aiohttp
+session of our own (`_direct.py`: the client's headers, timeout and errors, a third of its CPU a
+call) and the client (on its `DefaultAioHttpClient`) sends the rest: the probe and instructor's
+re-asks. With httpx2, or a `client` handed in, everything goes through the client's raw route
+(`client.post`).
 
 Scale-out is the server's business: one vLLM endpoint with tensor or data parallelism behind it.
 """
@@ -47,8 +49,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from flexjudge.backends._cache import BoundedCache
+from flexjudge.backends._direct import DirectPost
 from flexjudge.backends._probe import PROBE_CONSTRAINT, PROBE_PROMPT, PROBE_TOKENS, probe, refused
-from flexjudge.backends._retry import complete, complete_raw, json_fields
+from flexjudge.backends._retry import client_post, complete, complete_raw, json_fields
 from flexjudge.backends.base import Constraint, Generation, ImagePart, Message, Request
 from flexjudge.backends.openai_wire import Answer, Tail, encode, read, read_data
 from flexjudge.errors import BackendError, ConstraintError, UsageError
@@ -163,6 +166,8 @@ class OpenAIBackend:
         a client handed in is closed too."""
         current = asyncio.get_running_loop()
         for loop, state in list(self._loops.items()):
+            if loop is current and state.direct is not None:
+                await state.direct.close()
             if loop is current and state.client is not self._given:
                 await state.client.close()
             if loop is current or loop.is_closed():
@@ -179,7 +184,14 @@ class OpenAIBackend:
             from openai import AsyncOpenAI
 
             client = self._given or AsyncOpenAI(**self._client_options, http_client=self._http_client())
-            state = self._loops[loop] = _LoopState(client, asyncio.Semaphore(self.max_concurrency))
+            direct = None
+            if self._given is None and self.transport == "aiohttp":  # a client handed in is used for all
+                options = self._client_options
+                direct = DirectPost(options["base_url"], options["api_key"], options["timeout"])
+            post = direct or client_post(client, self.base_url)
+            state = self._loops[loop] = _LoopState(
+                client, asyncio.Semaphore(self.max_concurrency), post, direct
+            )
         return state
 
     def _http_client(self) -> httpx2.AsyncClient | None:
@@ -326,14 +338,9 @@ class OpenAIBackend:
 
     async def _post(self, content: bytes) -> Answer:
         """One completion of an encoded body, read from its JSON (every plain request)."""
-        client, url = self._state().client, self.base_url
+        post, url = self._state().post, self.base_url
         return await complete_raw(
-            client,
-            content,
-            lambda raw: read(raw, url),
-            url=url,
-            attempts=self.max_attempts,
-            backoff_s=self.backoff_s,
+            post, content, lambda raw: read(raw, url), attempts=self.max_attempts, backoff_s=self.backoff_s
         )
 
     async def _with_instructor(
@@ -391,6 +398,9 @@ class OpenAIBackend:
 class _LoopState:
     client: AsyncOpenAI
     semaphore: asyncio.Semaphore
+    post: Callable[[bytes], Awaitable[bytes]]
+    """How plain requests go: `direct`, or the client's raw route."""
+    direct: DirectPost | None
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
