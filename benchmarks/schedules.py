@@ -17,9 +17,10 @@ did. The schedules differ only in which pairs they ask, and the correlation with
 advantages measures what skipping pairs loses.
 
 Each schedule is driven exactly as `flexjudge.rewards.agroup_rewards` drives it: `next_pairs` in rounds,
-each pair shown lower index first, outcomes fed back, then `from_outcomes(..., estimate="points" if
-schedule.complete else "bradley_terry")`. `Posterior` runs where it applies (G <= 12: at G = 9; its
-posterior sums over the 2^G subsets). Besides the library's schedules:
+each pair shown lower index first, outcomes fed back, then `from_outcomes(..., estimate=estimate_of(
+schedule))`: points for round robin, the exact posterior for `Bayesian`, Bradley-Terry for the other
+incomplete ones. `Posterior` and `Bayesian` run where they apply (G <= 12: at G = 9; their posterior sums
+over the 2^G subsets). Besides the library's schedules:
 
 - `round robin + swap`: every pair in both orders (2 C(G, 2) calls) merged as the judge's swap rule does
   (`flexjudge.swap`), on outcomes: an anchor both orders agree on keeps that winner, an anchor they
@@ -65,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flexjudge.rewards import Outcome, RandomGraph, RoundRobin, Schedule, Swiss, from_outcomes
-from flexjudge.rewards.schedules import MAX_EXACT, Active, Posterior
+from flexjudge.rewards.schedules import MAX_EXACT, Active, Bayesian, Posterior, estimate_of
 
 sys.path.insert(0, str(Path(__file__).parent))  # run from anywhere: the shared machine line
 from _machine import machine
@@ -144,7 +145,7 @@ def drive(schedule: Schedule, group: Group, rng: random.Random, swap: bool = Fal
     while pairs := schedule.next_pairs(group.g, outcomes, rng):
         group.rounds += 1
         outcomes.extend(group.ask_swapped(i, j) if swap else group.ask(i, j) for i, j in pairs)
-    rewards = from_outcomes(group.g, outcomes, estimate="points" if schedule.complete else "bradley_terry")
+    rewards = from_outcomes(group.g, outcomes, estimate=estimate_of(schedule))
     return rewards.advantages
 
 
@@ -208,8 +209,12 @@ def runners(g: int) -> list[tuple[str, Runner]]:
         (f"RandomGraph(k={k})", lambda grp, rng: drive(RandomGraph(k=k), grp, rng)),
         (f"Swiss(rounds={rounds})", lambda grp, rng: drive(Swiss(rounds=rounds), grp, rng)),
         ("Active(fraction=0.5)", lambda grp, rng: drive(Active(fraction=0.5), grp, rng)),
+        ("Active(fraction=0.5, per_round=2)", lambda grp, rng: drive(Active(0.5, per_round=2), grp, rng)),
         *(
-            [("Posterior(fraction=0.5)", lambda grp, rng: drive(Posterior(fraction=0.5), grp, rng))]
+            [
+                ("Posterior(fraction=0.5)", lambda grp, rng: drive(Posterior(fraction=0.5), grp, rng)),
+                ("Bayesian(fraction=0.5)", lambda grp, rng: drive(Bayesian(fraction=0.5), grp, rng)),
+            ]
             if g <= MAX_EXACT
             else []
         ),

@@ -1,5 +1,6 @@
 """Cheaper pair schedules: `Posterior`'s exact posterior, its budget and rounds, the Bradley-Terry fill of
-an incomplete schedule, and that choosing pairs adaptively beats choosing them at random.
+an incomplete schedule, and that choosing pairs adaptively beats choosing them at random; `Bayesian` (one
+pair a round, the error rate read from the judgments, rewards from the posterior) and `Active(per_round)`.
 
 The judge here is simulated at the outcome level, as in benchmarks/schedules.py: each of a judgment's four
 decisions (overall and three anchors) names the better candidate with probability 0.9, drawn once per
@@ -16,10 +17,23 @@ import statistics
 import pytest
 
 import flexjudge.rewards.schedules as schedules
+from flexjudge import Judge
 from flexjudge.errors import UsageError
-from flexjudge.rewards import Outcome, from_outcomes
+from flexjudge.rewards import Outcome, from_outcomes, group_rewards
 from flexjudge.rewards._bradley_terry import bradley_terry, expected_win_rates
-from flexjudge.rewards.schedules import Posterior, Schedule, order_probabilities
+from flexjudge.rewards._posterior import estimated_error, posterior_win_rates
+from flexjudge.rewards.adapters import schedule_spec
+from flexjudge.rewards.schedules import (
+    Active,
+    Bayesian,
+    Posterior,
+    RoundRobin,
+    Schedule,
+    estimate_of,
+    order_probabilities,
+)
+from flexjudge.rewards.server import RewardsRequest
+from tests.simulated import SimulatedJudge, candidate
 
 
 class NoisyGroup:
@@ -158,3 +172,120 @@ def test_posterior_refuses_what_it_cannot_do() -> None:
     with pytest.raises(UsageError):  # 2^13 subsets: beyond its exact sum
         Posterior().next_pairs(schedules.MAX_EXACT + 1, [], rng)
     assert not Posterior().complete
+
+
+def _rounds_are_matchings_of_distinct_valid_pairs(rounds: list[list[tuple[int, int]]], g: int) -> None:
+    pairs = [p for r in rounds for p in r]
+    assert len(pairs) == len(set(pairs)) and all(0 <= i < j < g for i, j in pairs)  # no pair twice
+    for r in rounds:  # each round's calls run concurrently: no candidate twice in a round
+        members = [c for p in r for c in p]
+        assert len(members) == len(set(members))
+
+
+@pytest.mark.parametrize(("g", "fraction", "calls"), [(9, 0.5, 18), (6, 1.0, 15), (4, 0.5, 3), (2, 1.0, 1)])
+def test_bayesian_spends_its_budget_one_pair_a_round_after_a_matching(
+    g: int, fraction: float, calls: int
+) -> None:
+    group = NoisyGroup(g, seed=5, err=0.25)
+    outcomes, rounds = group.play(Bayesian(fraction=fraction), seed=7)
+    assert sum(len(r) for r in rounds) == calls
+    assert len(rounds[0]) == min(calls, g // 2) and all(len(r) == 1 for r in rounds[1:])
+    _rounds_are_matchings_of_distinct_valid_pairs(rounds, g)
+    assert group.play(Bayesian(fraction=fraction), seed=7) == (outcomes, rounds)  # deterministic
+    if calls > g // 2 + 1:
+        assert any(group.play(Bayesian(fraction=fraction), seed=s)[1] != rounds for s in range(8, 12))
+
+
+def test_bayesian_asks_the_open_pair_the_posterior_most_doubts() -> None:
+    """After 0 > 1 > 2 > 3 by unanimous judgments, (0, 3) is settled by transitivity; an open pair
+    across a split judgment is not."""
+    outcomes: list[Outcome] = [(0, 1, 0, (0, 0, 0)), (1, 2, 1, (1, 2, 2)), (2, 3, 2, (2, 2, 2))]
+    better = order_probabilities(4, outcomes, estimated_error(outcomes))
+    chosen = Bayesian(fraction=1.0).next_pairs(4, outcomes, random.Random(0))
+    open_pairs = [(0, 2), (0, 3), (1, 3)]
+    assert chosen == [min(open_pairs, key=lambda p: abs(better[p[0]][p[1]] - 0.5))]
+    assert chosen != [(0, 3)]
+
+
+def test_the_error_rate_is_read_from_split_judgments() -> None:
+    for err in (0.1, 0.25):
+        group = NoisyGroup(40, seed=11, err=err)  # 780 judgments, each four decisions
+        assert estimated_error(list(group.answers.values())) == pytest.approx(err, abs=0.02)
+    assert estimated_error([]) == pytest.approx(schedules.estimated_error.__globals__["PRIOR_ERROR"])
+    unanimous: list[Outcome] = [(0, 1, 0, (0, 0, 0))] * 50
+    assert estimated_error(unanimous) == 0.02  # never certain: the floor
+
+
+def test_the_posterior_estimate_fills_every_rate_with_the_posterior_win_rate() -> None:
+    group = NoisyGroup(9, seed=6, err=0.25)
+    outcomes, _ = group.play(Bayesian(), seed=6)
+    outcomes.append((7, 8, None, ()))  # a failed pair read as a tie: overall only
+    rewards = from_outcomes(10, outcomes, estimate="posterior")  # candidate 9 never compared
+    p = order_probabilities(10, outcomes, estimated_error(outcomes))
+    expected = [sum(row) / 9 for row in p]
+    assert posterior_win_rates(10, outcomes) == pytest.approx(expected)
+    assert rewards.overall[:9] == pytest.approx(expected[:9]) and rewards.overall[9] is None
+    assert all(rates[:9] == pytest.approx(expected[:9]) for rates in rewards.anchors)
+    assert rewards.unscored == [9] and rewards.advantages[9] == 0.0
+    assert sum(expected) == pytest.approx(10 / 2)  # P(a > b) + P(b > a) = 1 over every pair
+    with pytest.raises(UsageError):  # 2^13 subsets: beyond the exact sum
+        from_outcomes(schedules.MAX_EXACT + 1, [(0, 1, 0, (0, 0, 0))], estimate="posterior")
+
+
+def test_ranking_by_the_posterior_beats_bradley_terry_on_the_same_pairs() -> None:
+    """The same outcomes (Bayesian's, 24 groups of 9, err 10%), two estimators: the posterior's mean rank
+    and the per-decision Bradley-Terry fill the other incomplete schedules use."""
+    posterior, fitted = [], []
+    for seed in range(24):
+        group = NoisyGroup(9, seed=200 + seed)
+        outcomes, _ = group.play(Bayesian(), seed=seed)
+        for estimate, taus in (("posterior", posterior), ("bradley_terry", fitted)):
+            advantages = from_outcomes(9, outcomes, estimate=estimate).advantages  # type: ignore[arg-type]
+            taus.append(kendall_tau(advantages, group.quality))
+    assert statistics.fmean(posterior) - statistics.fmean(fitted) > 0.02  # 0.030 on these groups
+
+
+def test_group_rewards_drives_bayesian_and_rewards_with_its_posterior() -> None:
+    sim = SimulatedJudge()
+    images = [candidate(q) for q in (90, 10, 170, 50, 130, 30, 150, 70, 110)]
+    with Judge("simulated", backend=sim) as judge:
+        result = group_rewards("a red fox", images, judge, schedule=Bayesian(), seed=3)
+    assert sim.calls == 18 and len({(i, j) for i, j, _, _ in result.outcomes}) == 18  # half of 36
+    assert result.rewards.overall == pytest.approx(posterior_win_rates(9, result.outcomes))
+    quality = [90, 10, 170, 50, 130, 30, 150, 70, 110]
+    assert kendall_tau(result.rewards.advantages, [float(q) for q in quality]) > 0.8
+
+
+def test_each_schedule_names_the_estimate_its_rewards_use() -> None:
+    assert estimate_of(RoundRobin()) == "points"
+    assert estimate_of(Bayesian()) == "posterior"
+    assert estimate_of(Active()) == estimate_of(Posterior()) == "bradley_terry"
+
+
+@pytest.mark.parametrize("per_round", [2])
+def test_active_per_round_caps_every_round_after_the_first(per_round: int) -> None:
+    group = NoisyGroup(16, seed=8)
+    outcomes, rounds = group.play(Active(fraction=0.5, per_round=per_round), seed=8)
+    assert len(outcomes) == 60 and len(rounds[0]) == 8
+    assert all(len(r) <= per_round for r in rounds[1:]) and len(rounds) >= 1 + 52 // per_round
+    _rounds_are_matchings_of_distinct_valid_pairs(rounds, 16)
+    assert group.play(Active(fraction=0.5, per_round=per_round), seed=8) == (outcomes, rounds)
+
+
+def test_the_reward_server_and_adapters_carry_the_new_schedules() -> None:
+    for schedule in (Bayesian(0.4), Active(0.5, per_round=2), Active(0.6)):
+        spec = schedule_spec(schedule)
+        body = RewardsRequest.model_validate(
+            {"groups": [{"prompt": "p", "candidates": ["a", "b"]}], "schedule": spec}
+        )
+        assert body.to_schedule() == schedule
+
+
+def test_bayesian_and_active_refuse_what_they_cannot_do() -> None:
+    rng = random.Random(0)
+    for bad in (Bayesian(fraction=0.0), Bayesian(fraction=1.5), Active(per_round=0)):
+        with pytest.raises(UsageError):
+            bad.next_pairs(9, [], rng)
+    with pytest.raises(UsageError):
+        Bayesian().next_pairs(schedules.MAX_EXACT + 1, [], rng)
+    assert not Bayesian().complete

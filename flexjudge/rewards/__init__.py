@@ -18,11 +18,12 @@ from flexjudge.rewards._group import (
     group_rewards,
 )
 from flexjudge.rewards._outcome import outcome_of
-from flexjudge.rewards.schedules import Active, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import Active, Bayesian, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
 
 __all__ = [
     "RELEASED_IMAGE_WEIGHTS",
     "Active",
+    "Bayesian",
     "GroupResult",
     "GroupRewards",
     "JudgedPair",

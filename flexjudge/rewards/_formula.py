@@ -11,7 +11,11 @@ with `std` the sample standard deviation (N - 1), as the released code computes 
 
 When not every pair was judged (a cheaper schedule), points / comparisons depends on who drew whom; with
 `estimate="bradley_terry"` each rate is instead the expected win rate against a random other member of
-the group under Bradley-Terry strengths fitted on the observed outcomes (`_bradley_terry.py`). The generated
+the group under Bradley-Terry strengths fitted on the observed outcomes (`_bradley_terry.py`); with
+`estimate="posterior"` (the `Bayesian` schedule's) every rate, overall and per anchor, is the expected win
+rate under the exact posterior over rankings fitted on all four decisions of every outcome at once
+(`_posterior.py`, G <= 12): one order for all rates, so alpha and the category weights do not change
+the ranking it induces. The generated
 dimension D is not an anchor: it moves a candidate's reward only through the overall winner.
 """
 
@@ -24,6 +28,7 @@ from typing import Literal
 
 from flexjudge.errors import UsageError
 from flexjudge.rewards._bradley_terry import bradley_terry, expected_win_rates
+from flexjudge.rewards._posterior import posterior_win_rates
 
 __all__ = ["RELEASED_IMAGE_WEIGHTS", "GroupRewards", "Outcome", "from_outcomes"]
 
@@ -85,7 +90,7 @@ def from_outcomes(
     *,
     alpha: float = 0.7,
     category_weights: Sequence[float] | None = None,
-    estimate: Literal["points", "bradley_terry"] = "points",
+    estimate: Literal["points", "bradley_terry", "posterior"] = "points",
 ) -> GroupRewards:
     """The group's rates and advantages from its pairwise outcomes: see the module docstring."""
     weights = _weights(category_weights)
@@ -99,8 +104,10 @@ def from_outcomes(
     anchor_counts = [[0] * num_candidates for _ in range(ANCHOR_COUNT)]
     games: list[tuple[int, int, int | None]] = []
     anchor_games: list[list[tuple[int, int, int | None]]] = [[] for _ in range(ANCHOR_COUNT)]
+    outcomes_seen: list[Outcome] = []
     for outcome in outcomes:
         i, j, overall, categories = _checked(outcome, num_candidates)
+        outcomes_seen.append((i, j, overall, categories))
         _score(points, counts, i, j, overall)
         games.append((i, j, overall))
         for d, winner in enumerate(categories):
@@ -114,8 +121,12 @@ def from_outcomes(
         anchor_rates = [
             _modelled(num_candidates, g, c) for g, c in zip(anchor_games, anchor_counts, strict=True)
         ]
+    elif estimate == "posterior":
+        shared = posterior_win_rates(num_candidates, list(outcomes_seen))
+        overall_rate = [r if c else None for r, c in zip(shared, counts, strict=True)]
+        anchor_rates = [[r if c else None for r, c in zip(shared, n, strict=True)] for n in anchor_counts]
     else:
-        raise UsageError(f"estimate must be 'points' or 'bradley_terry', got {estimate!r}")
+        raise UsageError(f"estimate must be 'points', 'bradley_terry' or 'posterior', got {estimate!r}")
     dimension = [_weighted_mean([rates[k] for rates in anchor_rates], weights) for k in range(num_candidates)]
     advantages = [
         alpha * zd + (1.0 - alpha) * zo for zd, zo in zip(_z(dimension), _z(overall_rate), strict=True)

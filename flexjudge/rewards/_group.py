@@ -21,7 +21,7 @@ from flexjudge.judging import Judge
 from flexjudge.options import Call
 from flexjudge.rewards._formula import GroupRewards, Outcome, from_outcomes
 from flexjudge.rewards._outcome import outcome_of
-from flexjudge.rewards.schedules import RoundRobin, Schedule
+from flexjudge.rewards.schedules import RoundRobin, Schedule, estimate_of
 from flexjudge.schema import Judgment, Preferences
 
 __all__ = [
@@ -131,7 +131,7 @@ async def agroup_rewards(
         outcomes,
         alpha=alpha,
         category_weights=category_weights,
-        estimate="points" if schedule.complete else "bradley_terry",
+        estimate=estimate_of(schedule),
     )
     return GroupResult(rewards=rewards, judgments=judged, outcomes=outcomes, failures=failures)
 

@@ -20,7 +20,7 @@ from flexjudge.errors import UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, OnFailure, SwapMode, agroup_rewards
 from flexjudge.rewards.client import RewardClient
-from flexjudge.rewards.schedules import Active, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import Active, Bayesian, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
 
 __all__ = ["FlowGRPOReward", "GroupReward", "RewardOutput", "schedule_spec", "to_candidates"]
 
@@ -188,7 +188,10 @@ def schedule_spec(schedule: Schedule | None) -> dict[str, Any] | None:
     if isinstance(schedule, Swiss):
         return {"kind": "swiss", "rounds": schedule.rounds}
     if isinstance(schedule, Active):
-        return {"kind": "active", "fraction": schedule.fraction}
+        per_round = {} if schedule.per_round is None else {"per_round": schedule.per_round}
+        return {"kind": "active", "fraction": schedule.fraction, **per_round}
+    if isinstance(schedule, Bayesian):
+        return {"kind": "bayesian", "fraction": schedule.fraction}
     if isinstance(schedule, Posterior):
         fields = {"fraction": schedule.fraction, "per_round": schedule.per_round, "error": schedule.error}
         return {"kind": "posterior", **fields}

@@ -29,7 +29,7 @@ from flexjudge._serve_limits import (
 from flexjudge.errors import MediaError, UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, agroup_rewards
-from flexjudge.rewards.schedules import Active, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import Active, Bayesian, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
 
 if TYPE_CHECKING:
     from fastapi.responses import JSONResponse
@@ -63,6 +63,12 @@ class SwissSpec(_Body):
 class ActiveSpec(_Body):
     kind: Literal["active"]
     fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    per_round: _Small | None = None
+
+
+class BayesianSpec(_Body):
+    kind: Literal["bayesian"]
+    fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
 
 
 class PosteriorSpec(_Body):
@@ -73,7 +79,8 @@ class PosteriorSpec(_Body):
 
 
 ScheduleSpec = Annotated[
-    RoundRobinSpec | RandomGraphSpec | SwissSpec | ActiveSpec | PosteriorSpec, Field(discriminator="kind")
+    RoundRobinSpec | RandomGraphSpec | SwissSpec | ActiveSpec | PosteriorSpec | BayesianSpec,
+    Field(discriminator="kind"),
 ]
 _Candidate = str | Annotated[list[str], Field(min_length=1)]
 
@@ -105,7 +112,9 @@ class RewardsRequest(_Body):
         if isinstance(spec, SwissSpec):
             return Swiss(rounds=spec.rounds)
         if isinstance(spec, ActiveSpec):
-            return Active(fraction=spec.fraction)
+            return Active(fraction=spec.fraction, per_round=spec.per_round)
+        if isinstance(spec, BayesianSpec):
+            return Bayesian(fraction=spec.fraction)
         if isinstance(spec, PosteriorSpec):
             return Posterior(fraction=spec.fraction, per_round=spec.per_round, error=spec.error)
         return RoundRobin()
