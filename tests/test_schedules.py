@@ -141,6 +141,7 @@ def test_bradley_terry_is_the_map_fit_of_its_documented_prior() -> None:
         bradley_terry(3, [(0, 1, 0)], prior_games=0.0)
 
 
+@pytest.mark.slow  # about 5 s: many simulated groups
 def test_choosing_where_the_posterior_doubts_beats_choosing_at_random(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -232,6 +233,7 @@ def test_the_posterior_estimate_fills_every_rate_with_the_posterior_win_rate() -
         from_outcomes(schedules.MAX_EXACT + 1, [(0, 1, 0, (0, 0, 0))], estimate="posterior")
 
 
+@pytest.mark.slow  # about 5 s: many simulated groups
 def test_ranking_by_the_posterior_beats_bradley_terry_on_the_same_pairs() -> None:
     """The same outcomes (Bayesian's, 24 groups of 9, err 10%), two estimators: the posterior's mean rank
     and the per-decision Bradley-Terry fill the other incomplete schedules use."""
