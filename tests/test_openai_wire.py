@@ -262,3 +262,26 @@ def test_the_transport_is_checked() -> None:
     with pytest.raises(UsageError):
         OpenAIBackend("http://127.0.0.1:1/v1", model="m", transport="curl")  # type: ignore[arg-type]
     assert OpenAIBackend("http://127.0.0.1:1/v1", model="m", transport="httpx").transport == "httpx"
+
+
+def test_the_aiohttp_transport_goes_through_the_proxy_the_environment_names(
+    recorder: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chosen explicitly behind a proxy, our own session sends through it: the recorder plays the proxy,
+    so a request that reaches it names the judge's URL in full (a direct one could not resolve it)."""
+    proxy, seen = recorder
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.removesuffix("/v1"))
+    backend = OpenAIBackend("http://judge.invalid/v1", model="m", transport="aiohttp", max_attempts=1)
+    request = Request(messages=(Message("user", (TextPart("hi"),)),))
+
+    async def ask() -> None:
+        try:
+            (generation,) = await backend.generate([request])
+            assert generation.text == "ok"
+        finally:
+            await backend.aclose()
+
+    asyncio.run(ask())
+    assert [s["path"] for s in seen] == ["http://judge.invalid/v1/chat/completions"]

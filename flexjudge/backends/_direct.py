@@ -9,7 +9,7 @@ instructor's re-asks, which are few, still go through the client.
 
 What the client would do is kept: the same headers (the key as a bearer token, `OpenAI-Organization`
 and `OpenAI-Project` from the same environment variables), the timeout applied to connecting and to
-each read, proxies from the environment (`trust_env`), and its errors as ours: an HTTP status is a
+each read, the proxy the environment names, and its errors as ours: an HTTP status is a
 `BackendError` with `status_code` and the server's message, retryable when the server was at fault
 (`_retry.retryable_status`), its `Retry-After` honoured; a timeout or a dropped connection is a
 retryable `BackendError`.
@@ -47,6 +47,8 @@ class DirectPost:
 
     def __init__(self, base_url: str, api_key: str, timeout_s: float) -> None:
         import aiohttp
+        from aiohttp.helpers import get_env_proxy_for_url
+        from yarl import URL
 
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._base_url = base_url
@@ -62,11 +64,19 @@ class DirectPost:
         ):
             if os.environ.get(variable):
                 headers[header] = os.environ[variable]
+        # The proxy the environment names for this URL (HTTP(S)_PROXY, NO_PROXY), found once: aiohttp's
+        # `trust_env` looks it (and ~/.netrc) up again in a worker thread on every request, and a netrc
+        # entry for the host would clash with the key's Authorization header.
+        self._proxy: URL | None
+        self._proxy_auth: aiohttp.BasicAuth | None
+        try:
+            self._proxy, self._proxy_auth = get_env_proxy_for_url(URL(self.url))
+        except LookupError:  # none for this URL
+            self._proxy, self._proxy_auth = None, None
         self._session = aiohttp.ClientSession(
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s),
             connector=aiohttp.TCPConnector(limit=0),  # the backend's semaphore bounds the requests
-            trust_env=True,
         )
 
     async def __call__(self, content: bytes) -> bytes:
@@ -74,7 +84,9 @@ class DirectPost:
         import aiohttp
 
         try:
-            async with self._session.post(self.url, data=content) as response:
+            async with self._session.post(
+                self.url, data=content, proxy=self._proxy, proxy_auth=self._proxy_auth
+            ) as response:
                 raw = await response.read()  # whole: a body cut short raises here, never half an answer
                 if response.status >= 400:
                     status = response.status
