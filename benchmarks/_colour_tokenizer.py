@@ -12,6 +12,7 @@ built from the task's definition alone: no pair, label or held-out image is read
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 from _colour_task import COLOURS, colour_judgment, prompt_for
@@ -30,8 +31,9 @@ def _task_corpus() -> list[str]:
         for shown in ((named, other), (other, named)):
             prompt = prompt_for(named)
             raw = colour_judgment(prompt, shown, named)
-            # The trace as `flexjudge sft-data` renders it for training (the codec's separators).
-            lines.append(render(parse(raw, format="flex", modality="image", prompt=prompt), "flex"))
+            # The trace as `flexjudge sft-data` writes it for training: the codec's, compact.
+            text = render(parse(raw, format="flex", modality="image", prompt=prompt), "flex")
+            lines.append(json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")))
     return lines
 
 
@@ -42,8 +44,7 @@ def colour_tokenizer(vocab_size: int = 1024) -> Any:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            # A quoted identifier takes the space before it (`: "reason_1"`, `, "score_1"`): the codec writes
-            # spaced JSON, and a space of its own is one more token per key and per colour word.
+            # A quoted identifier takes the space before it (`: "reason_1"` in the prompt's JSON example).
             pre_tokenizers.Split(Regex(r' ?"[A-Za-z_][A-Za-z0-9_]*"|' + _SPLIT_PATTERN), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
