@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 DECISIONS = {
-    "prompt colour": re.compile(r'"prompt": "A (\w+) picture"'),
-    "image 1 colour": re.compile(r'"reason_1": "(\w+)"'),
-    "image 2 colour": re.compile(r'"reason_2": "(\w+)"'),
-    "first score": re.compile(r'"score_1": (\d+)'),
-    "winner": re.compile(r'"winner": "Image (\d)"\}$'),
+    "prompt colour": re.compile(r'"prompt": ?"A (\w+) picture"'),
+    "image 1 colour": re.compile(r'"reason_1": ?"(\w+)"'),
+    "image 2 colour": re.compile(r'"reason_2": ?"(\w+)"'),
+    "first score": re.compile(r'"score_1": ?(\d+)'),
+    "winner": re.compile(r'"winner": ?"Image (\d)"\}$'),
 }
 """Each decision's first occurrence in a rendered trace; group 1 is the span scored."""
 
