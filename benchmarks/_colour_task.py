@@ -5,7 +5,7 @@ the one showing the named colour wins (label 1 or 2, so chance is 50%). The teac
 app over `ColourTeacher`, a stand-in model that reads each image's colour from the pixels it is sent (the
 mean, nearest of the six) and the named colour from the prompt text, and writes a short, correct flex
 judgment: every criterion's evidence names the colour each image shows, and the matching image takes
-8 of the 10 points everywhere. Its traces pass `check()`.
+8 of the 10 points everywhere. Its traces pass `check()` and are as short as the format allows.
 """
 
 from __future__ import annotations
@@ -78,19 +78,23 @@ def colour_of(image: Image.Image) -> str:
 
 
 def colour_judgment(prompt: str, shown: tuple[str, str], named: str) -> str:
-    """The teacher's flex judgment (compact JSON): candidates showing `shown`, the prompt naming `named`."""
+    """The teacher's flex judgment (compact JSON): candidates showing `shown`, the prompt naming `named`.
+
+    The shortest trace the flex format and `check()` accept, so the decisions are a large share of what the
+    student learns and writes: the three anchors with the fewest criteria each (3), one-letter criterion
+    names, each image's colour word as its evidence (written before the scores, so every score and winner
+    follows from facts already on the page), and the named colour as every analysis."""
     winner = 1 if shown[0] == named else 2
     scores = (8, 2) if winner == 1 else (2, 8)
-    reason = f"Image {winner} is {named}"
     dims = [
         {"name": name, "reason_1": shown[0], "reason_2": shown[1], "score_1": scores[0], "score_2": scores[1]}
-        for name in ("Colour", "Hue", "Tone")
+        for name in ("a", "b", "c")
     ]
     categories = [
-        {"name": name, "dims": dims, "cat_reason": reason, "cat_winner": f"Image {winner}"}
+        {"name": name, "dims": dims, "cat_reason": named, "cat_winner": f"Image {winner}"}
         for name in anchor_names("image", "flex")
     ]
-    answer = {"prompt": prompt, "categories": categories, "reason": reason, "winner": f"Image {winner}"}
+    answer = {"prompt": prompt, "categories": categories, "reason": named, "winner": f"Image {winner}"}
     return json.dumps(answer, separators=(",", ":"))
 
 

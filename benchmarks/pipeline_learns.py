@@ -9,11 +9,16 @@ writes short, correct flex traces. Then the documented commands run as subproces
     flexjudge distill -> flexjudge sft-data -> python training/sft.py -> flexjudge eval
     -> flexjudge dpo-pairs (from the SFT model) -> python training/dpo.py -> flexjudge eval
 
-on a small Qwen2.5-VL built here (`build_tiny_model`, its language model widened by `--hidden` and
-`--layers`), full finetuning on the CPU. The untrained model is evaluated too (step 0). Every eval judges
-the same `--test` held-out pairs, one candidate order each drawn from the seed, under the flex constraint.
-Accuracy is `flexjudge eval --json`'s (failed runs and tie verdicts dropped, bootstrap 95% interval);
-"right of all" also counts every failed run as wrong.
+on a small Qwen2.5-VL built here (`build_tiny_model`, its language model set by `--hidden`, `--layers` and
+`--heads`, with a tokenizer trained on the task's prompt and trace text, `_colour_tokenizer`), full
+finetuning on the CPU. The untrained model is evaluated too (step 0). Every eval judges the same `--test`
+held-out pairs, one candidate order each drawn from the seed, under the flex constraint with every string
+bounded at `--max-string-length` characters (the longest string the teacher writes fits; an untrained
+model never closes an unbounded one). Accuracy is `flexjudge eval --json`'s (failed runs and tie verdicts
+dropped, bootstrap 95% interval); "right of all" also counts every failed run as wrong. After SFT,
+`decision_probe.py` measures teacher-forced accuracy at the few tokens that decide a trace (the prompt's
+colour, each image's colour, the first score, the winner) on the SFT data's held-out rows: which decision
+a model has not learnt, in seconds.
 
     python benchmarks/pipeline_learns.py [--record]
     python benchmarks/pipeline_learns.py --smoke --work DIR        # the smallest scale, every stage
@@ -25,11 +30,11 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from _colour_task import serve_teacher, write_pairs
+from _colour_tokenizer import colour_tokenizer
 from _machine import machine
 from openai_overhead import spawn_server
 
@@ -58,6 +64,8 @@ class Run:
     work: Path
     stages: list[Stage] = field(default_factory=list)
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decisions: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "FLEXJUDGE_BASE_URL"}
@@ -74,21 +82,36 @@ class Run:
         """Run one documented command; record its wall time and its CPU time (children's rusage). `ok`: the
         exit statuses that are a result, not a failure of the benchmark."""
         print(f"[{stage}] {' '.join(argv)}", file=sys.stderr, flush=True)
-        before = _children_cpu()
         started = time.perf_counter()
-        result = subprocess.run(argv, capture_output=True, text=True, env=self.env(), cwd=ROOT, check=False)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            process = subprocess.Popen(argv, stdout=out, stderr=err, env=self.env(), cwd=ROOT)
+            # wait4: this child's own CPU time, which stays right while another stage runs beside it.
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = code = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(), err.read().decode()
         wall = time.perf_counter() - started
-        if result.returncode not in ok:
-            output = f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-            raise SystemExit(f"{stage} failed (exit {result.returncode}):\n{output}")
-        self.stages.append(Stage(stage, wall, _children_cpu() - before))
-        return result.stdout
+        if code not in ok:
+            raise SystemExit(f"{stage} failed (exit {code}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
+        self.stages.append(Stage(stage, wall, usage.ru_utime + usage.ru_stime))
+        return stdout
+
+    def string_bound(self) -> list[str]:
+        """Every decode (evals, DPO samples) bounds its strings: the untrained model never closes one."""
+        return ["--max-string-length", str(self.args.max_string_length)]
+
+    def probe(self, model: Path) -> None:
+        """Teacher-forced accuracy at the decision tokens of the held-out SFT rows (`decision_probe.py`)."""
+        argv = [*PYTHON, "benchmarks/decision_probe.py", str(model), str(self.work / "sft-data")]
+        self.decisions = json.loads(self.command("probe", argv))
 
     def evaluate(self, stage: str, model: Path) -> None:
         out = self.work / f"eval-{stage.replace(' ', '-')}.jsonl"
         argv = [*FLEXJUDGE, "eval", str(self.work / "test.jsonl"), "--model", str(model), "--out", str(out)]
         argv += ["--no-consistency", "--seed", str(self.args.seed), "--concurrency", "8", "--device", "cpu"]
         argv += ["--max-new-tokens", str(self.args.max_new_tokens), "--no-progress", "--json"]
+        argv += self.string_bound()
         # Exit 1 with every run failed is a result too (an untrained model writes no complete judgment);
         # eval prints the summary before it exits.
         summary = json.loads(self.command(f"eval {stage}", argv, ok=(0, 1)))
@@ -103,18 +126,14 @@ FLEXJUDGE = [str(Path(sys.executable).parent / "flexjudge")]
 PYTHON = [sys.executable]
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _right(row: dict[str, Any]) -> bool:
     primary = row["primary"]
     return bool(primary["status"] == "ok" and primary["winner"] == row["label"])
 
 
-def training_flags(args: argparse.Namespace, *, lr: float, epochs: float) -> list[str]:
+def training_flags(args: argparse.Namespace, *, lr: float, epochs: float, schedule: str) -> list[str]:
     flags = {
+        "lr_scheduler_type": schedule,
         "use_cpu": "true",
         "per_device_train_batch_size": str(args.batch),
         "gradient_accumulation_steps": "1",
@@ -140,13 +159,15 @@ def pipeline(run: Run) -> None:
         "hidden_size": args.hidden,
         "intermediate_size": 2 * args.hidden,
         "num_hidden_layers": args.layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": args.heads,
+        "num_key_value_heads": args.heads,
         # sum(mrope_section) == head_dim / 2
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope(args)},
     }
-    base = build_tiny_model(work / "base", seed=args.seed, text_overrides=overrides)
+    tokenizer = colour_tokenizer()
+    base = build_tiny_model(work / "base", seed=args.seed, tokenizer=tokenizer, text_overrides=overrides)
     run.stages.append(Stage("data and model", time.perf_counter() - started, time.process_time()))
+    run.started = started
 
     server, port = spawn_server(serve_teacher)
     try:
@@ -162,24 +183,48 @@ def pipeline(run: Run) -> None:
     traces, sft_data = str(work / "traces.jsonl"), str(work / "sft-data")
     run.command("sft-data", [*FLEXJUDGE, "sft-data", traces, "--out", sft_data])
 
-    run.evaluate("step 0", base)
+    # The untrained model's eval needs nothing SFT writes: it runs beside SFT, on the machine's other core.
+    failed: list[BaseException] = []
+    step_0 = threading.Thread(target=_keeping_errors(failed, run.evaluate), args=("step 0", base))
+    if not args.stop_after_sft:
+        step_0.start()
     sft = work / "runs" / "sft"
     argv = [*PYTHON, "training/sft.py", "--model", str(base), "--data", str(work / "sft-data")]
-    argv += ["--output-dir", str(sft), *training_flags(args, lr=args.sft_lr, epochs=args.sft_epochs)]
+    flags = training_flags(args, lr=args.sft_lr, epochs=args.sft_epochs, schedule=args.sft_schedule)
+    argv += ["--output-dir", str(sft), *flags]
     run.command("sft", argv)
+    run.probe(sft)
+    if args.stop_after_sft:
+        return
+    step_0.join()
+    if failed:
+        raise failed[0]
     run.evaluate("after SFT", sft)
 
     argv = [*FLEXJUDGE, "dpo-pairs", "--data", str(work / "dpo.jsonl"), "--model", str(sft)]
     argv += ["--out", str(work / "dpo-pairs"), "--samples", "2", "--temperature", "0.7"]
-    argv += ["--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed)]
-    if args.smoke:  # two SFT steps teach nothing: the flag for random-weight models keeps strings short
-        argv += ["--max-string-length", "1", "--max-new-tokens", "1024"]
+    argv += ["--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed), *run.string_bound()]
+    if args.smoke:  # two SFT steps teach nothing: a long budget lets one-character strings finish
+        argv += ["--max-new-tokens", "1024"]
     run.command("dpo-pairs", argv)
     dpo = work / "runs" / "dpo"
     argv = [*PYTHON, "training/dpo.py", "--model", str(sft), "--data", str(work / "dpo-pairs")]
-    argv += ["--output-dir", str(dpo), *training_flags(args, lr=args.dpo_lr, epochs=args.dpo_epochs)]
+    flags = training_flags(args, lr=args.dpo_lr, epochs=args.dpo_epochs, schedule="linear")
+    argv += ["--output-dir", str(dpo), *flags]
     run.command("dpo", argv)
     run.evaluate("after DPO", dpo)
+
+
+def _keeping_errors(errors: list[BaseException], target: Any) -> Any:
+    """`target`, its exception (SystemExit included, which a thread drops silently) kept in `errors`."""
+
+    def run(*args: Any) -> None:
+        try:
+            target(*args)
+        except BaseException as exc:
+            errors.append(exc)
+
+    return run
 
 
 def _wait_until_serving(url: str, timeout_s: float = 300) -> None:
@@ -197,7 +242,7 @@ def _wait_until_serving(url: str, timeout_s: float = 300) -> None:
 
 
 def _mrope(args: argparse.Namespace) -> list[int]:
-    half = args.hidden // 4 // 2  # 4 heads
+    half = args.hidden // args.heads // 2
     return [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
 
 
@@ -209,42 +254,67 @@ def _ci(summary: dict[str, Any], metric: str) -> str:
 
 
 def table(run: Run) -> list[str]:
-    lines = ["| model | accuracy [95% CI] | right of all | failed runs | n |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| model | accuracy [95% CI] | first-position win rate [95% CI] | right of all | failed runs | n |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for stage, summary in run.evals.items():
         lines.append(
-            f"| {stage} | {_ci(summary, 'accuracy')} | {summary['right_of_all']:.3f} | "
-            f"{summary['failed']:.3f} | {summary['rows']} |"
+            f"| {stage} | {_ci(summary, 'accuracy')} | {_ci(summary, 'first_position_win_rate')} | "
+            f"{summary['right_of_all']:.3f} | {summary['failed']:.3f} | {summary['rows']} |"
         )
+    if run.decisions.get("accuracy"):
+        lines += [
+            "",
+            f"Teacher-forced accuracy at the decision tokens after SFT ({run.decisions['rows']} held-out "
+            "SFT rows; chance 1/6 for a colour, 1/2 for a score or winner):",
+            "",
+        ]
+        lines += ["| decision | accuracy |", "|---|---:|"]
+        lines += [f"| {name} | {value:.3f} |" for name, value in run.decisions["accuracy"].items()]
     lines += ["", "| stage | wall s | CPU s |", "|---|---:|---:|"]
     lines += [f"| {s.name} | {s.wall_s:,.0f} | {s.cpu_s:,.0f} |" for s in run.stages]
-    total = sum(s.wall_s for s in run.stages)
-    lines.append(f"| all | {total:,.0f} | {sum(s.cpu_s for s in run.stages):,.0f} |")
+    total = time.perf_counter() - run.started  # not the sum: the step 0 eval overlaps SFT
+    lines.append(f"| all (elapsed) | {total:,.0f} | {sum(s.cpu_s for s in run.stages):,.0f} |")
     return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--train", type=int, default=300, help="Pairs distilled (both orders) for SFT.")
-    ap.add_argument("--dpo", type=int, default=100, help="Pairs the SFT model samples for DPO.")
+    ap.add_argument("--train", type=int, default=600, help="Pairs distilled (both orders) for SFT.")
+    ap.add_argument("--dpo", type=int, default=50, help="Pairs the SFT model samples for DPO.")
     ap.add_argument("--test", type=int, default=200, help="Held-out pairs every eval judges.")
     ap.add_argument("--size", type=int, default=56, help="Image side in pixels (56: 4 image tokens).")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--sft-lr", type=float, default=1e-3)
-    ap.add_argument("--sft-epochs", type=float, default=2)
+    ap.add_argument("--sft-epochs", type=float, default=1)
+    ap.add_argument(
+        "--sft-schedule",
+        default="constant_with_warmup",
+        help="SFT learning-rate schedule (a linear decay stalled the long-range lookups it has to learn).",
+    )
     ap.add_argument("--dpo-lr", type=float, default=1e-5)
     ap.add_argument("--dpo-epochs", type=float, default=1)
     ap.add_argument("--max-steps", type=int, default=None, help="Cap the optimizer steps of SFT and DPO.")
-    ap.add_argument("--max-new-tokens", type=int, default=640, help="Judgment budget (a trace is ~510).")
+    ap.add_argument("--max-new-tokens", type=int, default=400, help="Judgment budget (a trace is ~300).")
+    ap.add_argument(
+        "--max-string-length",
+        type=int,
+        default=16,
+        help="Bound on every decoded string (16: the longest the teacher writes, 'A yellow picture').",
+    )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stop-after-sft", action="store_true", help="Tuning: stop after SFT and its probe.")
     ap.add_argument("--smoke", action="store_true", help="The smallest scale: every stage, nothing learnt.")
     ap.add_argument("--work", type=Path, default=None, help="Keep the run's files here (else a temp dir).")
     ap.add_argument("--record", nargs="?", const=str(Path(__file__).parent / "RESULTS.md"), default=None)
     args = ap.parse_args()
     if args.smoke:
         args.train, args.dpo, args.test, args.hidden, args.layers, args.max_steps = 4, 3, 2, 64, 2, 2
-        args.max_new_tokens = 64
+        args.max_new_tokens, args.max_string_length = 64, 1
     command = "python benchmarks/pipeline_learns.py " + " ".join(sys.argv[1:])
     work = args.work or Path(tempfile.mkdtemp(prefix="pipeline-learns-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -257,8 +327,10 @@ def main() -> None:
     setup = (
         f"{machine()}; {args.train} pairs distilled in both orders, {args.dpo} for DPO pairs, {args.test} "
         f"held out; {args.size}px images; Qwen2.5-VL built here (text {args.hidden} wide, {args.layers} "
-        f"layers), full finetuning; SFT lr {args.sft_lr} x {args.sft_epochs} epochs, DPO lr {args.dpo_lr} x "
-        f"{args.dpo_epochs} epochs, batch {args.batch}; `{command}`"
+        f"layers, {args.heads} heads; the task's own 1,024-token BPE), full finetuning; SFT lr {args.sft_lr} "
+        f"({args.sft_schedule}) x {args.sft_epochs} epochs, DPO lr {args.dpo_lr} x {args.dpo_epochs} epochs, "
+        f"batch {args.batch}; decoding: {args.max_new_tokens} new tokens, strings bounded at "
+        f"{args.max_string_length} characters; `{command}`"
     )
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{stamp}; {setup}\n\n" + "\n".join(table(run)))

@@ -60,5 +60,23 @@ def test_pipeline_benchmark_runs_every_stage(tmp_path: Path) -> None:
 
     recorded = record.read_text()
     assert "## pipeline_learns" in recorded
-    for row in ("| step 0 |", "| after SFT |", "| after DPO |", "| distill |", "| sft |", "| dpo |"):
+    stages = ("| distill |", "| sft |", "| probe |", "| dpo |")
+    for row in ("| step 0 |", "| after SFT |", "| after DPO |", *stages):
         assert row in recorded and row in result.stdout
+
+
+def test_teacher_trace_is_checked_and_decided_by_colours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule teacher's trace passes `check()`, names each image's colour before any score, and its
+    winner is the image showing the named colour, in either order."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from _colour_task import colour_judgment
+
+    from flexjudge import check, parse
+
+    for shown, winner in ((("red", "blue"), 1), (("blue", "red"), 2)):
+        raw = colour_judgment("A red picture", shown, "red")
+        judgment = parse(raw, format="flex", modality="image", prompt="A red picture")
+        assert check(judgment, prompt="A red picture") == []
+        assert judgment.verdict.winner == winner
+        first = raw.index('"score_1"')
+        assert raw.index(f'"reason_1":"{shown[0]}"') < first and raw.index(f'"reason_2":"{shown[1]}"') < first

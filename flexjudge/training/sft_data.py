@@ -353,7 +353,9 @@ def _row(
     if label == "tie" and not has_tie_verdict(fmt, modality):
         stats.skip(number, ident, "tie_without_tie_verdict", f"the {fmt} format has no tie verdict")
         return None
-    text = render(judgment, fmt)
+    # Compact, as the constrained decoder writes it (no whitespace: flexjudge.grammar, the engines'
+    # whitespace off): the codec's spaced JSON puts a token the decoder forbids after every ':' and ','.
+    text = json.dumps(json.loads(render(judgment, fmt)), ensure_ascii=False, separators=(",", ":"))
     if parse(text, format=fmt, modality=modality, prompt=record["prompt"]).content() != judgment.content():
         # The codec must write what it reads: a row that would parse back differently teaches a lie.
         stats.skip(number, ident, "render_mismatch")
