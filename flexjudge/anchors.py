@@ -100,7 +100,13 @@ def canonical_anchors(modality: Modality, scoring: Scoring) -> tuple[str, ...]:
 
 def anchor_position(name: str, modality: Modality, scoring: Scoring = "split") -> int | None:
     """0-based index of the anchor that `name` denotes, or None when it is not an anchor."""
-    try:
-        return canonical_anchors(modality, scoring).index(canonical_name(name))
-    except ValueError:
-        return None
+    # A dict lookup: `tuple.index` raised ValueError for every generated dimension, and an exception
+    # cost more than the rest of this call (every flex parse asks once per category).
+    return _POSITIONS[modality, scoring].get(canonical_name(name))
+
+
+_POSITIONS: dict[tuple[Modality, Scoring], dict[str, int]] = {
+    (modality, scoring): {name: i for i, name in enumerate(canonical_anchors(modality, scoring))}
+    for modality in ("image", "video")
+    for scoring in ("split", "rating")
+}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 from flexjudge.anchors import anchor_position, anchors, canonical_anchors, canonical_name, canonical_names
 from flexjudge.errors import ValidationFailed
@@ -91,8 +91,11 @@ def check(
     return found
 
 
-_NAME = attrgetter("name")
-_ORIGIN = attrgetter("origin")
+_FIELDS = attrgetter("__dict__")
+# A criterion's fields as one tuple, read from its __dict__ in C: pydantic models define `__getattr__`,
+# which keeps Python 3.11 from specialising attribute loads on them, so `crit.score_1` costs several
+# times a dict subscript, and the per-criterion loop below is most of what checking a judgment costs.
+_CRITERION_ROW = itemgetter("score_1", "score_2", "evidence_1", "evidence_2", "name")
 
 
 def _clean(judgment: Judgment, prompt: str | None, least: int, most: int, max_generated: int) -> bool:
@@ -100,20 +103,29 @@ def _clean(judgment: Judgment, prompt: str | None, least: int, most: int, max_ge
     settled in one tight pass without building paths, messages or findings (the rule-by-rule walk cost
     about twice as much). False only means "not proven": the full walk then says what is wrong, so the
     two cannot disagree on a finding."""
-    meta = judgment.meta
-    if meta.swap is not None or (meta.preferences is not None and meta.preferences.weighted_verdict):
+    try:
+        return _proven_clean(judgment, prompt, least, most, max_generated)
+    except KeyError:  # a field missing from a model's __dict__ (`model_construct`): the full walk says so
         return False
-    if prompt is not None and meta.source_format != "think" and judgment.prompt != prompt:
+
+
+def _proven_clean(judgment: Judgment, prompt: str | None, least: int, most: int, max_generated: int) -> bool:
+    fields = judgment.__dict__  # fields are read from the models' __dict__: see _CRITERION_ROW
+    meta = fields["meta"].__dict__
+    preferences = meta["preferences"]
+    if meta["swap"] is not None or (preferences is not None and preferences.weighted_verdict):
         return False
-    split = judgment.scoring == "split"
-    dims = judgment.dimensions
-    expected = canonical_anchors(judgment.modality, judgment.scoring)
-    keys = canonical_names(list(map(_NAME, dims)))
+    if prompt is not None and meta["source_format"] != "think" and fields["prompt"] != prompt:
+        return False
+    scoring = fields["scoring"]
+    split = scoring == "split"
+    dims = list(map(_FIELDS, fields["dimensions"]))
+    keys = canonical_names(list(map(_NAME_FIELD, dims)))
     n = len(dims)
     if (
-        tuple(keys[:3]) != expected  # every anchor in its place
+        tuple(keys[:3]) != canonical_anchors(fields["modality"], scoring)  # every anchor in its place
         or n - 3 > max_generated
-        or list(map(_ORIGIN, dims)) != _ORIGINS[:3] + ["generated"] * (n - 3)
+        or list(map(_ORIGIN_FIELD, dims)) != _ORIGINS[:3] + ["generated"] * (n - 3)
         or "" in keys
         or len(set(keys)) != n  # (so no anchor comes again among the generated ones either)
     ):
@@ -121,11 +133,10 @@ def _clean(judgment: Judgment, prompt: str | None, least: int, most: int, max_ge
     one = two = 0
     blanks = _BLANKS
     for dim in dims:
-        crits = dim.criteria
+        crits = dim["criteria"]
         names = []
         total_1 = total_2 = 0
-        for crit in crits:  # a plain loop: cheaper here than one `map` per field
-            a, b, e1, e2 = crit.score_1, crit.score_2, crit.evidence_1, crit.evidence_2
+        for a, b, e1, e2, name in map(_CRITERION_ROW, map(_FIELDS, crits)):
             # an empty evidence, or one that starts blank and may be blank, or a broken score
             if (
                 not e1
@@ -137,33 +148,36 @@ def _clean(judgment: Judgment, prompt: str | None, least: int, most: int, max_ge
                 return False
             total_1 += a
             total_2 += b
-            names.append(crit.name)
+            names.append(name)
         keys = canonical_names(names)
         if "" in keys or len(set(keys)) != len(keys):
             return False
+        winner = dim["winner"]
         ahead = 1 if total_1 > total_2 else 2 if total_2 > total_1 else None
-        if ahead is not None and dim.winner != ahead:
+        if ahead is not None and winner != ahead:
             return False
         if split:
-            if not least <= len(crits) <= most or not dim.analysis or dim.analysis[0] in blanks:
+            analysis = dim["analysis"]
+            if not least <= len(crits) <= most or not analysis or analysis[0] in blanks:
                 return False
-            if dim.winner == 1:
+            if winner == 1:
                 one += 1
-            elif dim.winner == 2:
+            elif winner == 2:
                 two += 1
         else:
             one += total_1
             two += total_2
-    winner = judgment.verdict.winner
+    verdict = fields["verdict"].__dict__
     ahead = 1 if one > two else 2 if two > one else None
-    if ahead is not None and winner != ahead:
+    if ahead is not None and verdict["winner"] != ahead:
         return False
-    analysis = judgment.verdict.analysis
-    if split and not analysis.strip():
+    if split and not verdict["analysis"].strip():
         return False
-    return all(ev.observations and all(map(str.strip, ev.observations)) for ev in judgment.evidence)
+    return all(ev.observations and all(map(str.strip, ev.observations)) for ev in fields["evidence"])
 
 
+_NAME_FIELD = itemgetter("name")  # of a dimension's __dict__
+_ORIGIN_FIELD = itemgetter("origin")
 _ORIGINS: list[str] = ["predefined"] * 3
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from operator import attrgetter
 from typing import Any, Final
 
 from pydantic import BaseModel, ValidationError
@@ -48,15 +49,19 @@ def _members(value: Judgment) -> int:
     """How many JSON members the validated `value` was read from, in closed form: every field of the
     nested models is required, so each nested object holds all of its fields (checked at import).
     (The walk over every model's fields cost about half of a `json.loads` of the same text.)"""
-    dims = value.dimensions
+    fields = value.__dict__  # read in C, not by attribute: see checks._CRITERION_ROW
+    dims = fields["dimensions"]
     return (
         len(value.__pydantic_fields_set__)
         + _PER_VERDICT
         + _PER_DIMENSION * len(dims)
-        + _PER_CRITERION * sum(len(d.criteria) for d in dims)
-        + _PER_EVIDENCE * len(value.evidence)
-        + (_PER_INTENT if value.intent is not None else 0)
+        + _PER_CRITERION * sum(map(len, map(_CRITERIA, dims)))
+        + _PER_EVIDENCE * len(fields["evidence"])
+        + (_PER_INTENT if fields["intent"] is not None else 0)
     )
+
+
+_CRITERIA = attrgetter("criteria")
 
 
 def _fields(model: type[BaseModel]) -> int:
