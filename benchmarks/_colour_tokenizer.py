@@ -17,7 +17,7 @@ from typing import Any
 
 from _colour_task import COLOURS, colour_judgment, prompt_for
 
-from flexjudge.backends.tiny import _SPLIT_PATTERN, CHAT_TEMPLATE, SPECIAL_TOKENS
+from flexjudge.backends.tiny import _SPLIT_PATTERN, build_tokenizer
 from flexjudge.formats import parse, render
 from flexjudge.prompting import PromptSpec, render_prompt
 
@@ -38,31 +38,6 @@ def _task_corpus() -> list[str]:
 
 
 def colour_tokenizer(vocab_size: int = 1024) -> Any:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            # A quoted identifier takes the space before it (`: "reason_1"` in the prompt's JSON example).
-            pre_tokenizers.Split(Regex(r' ?"[A-Za-z_][A-Za-z0-9_]*"|' + _SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_task_corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-        model_max_length=8192,
-        chat_template=CHAT_TEMPLATE,
-        padding_side="left",
-    )
+    # A quoted identifier takes the space before it (`: "reason_1"` in the prompt's JSON example).
+    split = r' ?"[A-Za-z_][A-Za-z0-9_]*"|' + _SPLIT_PATTERN
+    return build_tokenizer(vocab_size, _task_corpus(), split)

@@ -20,6 +20,7 @@ import json
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ __all__ = [
     "Qwen3VLImageOnlyProcessor",
     "TinyArch",
     "build_tiny_model",
+    "build_tokenizer",
     "cache_root",
     "image_only_processor_class",
     "register_processors",
@@ -158,13 +160,18 @@ def _corpus() -> list[str]:
     return lines
 
 
-def _build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    vocab_size: int = 1024, corpus: Iterable[str] | None = None, split_pattern: str = _SPLIT_PATTERN
+) -> PreTrainedTokenizerFast:
+    """The tiny models' byte-level BPE tokenizer (special tokens, chat template, every byte encodable),
+    learnt from `corpus` (default: a fixed corpus of English phrases, judgment JSON and numbers) after
+    splitting by `split_pattern`."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -175,7 +182,7 @@ def _build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -386,7 +393,7 @@ def build_tiny_model(
     register_processors()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenizer or _build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer()
     processor = _build_processor(tokenizer, arch)
     model = _build_model(tokenizer, arch, seed, text_overrides)
     bars = hf_logging.is_progress_bar_enabled()
