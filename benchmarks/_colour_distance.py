@@ -1,0 +1,110 @@
+"""The reward judge of `generator_learns.py`: a rule-based stand-in model (a flexjudge `Backend`) that judges
+a pair of images by colour distance and writes its verdict as a Flex judgment.
+
+The prompt names a colour (one of `_colour_task.COLOURS`); each image's mean pixel is measured, and the
+image whose mean is nearer (Euclidean, 0-255 RGB) to the named colour wins every criterion, every
+category and overall, 7 of the 10 points where the two distances differ by less than 30 levels and 9 where
+they differ by more. The evidence of every criterion states what was measured. Its output reads under
+flexjudge's strict Flex parser and passes `check()` (tests/test_generator_learns.py holds it to that).
+
+The benchmark's evaluator measures the same distance directly from the pixels, not through this judge:
+what the judge contributes is the route (Flex text, the reward server, the group win rates and
+advantages); a broken route shows as a generator that does not learn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from _colour_task import COLOURS
+
+from flexjudge.backends._probe import PROBE_TOKENS
+from flexjudge.backends.base import Generation, ImagePart, Request, TextPart, Usage
+from flexjudge.constraints import anchor_names
+
+_NAMED = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
+CLEAR_GAP = 30.0
+"""Distance gap (0-255 levels) above which the winner takes 9 of 10 points instead of 7."""
+
+
+def mean_colour(image: Any) -> tuple[float, float, float]:
+    """The mean pixel of a PIL image, 0-255 per channel."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0)
+    return (float(pixels[0]), float(pixels[1]), float(pixels[2]))
+
+
+def colour_distance(mean: tuple[float, float, float] | Any, colour: str) -> float:
+    """Euclidean distance (0-255 levels) of a mean pixel from the named colour."""
+    return math.dist([float(v) for v in mean], COLOURS[colour])
+
+
+def distance_judgment(prompt: str, colour: str, means: tuple[Any, Any]) -> str:
+    """The Flex judgment (compact JSON) of two images with mean pixels `means` for a prompt naming `colour`:
+    the nearer image wins everything (the first on an exact tie)."""
+    d1, d2 = (colour_distance(m, colour) for m in means)
+    winner = 1 if d1 <= d2 else 2
+    high = 9 if abs(d1 - d2) > CLEAR_GAP else 7
+    scores = (high, 10 - high) if winner == 1 else (10 - high, high)
+    shown = [
+        f"mean colour ({m[0]:.0f}, {m[1]:.0f}, {m[2]:.0f}), {d:.0f} levels from {colour}"
+        for m, d in zip(means, (d1, d2), strict=True)
+    ]
+    reason = f"Image {winner} is nearer to {colour} ({min(d1, d2):.0f} against {max(d1, d2):.0f} levels)"
+    criteria = ("Colour match", "Hue", "Brightness")
+    dims = [
+        {"name": n, "reason_1": shown[0], "reason_2": shown[1], "score_1": scores[0], "score_2": scores[1]}
+        for n in criteria
+    ]
+    categories = [
+        {"name": name, "dims": dims, "cat_reason": reason, "cat_winner": f"Image {winner}"}
+        for name in anchor_names("image", "flex")
+    ]
+    answer = {"prompt": prompt, "categories": categories, "reason": reason, "winner": f"Image {winner}"}
+    return json.dumps(answer, separators=(",", ":"))
+
+
+class ColourDistanceJudge:
+    """The rule judge as a `Backend`: judges from the request alone (the images' pixels, the prompt's text),
+    as a served model sees it. `answers` keeps every judgment it wrote (for the smoke test)."""
+
+    name = "colour-distance"
+    model = "colour-distance"
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[str, str]] = []  # (prompt, judgment text)
+
+    async def generate(self, requests: list[Request]) -> list[Generation]:
+        return [self._answer(r) for r in requests]
+
+    def _answer(self, request: Request) -> Generation:
+        if request.max_new_tokens == PROBE_TOKENS:  # the openai backend's structured-output probe
+            return Generation('{"ok": true}', "stop", True, Usage(10, 4), model=self.model)
+        parts = [p for m in request.messages if m.role == "user" for p in m.parts]
+        images = [p.image for p in parts if isinstance(p, ImagePart)]
+        text = " ".join(p.text for p in parts if isinstance(p, TextPart))
+        named = set(_NAMED.findall(text))
+        if len(images) != 2 or len(named) != 1:  # not a colour pair: an unreadable answer, never a guess
+            return Generation("{}", "stop", True, Usage(10, 1), model=self.model)
+        colour = named.pop()
+        prompt = next(ln for ln in text.splitlines() if _NAMED.search(ln)).removeprefix("Prompt:").strip()
+        answer = distance_judgment(prompt, colour, (mean_colour(images[0]), mean_colour(images[1])))
+        self.answers.append((prompt, answer))
+        return Generation(answer, "stop", True, Usage(100, len(answer) // 4), model=self.model)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def serve_colour_judge(port: int) -> None:
+    """`flexjudge serve`'s app over `ColourDistanceJudge` on 127.0.0.1:`port` (a spawned process's target)."""
+    import uvicorn
+
+    from flexjudge.serve import create_app
+
+    app = create_app(ColourDistanceJudge(), model_name="colour-distance", window_s=0.0)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="off")
