@@ -19,6 +19,7 @@ import math
 import re
 from typing import Any
 
+import numpy as np
 from _colour_task import COLOURS
 
 from flexjudge.backends._probe import PROBE_TOKENS
@@ -32,8 +33,6 @@ CLEAR_GAP = 30.0
 
 def mean_colour(image: Any) -> tuple[float, float, float]:
     """The mean pixel of a PIL image, 0-255 per channel."""
-    import numpy as np
-
     pixels = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0)
     return (float(pixels[0]), float(pixels[1]), float(pixels[2]))
 
@@ -107,4 +106,7 @@ def serve_colour_judge(port: int) -> None:
     from flexjudge.serve import create_app
 
     app = create_app(ColourDistanceJudge(), model_name="colour-distance", window_s=0.0)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="off")
+    # Idle connections kept for 10 minutes: the trainer's client reuses its connection after a step of
+    # sampling and training, which on a loaded machine outlasts uvicorn's 5 s default; the server closing
+    # it in between surfaced as `ReadError` on the next request (seen once, killing a run).
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="off", timeout_keep_alive=600)

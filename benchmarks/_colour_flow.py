@@ -4,14 +4,15 @@ decoder can show colours.
 Why not the random tiny pipelines as they are: their one-block VAE decoders end in a GroupNorm over every
 channel and pixel, and with random weights the decoded mean colour barely moves whatever the latents
 (measured: every sample of tiny FLUX within about 3 levels of (154, 66, 145) in 0-255, SD3's within about
-6 of (161, 131, 116)), so no generator could get closer to a named colour through them. Here the decoder is
-the same diffusers `AutoencoderKL` (the class a real SD3 checkpoint ships) with weights set by hand: its
-residual branches are zeroed (each block is the identity), `conv_in` copies the 4 latent channels and adds
-4 constant channels (so that the final GroupNorm keeps the latent channels' differences instead of
-removing them), and `conv_out` reads red, green and blue off latent channels 0, 1 and 2. A latent whose
-channel means are m shows roughly the colour grey + m: a decoder a colour can be expressed through, as a
-trained VAE's is. The transformer, text encoders and tokenizers stay random (the generator starts with
-no idea of colour).
+6 of (161, 131, 116)), so no generator could get closer to a named colour through them. Here the decoder
+is the same diffusers `AutoencoderKL` (the class a real SD3 checkpoint ships) with weights set by hand:
+its residual branches are zeroed (each block is the identity, each upsampler nearest-neighbour), `conv_in`
+copies the 4 latent channels and adds 4 constant channels (so that the final GroupNorm keeps the latent
+channels' differences instead of removing them), and `conv_out` reads red, green and blue off latent
+channels 0, 1 and 2. A latent whose channel means are m shows roughly the colour grey + m: a decoder a
+colour can be expressed through, as a trained VAE's is. Two upsamplings make a 16x16 image from a 4x4
+latent (16 tokens). The transformer, text encoders and tokenizers stay random: the generator starts with
+no idea of colour.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 LATENT_CHANNELS = 4
 WIDTH = 8  # decoder channels: the 4 latent ones, then 4 constant ones
+BLOCKS = 3  # two 2x upsamplings: a 16x16 image from a 4x4 latent (colour needs no spatial detail, and the
+# mean of 16 latent pixels, not 256, carries the sampler's noise: a sample's colour varies within a group)
 CONSTANTS = (2.0, -2.0, 2.0, -2.0)
 BIAS = 3.0  # shifts the normalised colour channels to where SiLU is close to linear
 GAIN = 0.6  # normalised channel -> output in [-1, 1] (then [0, 1] after the pipeline's x / 2 + 0.5)
@@ -35,7 +38,9 @@ def colour_vae(size: int) -> Any:
         sample_size=size,
         in_channels=3,
         out_channels=3,
-        block_out_channels=(WIDTH,),
+        down_block_types=("DownEncoderBlock2D",) * BLOCKS,
+        up_block_types=("UpDecoderBlock2D",) * BLOCKS,
+        block_out_channels=(WIDTH,) * BLOCKS,
         layers_per_block=1,
         latent_channels=LATENT_CHANNELS,
         norm_num_groups=1,
@@ -46,13 +51,18 @@ def colour_vae(size: int) -> Any:
     )
     dec = vae.decoder
     with torch.no_grad():
-        for module in [*dec.mid_block.resnets, *dec.up_blocks[0].resnets]:
+        centre = dec.conv_in.kernel_size[0] // 2
+        for module in [*dec.mid_block.resnets, *(r for b in dec.up_blocks for r in b.resnets)]:
             module.conv2.weight.zero_()  # residual branch off: the block is the identity
             module.conv2.bias.zero_()
+        for upsampler in (u for b in dec.up_blocks for u in b.upsamplers or []):
+            upsampler.conv.weight.zero_()  # nearest-neighbour upsampling, then the identity
+            upsampler.conv.bias.zero_()
+            for c in range(WIDTH):
+                upsampler.conv.weight[c, c, centre, centre] = 1.0
         for attention in dec.mid_block.attentions:
             attention.to_out[0].weight.zero_()
             attention.to_out[0].bias.zero_()
-        centre = dec.conv_in.kernel_size[0] // 2
         dec.conv_in.weight.zero_()
         dec.conv_in.bias.zero_()
         for c in range(LATENT_CHANNELS):

@@ -44,7 +44,15 @@ from openai_overhead import spawn_server
 TRAIN_TEMPLATES = ("a {} car", "a {} field", "a {} sky", "a {} cat", "the {} wall", "some {} paint")
 HELD_OUT_TEMPLATES = ("a {} picture", "a {} flower")
 FIGURE = Path(__file__).parent / "figures" / "generator_learns.png"
-TARGETS = "to_q,to_k,to_v,to_out.0"
+# LoRA targets: the attention projections of both streams (the image queries and the text keys and values
+# the colour word reaches the image through), and the layers that carry the pooled text embedding into the
+# image tokens (the text embedder, the adaLN modulations, the output projection). The tiny transformer has
+# one block; with LoRA on the image-side attention projections only (the config's default), 40 steps
+# learnt a prompt-independent drift towards the colours' average and no colour (measured while tuning).
+TARGETS = (
+    "to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,norm_out.linear,proj_out,"
+    "text_embedder.linear_1,text_embedder.linear_2,norm1.linear"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--figure", type=Path, default=FIGURE, help="The before/after strip (PNG).")
     ap.add_argument("--record", action="store_true", help="Append the section to benchmarks/RESULTS.md.")
     ap.add_argument("--smoke", action="store_true", help="Tiny scale: 2 steps, 1 seed (the smoke test).")
+    ap.add_argument("--record-from", type=Path, help="Append the section of a saved --json report; no run.")
     return ap
 
 
@@ -196,6 +205,14 @@ def run_seed(args: argparse.Namespace, seed: int, url: str, root: Path) -> dict[
         after = evaluator.distances(after_images)
         curve.append({"step": args.steps, "mean_distance": statistics.mean(after)})
     follows = [evaluator.named_is_nearest(x, args.colours) for x in (before_images, after_images)]
+    # The same measures on the training prompts (fresh noise): fitting them without following the held-out
+    # ones is memorising templates, not learning colours.
+    seen_cases = [(t.format(c), c) for t in TRAIN_TEMPLATES for c in args.colours]
+    seen = Evaluator(settings, seen_cases, seed + 1)
+    seen_before, seen_after = seen.images(None), seen.images(out / f"checkpoint-{args.steps}")
+    seen_wins = sum(
+        a < b for a, b in zip(seen.distances(seen_after), seen.distances(seen_before), strict=True)
+    )
     wins = sum(a < b for a, b in zip(after, before, strict=True))
     low, high = wilson(wins, len(before))
     per_colour = {
@@ -213,6 +230,10 @@ def run_seed(args: argparse.Namespace, seed: int, url: str, root: Path) -> dict[
         "distance_change_per_colour": per_colour,
         "named_is_nearest_before": follows[0],
         "named_is_nearest_after": follows[1],
+        "train_prompts_win_rate": seen_wins / len(seen_cases),
+        "train_prompts_named_is_nearest": [
+            seen.named_is_nearest(x, args.colours) for x in (seen_before, seen_after)
+        ],
         "curve": curve,
         "failed_pairs": failed,
         "train_log": [{k: e[k] for k in ("step", "loss", "advantage_abs", "step_s")} for e in summary["log"]],
@@ -255,6 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     args = build_parser().parse_args(argv)
+    if args.record_from is not None:
+        report: dict[str, Any] = json.loads(args.record_from.read_text())
+        record(report)
+        return report
     if args.smoke:
         args.seeds, args.steps, args.eval_every, args.eval_noises = args.seeds[:1], 2, 1, 1
         args.group_size, args.prompts_per_step, args.colours = 3, 2, args.colours[:2]
@@ -283,11 +308,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.record:
-        record(report, args)
+        record(report)
     return report
 
 
-def record(report: dict[str, Any], args: argparse.Namespace) -> None:
+def record(report: dict[str, Any]) -> None:
     """Append the section (setup line, table per seed, curve, strip) to benchmarks/RESULTS.md."""
     import datetime
 

@@ -77,6 +77,8 @@ def test_generator_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert [p["step"] for p in seed["curve"]] == [0, 1, 2]
     assert seed["pairs"] == 4 and 0 <= seed["wins"] <= 4  # 2 held-out templates x 2 colours x 1 noise
     assert seed["ci95"][0] <= seed["win_rate"] <= seed["ci95"][1]
+    assert 0 <= seed["named_is_nearest_before"] <= 1 and 0 <= seed["named_is_nearest_after"] <= 1
+    assert 0 <= seed["train_prompts_win_rate"] <= 1 and len(seed["train_prompts_named_is_nearest"]) == 2
     assert len(seed["train_log"]) == 2 and all(e["advantage_abs"] > 0 for e in seed["train_log"])
     assert seed["train_cpu_s"] > 0 and seed["wall_s"] >= seed["train_wall_s"] > 0
     # The strip: per seed a row of 8 px target swatches, then before and after; 24 px cells, 2 px gaps.
