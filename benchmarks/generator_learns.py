@@ -17,7 +17,7 @@ each with fixed initial noise, sampled with the deterministic sampler (noise lev
 than the step-0 sample of the same prompt and noise; the win rate has a Wilson 95% interval. The curve is
 the held-out mean distance at every saved checkpoint.
 
-    python benchmarks/generator_learns.py [--seeds 0 1 2] [--steps 40] [--record]
+    python benchmarks/generator_learns.py [--seeds 0 1 2] [--steps 120] [--lr 1e-2] [--record]
     python benchmarks/generator_learns.py --smoke --json OUT.json      (seconds; the smoke test)
 """
 
@@ -58,11 +58,11 @@ TARGETS = (
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=40, help="GRPO steps per seed.")
+    ap.add_argument("--steps", type=int, default=120, help="GRPO steps per seed.")
     ap.add_argument("--colours", nargs="+", default=["red", "green", "blue", "yellow"])
     ap.add_argument("--group-size", type=int, default=8, help="G, samples per prompt.")
-    ap.add_argument("--prompts-per-step", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--prompts-per-step", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = 2 * rank).")
     ap.add_argument("--targets", default=TARGETS, help="LoRA target modules, comma-separated.")
     ap.add_argument("--sampling-steps", type=int, default=4)
@@ -70,12 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--noise-level", type=float, default=0.7)
     ap.add_argument("--clip-range", type=float, default=0.2)
     ap.add_argument("--eval-noises", type=int, default=8, help="Fixed initial noises per held-out prompt.")
-    ap.add_argument("--eval-every", type=int, default=5, help="Checkpoint (curve point) every N steps.")
+    ap.add_argument("--eval-every", type=int, default=20, help="Checkpoint (curve point) every N steps.")
     ap.add_argument("--json", type=Path, help="Write the report here as JSON.")
     ap.add_argument("--figure", type=Path, default=FIGURE, help="The before/after strip (PNG).")
     ap.add_argument("--record", action="store_true", help="Append the section to benchmarks/RESULTS.md.")
     ap.add_argument("--smoke", action="store_true", help="Tiny scale: 2 steps, 1 seed (the smoke test).")
-    ap.add_argument("--record-from", type=Path, help="Append the section of a saved --json report; no run.")
+    ap.add_argument(
+        "--record-from",
+        type=Path,
+        nargs="+",
+        help="Append the section of saved --json reports (one per seed, run side by side: seeds merged); "
+        "no run.",
+    )
     return ap
 
 
@@ -272,12 +278,29 @@ def write_strip(path: Path, runs: list[dict[str, Any]], colours: list[str], nois
     return path
 
 
+def stack_figures(parts: list[Path], out: Path) -> Path:
+    """One strip from the strips of runs made side by side (same width), top to bottom."""
+    from PIL import Image
+
+    strips = [Image.open(path).convert("RGB") for path in parts]
+    stacked = Image.new("RGB", (strips[0].width, sum(s.height for s in strips)), (255, 255, 255))
+    for k, strip in enumerate(strips):
+        stacked.paste(strip, (0, sum(s.height for s in strips[:k])))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stacked.save(out, optimize=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     args = build_parser().parse_args(argv)
     if args.record_from is not None:
-        report: dict[str, Any] = json.loads(args.record_from.read_text())
+        parts = [json.loads(path.read_text()) for path in args.record_from]
+        report: dict[str, Any] = parts[0] | {"seeds": [s for part in parts for s in part["seeds"]]}
+        report["judge_server_cpu_s"] = [part["judge_server_cpu_s"] for part in parts]
+        report["load_average"] = max(part["load_average"] for part in parts)
+        report["figure"] = str(stack_figures([Path(part["figure"]) for part in parts], args.figure))
         record(report)
         return report
     if args.smoke:
@@ -301,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": " ".join(["python benchmarks/generator_learns.py", *(argv or sys.argv[1:])]),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "judge_server_cpu_s": judge_cpu,
+        "load_average": os.getloadavg()[0],
         "figure": str(figure),
         "figure_bytes": figure.stat().st_size,
         "seeds": [{k: v for k, v in run.items() if not k.startswith("_")} for run in runs],
@@ -320,18 +344,21 @@ def record(report: dict[str, Any]) -> None:
     seeds = report["seeds"]
     lines = [
         f"\n## generator_learns ({stamp})\n",
-        f"{report['machine']}; load average {os.getloadavg()[0]:.1f}. Command: `{report['command']}`\n",
+        f"{report['machine']}; load average {report['load_average']:.1f}. Command: `{report['command']}`\n",
         "| seed | held-out pairs | after beats step 0 | win rate (95% CI) | mean distance before -> after "
-        "| distance change per colour | named colour nearest, before -> after | failed judge pairs "
-        "| train CPU s | train wall s | seed CPU s | seed wall s |",
-        "|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| distance change per colour | named colour nearest, before -> after | training prompts: win rate, "
+        "named nearest before -> after | failed judge pairs | train CPU s | train wall s | seed CPU s "
+        "| seed wall s |",
+        "|---:|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for s in seeds:
+        seen = s["train_prompts_named_is_nearest"]
         change = ", ".join(f"{c} {d:+.1f}" for c, d in s["distance_change_per_colour"].items())
         lines.append(
             f"| {s['seed']} | {s['pairs']} | {s['wins']} | {s['win_rate']:.2f} ({s['ci95'][0]:.2f}-"
             f"{s['ci95'][1]:.2f}) | {s['mean_distance_before']:.1f} -> {s['mean_distance_after']:.1f} "
             f"| {change} | {s['named_is_nearest_before']:.2f} -> {s['named_is_nearest_after']:.2f} "
+            f"| {s['train_prompts_win_rate']:.2f}, {seen[0]:.2f} -> {seen[1]:.2f} "
             f"| {s['failed_pairs']} | {s['train_cpu_s']:.0f} | {s['train_wall_s']:.0f} | {s['cpu_s']:.0f} "
             f"| {s['wall_s']:.0f} |"
         )
@@ -345,8 +372,10 @@ def record(report: dict[str, Any]) -> None:
     ]
     for s in seeds:
         lines.append(f"| {s['seed']} | " + " | ".join(f"{p['mean_distance']:.1f}" for p in s["curve"]) + " |")
-    figure = Path(report["figure"]).relative_to(Path(__file__).parent)
-    lines += ["", f"![before and after]({figure})", ""]
+    figure = Path(report["figure"]).resolve()
+    here = Path(__file__).resolve().parent
+    link = figure.relative_to(here) if figure.is_relative_to(here) else figure  # RESULTS.md's own folder
+    lines += ["", f"![before and after]({link})", ""]
     with (Path(__file__).parent / "RESULTS.md").open("a", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
 
