@@ -17,7 +17,7 @@ each with fixed initial noise, sampled with the deterministic sampler (noise lev
 than the step-0 sample of the same prompt and noise; the win rate has a Wilson 95% interval. The curve is
 the held-out mean distance at every saved checkpoint.
 
-    python benchmarks/generator_learns.py [--seeds 0 1 2] [--steps 120] [--lr 1e-2] [--record]
+    python benchmarks/generator_learns.py [--seeds 0 1 2] [--steps 120] [--lr 3e-3] [--record]
     python benchmarks/generator_learns.py --smoke --json OUT.json      (seconds; the smoke test)
 """
 
@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=120, help="GRPO steps per seed.")
     ap.add_argument("--colours", nargs="+", default=["red", "green", "blue", "yellow"])
     ap.add_argument("--group-size", type=int, default=8, help="G, samples per prompt.")
-    ap.add_argument("--prompts-per-step", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--prompts-per-step", type=int, default=12)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = 2 * rank).")
     ap.add_argument("--targets", default=TARGETS, help="LoRA target modules, comma-separated.")
     ap.add_argument("--sampling-steps", type=int, default=4)
