@@ -489,3 +489,34 @@ def test_500_requests_10_percent_malformed_every_valid_one_answered(sim_server: 
     assert call(url, "/health")[0] == 200 and call(url, "/v1/rewards", valid, key=KEY)[0] == 200
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"peak RSS {peak_kib / 1024:.0f} MiB")
+
+
+def test_the_client_asks_again_when_the_server_is_overloaded_or_fails() -> None:
+    """A 503 with Retry-After, then a 500: both asked again; with one attempt allowed, the first is the
+    error. (A dropped connection is retryable the same way: see the unreachable server above.)"""
+    sim = Sim()
+    app = create_app(sim, model_name="sim")
+    faults: list[int] = []
+    seen: list[int] = []
+
+    async def flaky(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/rewards":
+            status = faults.pop(0) if faults else 200
+            seen.append(status)
+            if status != 200:
+                head = [(b"content-type", b"application/json"), (b"retry-after", b"0")]
+                await send({"type": "http.response.start", "status": status, "headers": head})
+                await send({"type": "http.response.body", "body": b'{"error": {"message": "busy"}}'})
+                return
+        await app(scope, receive, send)
+
+    images = [candidate(q) for q in QUALITIES[:3]]
+    with running(flaky) as (url, _):
+        faults[:] = [503, 500]
+        with RewardClient(url, backoff_s=0.01) as client:
+            result = client.group("a red fox", images)
+        assert seen == [503, 500, 200] and len(result.outcomes) == 3 and not result.failures
+        faults[:] = [503]
+        with RewardClient(url, max_attempts=1) as client, pytest.raises(BackendError) as info:
+            client.group("a red fox", images)
+        assert info.value.status_code == 503 and info.value.retryable and seen[-1] == 503

@@ -26,7 +26,7 @@ from flexjudge.backends._retry import retryable_status
 from flexjudge.errors import BackendError
 
 if TYPE_CHECKING:
-    from multidict import CIMultiDictProxy
+    from collections.abc import Mapping
 
 __all__ = ["DirectPost", "HttpStatus"]
 
@@ -34,9 +34,10 @@ _MESSAGE_CHARS = 500  # of a non-JSON error body, in the error's message
 
 
 class HttpStatus(Exception):
-    """An HTTP error status, as the `original` of its `BackendError`; `headers` carry `Retry-After`."""
+    """An HTTP error status, as the `original` of its `BackendError`; `headers` (case-insensitive: aiohttp's
+    or httpx's) carry `Retry-After`."""
 
-    def __init__(self, status: int, headers: CIMultiDictProxy[str]) -> None:
+    def __init__(self, status: int, headers: Mapping[str, str]) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
         self.headers = headers

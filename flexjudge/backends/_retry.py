@@ -28,14 +28,22 @@ _RETRIED_STATUS = frozenset({408, 409, 429})  # a timeout, a lock conflict, a ra
 
 T = TypeVar("T")
 
-__all__ = ["RETRY_AFTER_CAP_S", "client_post", "complete", "complete_raw", "json_fields", "retryable_status"]
+__all__ = [
+    "RETRY_AFTER_CAP_S",
+    "client_post",
+    "complete",
+    "complete_raw",
+    "json_fields",
+    "retryable_status",
+    "retrying",
+]
 
 
 async def complete(
     client: AsyncOpenAI, body: dict[str, Any], *, url: str, attempts: int, backoff_s: float
 ) -> ChatCompletion:
     """One chat completion under the retry policy; a failure that remains is a `BackendError`."""
-    return await _retrying(attempts, backoff_s)(_once, client, body, url)
+    return await retrying(attempts, backoff_s)(_once, client, body, url)
 
 
 async def complete_raw(
@@ -54,7 +62,7 @@ async def complete_raw(
     async def once() -> T:
         return read(await post(content))
 
-    return await _retrying(attempts, backoff_s)(once)
+    return await retrying(attempts, backoff_s)(once)
 
 
 def client_post(client: AsyncOpenAI, url: str) -> Callable[[bytes], Awaitable[bytes]]:
@@ -74,7 +82,9 @@ def retryable_status(status: int) -> bool:
     return status in _RETRIED_STATUS or status >= 500
 
 
-def _retrying(attempts: int, backoff_s: float) -> AsyncRetrying:
+def retrying(attempts: int, backoff_s: float) -> AsyncRetrying:
+    """The policy as a tenacity runner: `await retrying(n, b)(fn, *args)` calls `fn` until it succeeds,
+    raises something not retryable, or has been called `attempts` times."""
     return AsyncRetrying(
         stop=stop_after_attempt(attempts),
         wait=_wait(backoff_s),

@@ -8,7 +8,11 @@
 Candidates are sent inline (images as PNG data URLs, a video as a list of frame data URLs). A failed
 pair comes back as a `PairFailure` whose error is a `RemotePairError` with the server's error type and
 message. An HTTP error is a `BackendError` with the status and the server's JSON reason, retryable for
-408, 429, 5xx and timeouts. Needs the `server` extra (the HTTP client comes with `openai`).
+408, 409, 429, 5xx, timeouts and dropped connections; those are asked again under the openai backend's
+policy (`max_attempts` in all, exponential backoff from `backoff_s`, the server's `Retry-After`
+honoured: a full queue answers 503 with one), so a kept-alive connection the server closed as a
+request went out on it, or a moment of overload, does not end a training run. Needs the `server` extra
+(the HTTP client comes with `openai`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any, TypeVar
 
 from flexjudge._preflight import Candidate
 from flexjudge._sync import LoopThread
+from flexjudge.backends._direct import HttpStatus
+from flexjudge.backends._retry import retryable_status, retrying
 from flexjudge.errors import BackendError, FlexjudgeError, UsageError
 from flexjudge.rewards._formula import GroupRewards, Outcome
 from flexjudge.rewards._group import GroupResult, JudgedPair, OnFailure, PairFailure, SwapMode
@@ -50,10 +56,23 @@ class RewardClient:
     caller's loop (one HTTP connection pool per loop)."""
 
     def __init__(
-        self, base_url: str, *, api_key: str | None = None, timeout: float = 600.0, frames_per_video: int = 8
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 600.0,
+        frames_per_video: int = 8,
+        max_attempts: int = 3,
+        backoff_s: float = 0.5,
     ) -> None:
         if not timeout > 0:
             raise UsageError(f"timeout must be positive, got {timeout!r}")
+        if max_attempts < 1 or not backoff_s >= 0:
+            raise UsageError(
+                f"max_attempts must be at least 1 and backoff_s at least 0, got {max_attempts}, {backoff_s}"
+            )
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
         if frames_per_video < 1:
             raise UsageError(f"frames_per_video must be at least 1, got {frames_per_video}")
         self.frames_per_video = frames_per_video
@@ -141,6 +160,11 @@ class RewardClient:
         client = self._clients.get(loop)
         if client is None:
             client = self._clients[loop] = httpx2.AsyncClient(timeout=self.timeout)
+        return await retrying(self.max_attempts, self.backoff_s)(self._post_once, client, body)
+
+    async def _post_once(self, client: Any, body: dict[str, Any]) -> Any:
+        import httpx2
+
         try:
             response = await client.post(self.url, json=body, headers=self.headers)
         except httpx2.TimeoutException as exc:
@@ -158,8 +182,9 @@ class RewardClient:
             status = response.status_code
             raise BackendError(
                 f"the reward server answered {status}: {reason}",
-                retryable=status in (408, 429) or status >= 500,
+                retryable=retryable_status(status),
                 status_code=status,
+                original=HttpStatus(status, response.headers),  # its Retry-After, for the policy
             )
         if not isinstance(answer, dict):
             raise BackendError("the reward server's answer is not a JSON object", retryable=False)
