@@ -19,7 +19,10 @@ import asyncio
 import datetime
 import json
 import multiprocessing
+import signal
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -79,7 +82,14 @@ def _free_port() -> int:
 
 
 def spawn_server(target: Any, *args: Any) -> tuple[multiprocessing.process.BaseProcess, int]:
-    """Start `target(port, *args)` in a spawned process on a free port; return once it accepts."""
+    """Start `target(port, *args)` in a spawned process on a free port; return once it accepts. A SIGTERM
+    to this process then exits it as Python exits (daemon children stopped, `finally` blocks run),
+    rather than killing it on the spot and leaving the server running."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     port = _free_port()
     server = multiprocessing.get_context("spawn").Process(target=target, args=(port, *args), daemon=True)
     server.start()
