@@ -44,6 +44,9 @@ async def load_candidates(
             for c in candidates
         )
     )
+    for images in loaded:
+        for image in images:
+            media.mark_loaded(image)  # hashed once for this call's requests, not once per pair
     return list(loaded), modality
 
 

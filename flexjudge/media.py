@@ -218,4 +218,34 @@ def image_digest(image: PILImage) -> str:
     return digest.hexdigest()
 
 
+_CALL_DIGEST = "_flexjudge_call_digest"
+"""The attribute holding an image's digest for the call that loaded it (see `mark_loaded`)."""
+
+
+def mark_loaded(image: PILImage) -> None:
+    """Note that a call has just loaded `image` (the judge's loader does, once per call and candidate):
+    `call_digest` then hashes it once for the whole call, not once per request, however many pairs it
+    appears in (a group of G images is in G - 1 pairs). Marking afresh on every load forgets a digest
+    from an earlier call, so pixels changed in place between calls are hashed again; a copy of the image
+    carries no mark."""
+    setattr(image, _CALL_DIGEST, None)
+
+
+def call_digest(image: PILImage) -> str:
+    """`image_digest`, computed once per loading call for an image `mark_loaded` marked, else every time."""
+    if not hasattr(image, _CALL_DIGEST):
+        return image_digest(image)
+    digest: str | None = getattr(image, _CALL_DIGEST)
+    if digest is None:  # two threads may both hash it: the same digest, set twice
+        digest = image_digest(image)
+        setattr(image, _CALL_DIGEST, digest)
+    return digest
+
+
+def known_digest(image: PILImage) -> str | None:
+    """The digest `call_digest` already computed for this call, without hashing; None when there is none."""
+    digest: str | None = getattr(image, _CALL_DIGEST, None)
+    return digest
+
+
 # ---------------------------------------------------------------------------------------------- input

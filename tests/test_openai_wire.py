@@ -285,3 +285,43 @@ def test_the_aiohttp_transport_goes_through_the_proxy_the_environment_names(
 
     asyncio.run(ask())
     assert [s["path"] for s in seen] == ["http://judge.invalid/v1/chat/completions"]
+
+
+def test_an_image_loaded_for_a_call_is_hashed_once_however_many_requests_show_it(
+    recorder: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's image is in G - 1 pairs: its digest (the key of its data URL) is computed once per
+    loading call, and a new load (a new call) hashes it again."""
+    from PIL import Image
+
+    from flexjudge import media
+
+    url, seen = recorder
+    hashed: list[int] = []
+    real = media.image_digest
+    monkeypatch.setattr(media, "image_digest", lambda image: hashed.append(id(image)) or real(image))
+    images = [Image.new("RGB", (8, 8), (40 * k, 0, 0)) for k in range(3)]
+    for image in images:
+        media.mark_loaded(image)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    requests = [
+        Request(messages=(Message("user", (ImagePart(images[i]), ImagePart(images[j]), TextPart("hi"))),))
+        for i, j in pairs
+    ]
+    backend = OpenAIBackend(url, model="m", transport="aiohttp")
+
+    async def ask() -> None:
+        try:
+            for request in requests:  # one by one: the later ones find the URLs built
+                await backend.generate([request])
+        finally:
+            await backend.aclose()
+
+    asyncio.run(ask())
+    assert sorted(hashed) == sorted(id(image) for image in images) and len(seen) == 3
+    sent = [[part["image_url"]["url"] for part in s["body"]["messages"][0]["content"][:2]] for s in seen]
+    assert sent[0][0] == sent[1][0] and sent[0][1] == sent[2][0] and len({*sent[0], *sent[2]}) == 3
+    images[0].putpixel((0, 0), (1, 2, 3))  # changed in place, then loaded by a new call
+    media.mark_loaded(images[0])
+    assert media.call_digest(images[0]) == real(images[0]) != media.known_digest(images[1])
+    assert len(hashed) == 4

@@ -203,7 +203,11 @@ class OpenAIBackend:
         return DefaultAioHttpClient()
 
     async def _generate_one(self, request: Request) -> Generation:
-        messages = await asyncio.to_thread(_messages, request.messages)
+        # Every image of a group is in G - 1 pairs: once its URL is built, no thread hop (hashing and
+        # encoding, the costly part, happen off the loop the first time only).
+        messages = _messages(request.messages, _DATA_URLS.ready)
+        if messages is None:
+            messages = await asyncio.to_thread(_messages, request.messages)
         body: dict[str, Any] = {
             "messages": messages,
             "max_tokens": request.max_new_tokens,
@@ -413,13 +417,22 @@ def _merged(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+def _messages(
+    messages: tuple[Message, ...], url_of: Callable[[PILImage], str | None] | None = None
+) -> list[dict[str, Any]] | None:
+    """The messages as the API takes them, images as data URLs from `url_of` (default: built as needed);
+    None as soon as `url_of` has none for an image (`_DataUrls.ready`: the caller then builds them off
+    the loop)."""
+    url_of = url_of or _DATA_URLS.get
     out = []
     for message in messages:
         content: list[dict[str, Any]] = []
         for part in message.parts:
             if isinstance(part, ImagePart):
-                content.append({"type": "image_url", "image_url": {"url": _DATA_URLS.get(part.image)}})
+                url = url_of(part.image)
+                if url is None:
+                    return None
+                content.append({"type": "image_url", "image_url": {"url": url}})
             else:
                 content.append({"type": "text", "text": part.text})
         out.append({"role": message.role, "content": content})
@@ -439,10 +452,17 @@ class _DataUrls:
         self._urls: BoundedCache[str, str] = BoundedCache(64, max_weight=256 << 20)
 
     def get(self, image: PILImage) -> str:
-        from flexjudge.media import image_digest
+        from flexjudge.media import call_digest
 
-        url, _ = self._urls.get_or_build(image_digest(image), lambda: self._encode(image), len)
+        url, _ = self._urls.get_or_build(call_digest(image), lambda: self._encode(image), len)
         return url
+
+    def ready(self, image: PILImage) -> str | None:
+        """The URL when it costs nothing: the image's digest known for this call and its URL built."""
+        from flexjudge.media import known_digest
+
+        digest = known_digest(image)
+        return self._urls.get(digest) if digest is not None else None
 
     def _encode(self, image: PILImage) -> str:
         from flexjudge.media import to_data_url
