@@ -325,3 +325,42 @@ def test_an_image_loaded_for_a_call_is_hashed_once_however_many_requests_show_it
     media.mark_loaded(images[0])
     assert media.call_digest(images[0]) == real(images[0]) != media.known_digest(images[1])
     assert len(hashed) == 4
+
+
+def test_a_redirect_is_an_error_not_followed() -> None:
+    """The client does not follow redirects; neither does the backend's own session (a POST re-sent to
+    another host, or turned into a GET, is not what was configured)."""
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(307)
+            self.send_header("location", "http://elsewhere.invalid/v1/chat/completions")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    backend = OpenAIBackend(
+        f"http://127.0.0.1:{server.server_port}/v1", model="m", transport="aiohttp", max_attempts=3
+    )
+    request = Request(messages=(Message("user", (TextPart("hi"),)),))
+
+    async def ask() -> None:
+        try:
+            await backend.generate([request])
+        finally:
+            await backend.aclose()
+
+    try:
+        with pytest.raises(BackendError) as info:
+            asyncio.run(ask())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (
+        info.value.status_code == 307 and not info.value.retryable and "elsewhere.invalid" in str(info.value)
+    )

@@ -81,16 +81,26 @@ class DirectPost:
         )
 
     async def __call__(self, content: bytes) -> bytes:
-        """The answer's bytes (any 2xx); a failure to reach the server or an error status raises."""
+        """The answer's bytes (a 2xx); failing to reach the server, a redirect or an error status raises."""
         import aiohttp
 
         try:
+            # Redirects are not followed, as the client does not: a POST re-sent elsewhere (or turned
+            # into a GET) is not what the caller configured.
             async with self._session.post(
-                self.url, data=content, proxy=self._proxy, proxy_auth=self._proxy_auth
+                self.url, data=content, proxy=self._proxy, proxy_auth=self._proxy_auth, allow_redirects=False
             ) as response:
                 raw = await response.read()  # whole: a body cut short raises here, never half an answer
-                if response.status >= 400:
-                    status = response.status
+                status = response.status
+                if 300 <= status < 400:
+                    where = response.headers.get("location", "nowhere")
+                    raise BackendError(
+                        f"HTTP {status} from {self._base_url}: a redirect to {where} (not followed: point "
+                        "base_url at the server itself)",
+                        retryable=False,
+                        status_code=status,
+                    )
+                if status >= 400:
                     raise BackendError(
                         f"HTTP {status} from {self._base_url}: {_message(raw)}",
                         retryable=retryable_status(status),
