@@ -14,6 +14,7 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image
 
@@ -77,17 +78,35 @@ def colour_of(image: Image.Image) -> str:
     return min(COLOURS, key=lambda name: sum((m - v) ** 2 for m, v in zip(mean, COLOURS[name], strict=True)))
 
 
-def colour_judgment(prompt: str, shown: tuple[str, str], named: str) -> str:
+TraceStyle = Literal["marks", "words", "plain"]
+TRACE_STYLES: tuple[TraceStyle, ...] = ("marks", "words", "plain")
+
+
+def evidence(colour: str, named: str, style: TraceStyle) -> str:
+    """One image's evidence. `plain`: its colour word alone (`"green"`, which the task's tokenizer reads as
+    one token with its quotes, unlike the prompt's ` green`). `words`: "A green", the colour as the very
+    token the prompt has. `marks`: "A green yes" / "A yellow no", whether that colour is the named one
+    written right after it: the comparison a score needs becomes a token of its own, decided where the
+    colour token can attend to its own earlier copy in the prompt, and each score a look-up of that mark."""
+    if style == "plain":
+        return colour
+    if style == "words":
+        return f"A {colour}"
+    return f"A {colour} {'yes' if colour == named else 'no'}"
+
+
+def colour_judgment(prompt: str, shown: tuple[str, str], named: str, style: TraceStyle = "marks") -> str:
     """The teacher's flex judgment (compact JSON): candidates showing `shown`, the prompt naming `named`.
 
     The shortest trace the flex format and `check()` accept, so the decisions are a large share of what the
     student learns and writes: the three anchors with the fewest criteria each (3), one-letter criterion
-    names, each image's colour word as its evidence (written before the scores, so every score and winner
-    follows from facts already on the page), and the named colour as every analysis."""
+    names, each image's evidence in `style` (written before the scores, so every score and winner follows
+    from facts already on the page), and the named colour as every analysis."""
     winner = 1 if shown[0] == named else 2
     scores = (8, 2) if winner == 1 else (2, 8)
+    one, two = (evidence(colour, named, style) for colour in shown)
     dims = [
-        {"name": name, "reason_1": shown[0], "reason_2": shown[1], "score_1": scores[0], "score_2": scores[1]}
+        {"name": name, "reason_1": one, "reason_2": two, "score_1": scores[0], "score_2": scores[1]}
         for name in ("a", "b", "c")
     ]
     categories = [
@@ -105,6 +124,9 @@ class ColourTeacher:
     name = "colour-teacher"
     model = "colour-teacher"
 
+    def __init__(self, style: TraceStyle = "marks") -> None:
+        self.style: TraceStyle = style
+
     async def generate(self, requests: list[Request]) -> list[Generation]:
         return [self._answer(r) for r in requests]
 
@@ -119,18 +141,20 @@ class ColourTeacher:
             return Generation("{}", "stop", True, Usage(10, 1), model=self.model)
         named = found[0]
         prompt = next(line for line in text.splitlines() if named in line).removeprefix("Prompt:").strip()
-        answer = colour_judgment(prompt, (colour_of(images[0]), colour_of(images[1])), named)
+        shown = (colour_of(images[0]), colour_of(images[1]))
+        answer = colour_judgment(prompt, shown, named, self.style)
         return Generation(answer, "stop", True, Usage(100, len(answer) // 4), model=self.model)
 
     async def aclose(self) -> None:
         return None
 
 
-def serve_teacher(port: int) -> None:
-    """Serve `ColourTeacher` with `flexjudge serve`'s app on 127.0.0.1:`port` (a spawned process's target)."""
+def serve_teacher(port: int, style: TraceStyle = "marks") -> None:
+    """Serve `ColourTeacher(style)` with `flexjudge serve`'s app on 127.0.0.1:`port` (a spawned process's
+    target)."""
     import uvicorn
 
     from flexjudge.serve import create_app
 
-    app = create_app(ColourTeacher(), model_name="colour-teacher", window_s=0.0)
+    app = create_app(ColourTeacher(style), model_name="colour-teacher", window_s=0.0)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")

@@ -15,14 +15,14 @@ import itertools
 import json
 from typing import Any
 
-from _colour_task import COLOURS, colour_judgment, prompt_for
+from _colour_task import COLOURS, TraceStyle, colour_judgment, prompt_for
 
 from flexjudge.backends.tiny import _SPLIT_PATTERN, build_tokenizer
 from flexjudge.formats import parse, render
 from flexjudge.prompting import PromptSpec, render_prompt
 
 
-def _task_corpus() -> list[str]:
+def _task_corpus(style: TraceStyle) -> list[str]:
     spec = PromptSpec(mode="pair", modality="image", output_format="flex")
     # Weighted like the traces: BPE spends its merges on the most frequent pairs, and the prompt, ~2/3 of
     # every sequence, is otherwise left in pieces of one or two letters.
@@ -30,14 +30,14 @@ def _task_corpus() -> list[str]:
     for named, other in itertools.permutations(COLOURS, 2):
         for shown in ((named, other), (other, named)):
             prompt = prompt_for(named)
-            raw = colour_judgment(prompt, shown, named)
+            raw = colour_judgment(prompt, shown, named, style)
             # The trace as `flexjudge sft-data` writes it for training: the codec's, compact.
             text = render(parse(raw, format="flex", modality="image", prompt=prompt), "flex")
             lines.append(json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")))
     return lines
 
 
-def colour_tokenizer(vocab_size: int = 1024) -> Any:
+def colour_tokenizer(style: TraceStyle = "marks", vocab_size: int = 1024) -> Any:
     # A quoted identifier takes the space before it (`: "reason_1"` in the prompt's JSON example).
     split = r' ?"[A-Za-z_][A-Za-z0-9_]*"|' + _SPLIT_PATTERN
-    return build_tokenizer(vocab_size, _task_corpus(), split)
+    return build_tokenizer(vocab_size, _task_corpus(style), split)

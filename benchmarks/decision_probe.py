@@ -23,12 +23,17 @@ from typing import Any
 
 DECISIONS = {
     "prompt colour": re.compile(r'"prompt": ?"A (\w+) picture"'),
-    "image 1 colour": re.compile(r'"reason_1": ?"(\w+)"'),
-    "image 2 colour": re.compile(r'"reason_2": ?"(\w+)"'),
+    "image 1 colour": re.compile(r'"reason_1": ?"(?:A )?(\w+)'),
+    "image 2 colour": re.compile(r'"reason_2": ?"(?:A )?(\w+)'),
+    "image 1 mark": re.compile(r'"reason_1": ?"A \w+ (\w+)"'),
+    "image 2 mark": re.compile(r'"reason_2": ?"A \w+ (\w+)"'),
     "first score": re.compile(r'"score_1": ?(\d+)'),
     "winner": re.compile(r'"winner": ?"Image (\d)"\}$'),
 }
 """Each decision's first occurrence in a rendered trace; group 1 is the span scored."""
+
+OPTIONAL = frozenset({"image 1 mark", "image 2 mark"})
+"""Decisions only some trace styles write (`_colour_task.TRACE_STYLE`): absent from every row, not scored."""
 
 
 def decision_accuracy(model_dir: Path, data_dir: Path, split: str, rows: int) -> dict[str, Any]:
@@ -66,6 +71,11 @@ def decision_accuracy(model_dir: Path, data_dir: Path, split: str, rows: int) ->
         tokens_all += len(predicted)
         for name, pattern in DECISIONS.items():
             found = pattern.search(answer)
+            if name not in right:
+                continue
+            if found is None and name in OPTIONAL:
+                right.pop(name, None)
+                continue
             if found is None:
                 raise SystemExit(f"row {row['id']}: no {name} in {answer[:200]!r}")
             lo, hi = found.span(1)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _colour_task import serve_teacher, write_pairs
+from _colour_task import TRACE_STYLES, serve_teacher, write_pairs
 from _colour_tokenizer import colour_tokenizer
 from _machine import machine
 from openai_overhead import spawn_server
@@ -164,12 +164,12 @@ def pipeline(run: Run) -> None:
         # sum(mrope_section) == head_dim / 2
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope(args)},
     }
-    tokenizer = colour_tokenizer()
+    tokenizer = colour_tokenizer(args.trace)
     base = build_tiny_model(work / "base", seed=args.seed, tokenizer=tokenizer, text_overrides=overrides)
     run.stages.append(Stage("data and model", time.perf_counter() - started, time.process_time()))
     run.started = started
 
-    server, port = spawn_server(serve_teacher)
+    server, port = spawn_server(serve_teacher, args.trace)
     try:
         url = f"http://127.0.0.1:{port}/v1"
         _wait_until_serving(url)
@@ -306,6 +306,12 @@ def main() -> None:
         default=16,
         help="Bound on every decoded string (16: the longest the teacher writes, 'A yellow picture').",
     )
+    ap.add_argument(
+        "--trace",
+        choices=TRACE_STYLES,
+        default="marks",
+        help="The teacher's evidence (`_colour_task.evidence`); marks: whether each colour is the named one.",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stop-after-sft", action="store_true", help="Tuning: stop after SFT and its probe.")
     ap.add_argument("--smoke", action="store_true", help="The smallest scale: every stage, nothing learnt.")
@@ -327,7 +333,8 @@ def main() -> None:
     setup = (
         f"{machine()}; {args.train} pairs distilled in both orders, {args.dpo} for DPO pairs, {args.test} "
         f"held out; {args.size}px images; Qwen2.5-VL built here (text {args.hidden} wide, {args.layers} "
-        f"layers, {args.heads} heads; the task's own 1,024-token BPE), full finetuning; SFT lr {args.sft_lr} "
+        f"layers, {args.heads} heads; the task's own 1,024-token BPE), full finetuning; teacher evidence "
+        f"{args.trace!r}; SFT lr {args.sft_lr} "
         f"({args.sft_schedule}) x {args.sft_epochs} epochs, DPO lr {args.dpo_lr} x {args.dpo_epochs} epochs, "
         f"batch {args.batch}; decoding: {args.max_new_tokens} new tokens, strings bounded at "
         f"{args.max_string_length} characters; `{command}`"

@@ -66,8 +66,9 @@ def test_pipeline_benchmark_runs_every_stage(tmp_path: Path) -> None:
 
 
 def test_teacher_trace_is_checked_and_decided_by_colours(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rule teacher's trace passes `check()`, names each image's colour before any score, and its
-    winner is the image showing the named colour, in either order."""
+    """The rule teacher's trace passes `check()`, names each image's colour and whether it is the named
+    one before any score, fits the eval's 16-character string bound, and its winner is the image showing
+    the named colour, in either order."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from _colour_task import colour_judgment
 
@@ -78,5 +79,10 @@ def test_teacher_trace_is_checked_and_decided_by_colours(monkeypatch: pytest.Mon
         judgment = parse(raw, format="flex", modality="image", prompt="A red picture")
         assert check(judgment, prompt="A red picture") == []
         assert judgment.verdict.winner == winner
+        marks = ("yes", "no") if winner == 1 else ("no", "yes")
         first = raw.index('"score_1"')
-        assert raw.index(f'"reason_1":"{shown[0]}"') < first and raw.index(f'"reason_2":"{shown[1]}"') < first
+        assert raw.index(f'"reason_1":"A {shown[0]} {marks[0]}"') < first
+        assert raw.index(f'"reason_2":"A {shown[1]} {marks[1]}"') < first
+        strings = [c.name for d in judgment.dimensions for c in d.criteria]
+        strings += [e for d in judgment.dimensions for c in d.criteria for e in (c.evidence_1, c.evidence_2)]
+        assert max(map(len, strings)) <= 16
