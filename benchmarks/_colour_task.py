@@ -78,24 +78,28 @@ def colour_of(image: Image.Image) -> str:
     return min(COLOURS, key=lambda name: sum((m - v) ** 2 for m, v in zip(mean, COLOURS[name], strict=True)))
 
 
-TraceStyle = Literal["marks", "words", "plain"]
-TRACE_STYLES: tuple[TraceStyle, ...] = ("marks", "words", "plain")
+TraceStyle = Literal["pairs", "marks", "words", "plain"]
+TRACE_STYLES: tuple[TraceStyle, ...] = ("pairs", "marks", "words", "plain")
 
 
 def evidence(colour: str, named: str, style: TraceStyle) -> str:
-    """One image's evidence. `plain`: its colour word alone (`"green"`, which the task's tokenizer reads as
-    one token with its quotes, unlike the prompt's ` green`). `words`: "A green", the colour as the very
-    token the prompt has. `marks`: "A green yes" / "A yellow no", whether that colour is the named one
-    written right after it: the comparison a score needs becomes a token of its own, decided where the
-    colour token can attend to its own earlier copy in the prompt, and each score a look-up of that mark."""
+    """One image's evidence, at most 16 characters (the evals' string bound). `plain`: its colour word alone
+    (`"green"`, one token with its quotes to the task's tokenizer, unlike the prompt's ` green`). `words`:
+    "A green", the colour as the prompt's own token. `marks`: "A green yes" / "A yellow no", whether the
+    colour is the named one, a token of its own before the scores, so each score is a look-up of a mark;
+    the mark still needs the colour token to find its copy in the prompt, far back. `pairs`: "green green
+    ok" / "green yellow no", the named colour (a copy of the echoed prompt's, which a model learns first),
+    then the image's, then the mark: the comparison becomes a function of two adjacent tokens."""
     if style == "plain":
         return colour
     if style == "words":
         return f"A {colour}"
+    if style == "pairs":
+        return f"{named} {colour} {'ok' if colour == named else 'no'}"
     return f"A {colour} {'yes' if colour == named else 'no'}"
 
 
-def colour_judgment(prompt: str, shown: tuple[str, str], named: str, style: TraceStyle = "marks") -> str:
+def colour_judgment(prompt: str, shown: tuple[str, str], named: str, style: TraceStyle = "pairs") -> str:
     """The teacher's flex judgment (compact JSON): candidates showing `shown`, the prompt naming `named`.
 
     The shortest trace the flex format and `check()` accept, so the decisions are a large share of what the
@@ -124,7 +128,7 @@ class ColourTeacher:
     name = "colour-teacher"
     model = "colour-teacher"
 
-    def __init__(self, style: TraceStyle = "marks") -> None:
+    def __init__(self, style: TraceStyle = "pairs") -> None:
         self.style: TraceStyle = style
 
     async def generate(self, requests: list[Request]) -> list[Generation]:
@@ -149,7 +153,7 @@ class ColourTeacher:
         return None
 
 
-def serve_teacher(port: int, style: TraceStyle = "marks") -> None:
+def serve_teacher(port: int, style: TraceStyle = "pairs") -> None:
     """Serve `ColourTeacher(style)` with `flexjudge serve`'s app on 127.0.0.1:`port` (a spawned process's
     target)."""
     import uvicorn

@@ -23,16 +23,17 @@ from typing import Any
 
 DECISIONS = {
     "prompt colour": re.compile(r'"prompt": ?"A (\w+) picture"'),
-    "image 1 colour": re.compile(r'"reason_1": ?"(?:A )?(\w+)'),
-    "image 2 colour": re.compile(r'"reason_2": ?"(?:A )?(\w+)'),
-    "image 1 mark": re.compile(r'"reason_1": ?"A \w+ (\w+)"'),
-    "image 2 mark": re.compile(r'"reason_2": ?"A \w+ (\w+)"'),
+    "named colour in evidence": re.compile(r'"reason_1": ?"(?!A )(\w+) \w+ (?:ok|no)"'),
+    "image 1 colour": re.compile(r'"reason_1": ?"(?:A |\w+ (?=\w+ (?:ok|no)"))?(\w+)'),
+    "image 2 colour": re.compile(r'"reason_2": ?"(?:A |\w+ (?=\w+ (?:ok|no)"))?(\w+)'),
+    "image 1 mark": re.compile(r'"reason_1": ?"(?:A |\w+ )?\w+ (yes|no|ok)"'),
+    "image 2 mark": re.compile(r'"reason_2": ?"(?:A |\w+ )?\w+ (yes|no|ok)"'),
     "first score": re.compile(r'"score_1": ?(\d+)'),
     "winner": re.compile(r'"winner": ?"Image (\d)"\}$'),
 }
 """Each decision's first occurrence in a rendered trace; group 1 is the span scored."""
 
-OPTIONAL = frozenset({"image 1 mark", "image 2 mark"})
+OPTIONAL = frozenset({"named colour in evidence", "image 1 mark", "image 2 mark"})
 """Decisions only some trace styles write (`_colour_task.TRACE_STYLE`): absent from every row, not scored."""
 
 

@@ -10,15 +10,17 @@ writes short, correct flex traces. Then the documented commands run as subproces
     -> flexjudge dpo-pairs (from the SFT model) -> python training/dpo.py -> flexjudge eval
 
 on a small Qwen2.5-VL built here (`build_tiny_model`, its language model set by `--hidden`, `--layers` and
-`--heads`, with a tokenizer trained on the task's prompt and trace text, `_colour_tokenizer`), full
-finetuning on the CPU. The untrained model is evaluated too (step 0). Every eval judges the same `--test`
-held-out pairs, one candidate order each drawn from the seed, under the flex constraint with every string
-bounded at `--max-string-length` characters (the longest string the teacher writes fits; an untrained
-model never closes an unbounded one). Accuracy is `flexjudge eval --json`'s (failed runs and tie verdicts
-dropped, bootstrap 95% interval); "right of all" also counts every failed run as wrong. After SFT,
+`--heads`, with a tokenizer trained on the task's prompt and trace text, `_colour_tokenizer`), full finetuning
+on the CPU, SFT in `--sft-stages` runs in a row (each a fresh optimizer). The teacher's evidence (`--trace`,
+`_colour_task.evidence`) writes the named colour beside each image's and whether they match, so the comparison
+a score needs is a token the model is taught. The untrained model is evaluated too (step 0). Every eval judges
+the same `--test` held-out pairs, one candidate order each drawn from the seed, under the flex constraint with
+every string bounded at `--max-string-length` characters (the longest string the teacher writes fits; an
+untrained model never closes an unbounded one). Accuracy is `flexjudge eval --json`'s (failed runs and tie
+verdicts dropped, bootstrap 95% interval); "right of all" also counts every failed run as wrong. After SFT,
 `decision_probe.py` measures teacher-forced accuracy at the few tokens that decide a trace (the prompt's
-colour, each image's colour, the first score, the winner) on the SFT data's held-out rows: which decision
-a model has not learnt, in seconds.
+colour, each image's colour and mark, the first score, the winner) on the SFT data's held-out rows: which
+decision a model has not learnt, in seconds.
 
     python benchmarks/pipeline_learns.py [--record]
     python benchmarks/pipeline_learns.py --smoke --work DIR        # the smallest scale, every stage
@@ -189,10 +191,16 @@ def pipeline(run: Run) -> None:
     if not args.stop_after_sft:
         step_0.start()
     sft = work / "runs" / "sft"
-    argv = [*PYTHON, "training/sft.py", "--model", str(base), "--data", str(work / "sft-data")]
-    flags = training_flags(args, lr=args.sft_lr, epochs=args.sft_epochs, schedule=args.sft_schedule)
-    argv += ["--output-dir", str(sft), *flags]
-    run.command("sft", argv)
+    start = base
+    for stage in range(1, args.sft_stages + 1):
+        # Each stage a fresh optimizer: Adam's second moments keep the first steps' large gradients for
+        # ~1,000 steps, which holds back the small late gradient of the one token that compares colours.
+        out = sft if stage == args.sft_stages else work / "runs" / f"sft-stage-{stage}"
+        argv = [*PYTHON, "training/sft.py", "--model", str(start), "--data", str(work / "sft-data")]
+        flags = training_flags(args, lr=args.sft_lr, epochs=args.sft_epochs, schedule=args.sft_schedule)
+        argv += ["--output-dir", str(out), *flags]
+        run.command("sft" if args.sft_stages == 1 else f"sft stage {stage}", argv)
+        start = out
     run.probe(sft)
     if args.stop_after_sft:
         return
@@ -290,7 +298,13 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--sft-lr", type=float, default=1e-3)
-    ap.add_argument("--sft-epochs", type=float, default=1)
+    ap.add_argument("--sft-epochs", type=float, default=1, help="Epochs of each SFT stage.")
+    ap.add_argument(
+        "--sft-stages",
+        type=int,
+        default=2,
+        help="SFT runs in a row, each from the last one's model with a fresh optimizer (see pipeline()).",
+    )
     ap.add_argument(
         "--sft-schedule",
         default="constant_with_warmup",
@@ -309,8 +323,8 @@ def main() -> None:
     ap.add_argument(
         "--trace",
         choices=TRACE_STYLES,
-        default="marks",
-        help="The teacher's evidence (`_colour_task.evidence`); marks: whether each colour is the named one.",
+        default="pairs",
+        help="The teacher's evidence (`_colour_task.evidence`).",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stop-after-sft", action="store_true", help="Tuning: stop after SFT and its probe.")
@@ -334,9 +348,9 @@ def main() -> None:
         f"{machine()}; {args.train} pairs distilled in both orders, {args.dpo} for DPO pairs, {args.test} "
         f"held out; {args.size}px images; Qwen2.5-VL built here (text {args.hidden} wide, {args.layers} "
         f"layers, {args.heads} heads; the task's own 1,024-token BPE), full finetuning; teacher evidence "
-        f"{args.trace!r}; SFT lr {args.sft_lr} "
-        f"({args.sft_schedule}) x {args.sft_epochs} epochs, DPO lr {args.dpo_lr} x {args.dpo_epochs} epochs, "
-        f"batch {args.batch}; decoding: {args.max_new_tokens} new tokens, strings bounded at "
+        f"{args.trace!r}; SFT lr {args.sft_lr} ({args.sft_schedule}) x {args.sft_epochs} epochs x "
+        f"{args.sft_stages} stages, DPO lr {args.dpo_lr} x {args.dpo_epochs} epochs, batch {args.batch}; "
+        f"decoding: {args.max_new_tokens} new tokens, strings bounded at "
         f"{args.max_string_length} characters; `{command}`"
     )
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -54,21 +54,21 @@ def test_pipeline_benchmark_runs_every_stage(tmp_path: Path) -> None:
 
     dpo = load_from_disk(str(work / "dpo-pairs" / "train"))
     assert len(dpo) > 0 and {"prompt", "chosen", "rejected", "images"} <= set(dpo.column_names)
-    for model in ("sft", "dpo"):
+    for model in ("sft-stage-1", "sft", "dpo"):
         assert (work / "runs" / model / "model.safetensors").is_file()
         assert json.loads((work / "runs" / model / "train_summary.json").read_text())["global_step"] == 2
 
     recorded = record.read_text()
     assert "## pipeline_learns" in recorded
-    stages = ("| distill |", "| sft |", "| probe |", "| dpo |")
+    stages = ("| distill |", "| sft stage 1 |", "| sft stage 2 |", "| probe |", "| dpo |")
     for row in ("| step 0 |", "| after SFT |", "| after DPO |", *stages):
         assert row in recorded and row in result.stdout
 
 
 def test_teacher_trace_is_checked_and_decided_by_colours(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rule teacher's trace passes `check()`, names each image's colour and whether it is the named
-    one before any score, fits the eval's 16-character string bound, and its winner is the image showing
-    the named colour, in either order."""
+    """The rule teacher's trace passes `check()`, writes the named colour beside each image's colour and
+    whether they are the same before any score, fits the eval's 16-character string bound, and its winner
+    is the image showing the named colour, in either order."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from _colour_task import colour_judgment
 
@@ -79,10 +79,10 @@ def test_teacher_trace_is_checked_and_decided_by_colours(monkeypatch: pytest.Mon
         judgment = parse(raw, format="flex", modality="image", prompt="A red picture")
         assert check(judgment, prompt="A red picture") == []
         assert judgment.verdict.winner == winner
-        marks = ("yes", "no") if winner == 1 else ("no", "yes")
+        marks = ("ok", "no") if winner == 1 else ("no", "ok")
         first = raw.index('"score_1"')
-        assert raw.index(f'"reason_1":"A {shown[0]} {marks[0]}"') < first
-        assert raw.index(f'"reason_2":"A {shown[1]} {marks[1]}"') < first
+        assert raw.index(f'"reason_1":"red {shown[0]} {marks[0]}"') < first
+        assert raw.index(f'"reason_2":"red {shown[1]} {marks[1]}"') < first
         strings = [c.name for d in judgment.dimensions for c in d.criteria]
         strings += [e for d in judgment.dimensions for c in d.criteria for e in (c.evidence_1, c.evidence_2)]
         assert max(map(len, strings)) <= 16
