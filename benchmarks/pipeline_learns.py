@@ -302,7 +302,7 @@ def main() -> None:
     ap.add_argument(
         "--sft-stages",
         type=int,
-        default=2,
+        default=3,
         help="SFT runs in a row, each from the last one's model with a fresh optimizer (see pipeline()).",
     )
     ap.add_argument(
