@@ -133,7 +133,9 @@ def _right(row: dict[str, Any]) -> bool:
     return bool(primary["status"] == "ok" and primary["winner"] == row["label"])
 
 
-def training_flags(args: argparse.Namespace, *, lr: float, epochs: float, schedule: str) -> list[str]:
+def training_flags(
+    args: argparse.Namespace, *, lr: float, epochs: float, schedule: str, seed: int | None = None
+) -> list[str]:
     flags = {
         "lr_scheduler_type": schedule,
         "use_cpu": "true",
@@ -144,7 +146,7 @@ def training_flags(args: argparse.Namespace, *, lr: float, epochs: float, schedu
         "num_train_epochs": str(epochs),
         "logging_steps": "10",
         "save_steps": "100000",  # the final model is what the next stage reads
-        "seed": str(args.seed),
+        "seed": str(args.seed if seed is None else seed),
     }
     if args.max_steps is not None:
         flags["max_steps"] = str(args.max_steps)
@@ -197,7 +199,11 @@ def pipeline(run: Run) -> None:
         # ~1,000 steps, which holds back the small late gradient of the one token that compares colours.
         out = sft if stage == args.sft_stages else work / "runs" / f"sft-stage-{stage}"
         argv = [*PYTHON, "training/sft.py", "--model", str(start), "--data", str(work / "sft-data")]
-        flags = training_flags(args, lr=args.sft_lr, epochs=args.sft_epochs, schedule=args.sft_schedule)
+        # A seed of its own, so each stage sees the rows in another order (as the recorded runs did).
+        seed = args.seed + stage - 1
+        flags = training_flags(
+            args, lr=args.sft_lr, epochs=args.sft_epochs, schedule=args.sft_schedule, seed=seed
+        )
         argv += ["--output-dir", str(out), *flags]
         run.command("sft" if args.sft_stages == 1 else f"sft stage {stage}", argv)
         start = out
