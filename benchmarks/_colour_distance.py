@@ -14,17 +14,15 @@ advantages); a broken route shows as a generator that does not learn.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
 
 import numpy as np
-from _colour_task import COLOURS
+from _colour_task import COLOURS, flex_judgment
 
 from flexjudge.backends._probe import PROBE_TOKENS
 from flexjudge.backends.base import Generation, ImagePart, Request, TextPart, Usage
-from flexjudge.constraints import anchor_names
 
 _NAMED = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
 CLEAR_GAP = 30.0
@@ -54,17 +52,7 @@ def distance_judgment(prompt: str, colour: str, means: tuple[Any, Any]) -> str:
         for m, d in zip(means, (d1, d2), strict=True)
     ]
     reason = f"Image {winner} is nearer to {colour} ({min(d1, d2):.0f} against {max(d1, d2):.0f} levels)"
-    criteria = ("Colour match", "Hue", "Brightness")
-    dims = [
-        {"name": n, "reason_1": shown[0], "reason_2": shown[1], "score_1": scores[0], "score_2": scores[1]}
-        for n in criteria
-    ]
-    categories = [
-        {"name": name, "dims": dims, "cat_reason": reason, "cat_winner": f"Image {winner}"}
-        for name in anchor_names("image", "flex")
-    ]
-    answer = {"prompt": prompt, "categories": categories, "reason": reason, "winner": f"Image {winner}"}
-    return json.dumps(answer, separators=(",", ":"))
+    return flex_judgment(prompt, ("Colour match", "Hue", "Brightness"), (shown[0], shown[1]), scores, reason)
 
 
 class ColourDistanceJudge:

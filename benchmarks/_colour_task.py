@@ -109,15 +109,30 @@ def colour_judgment(prompt: str, shown: tuple[str, str], named: str, style: Trac
     winner = 1 if shown[0] == named else 2
     scores = (8, 2) if winner == 1 else (2, 8)
     one, two = (evidence(colour, named, style) for colour in shown)
+    return flex_judgment(prompt, ("a", "b", "c"), (one, two), scores, named)
+
+
+def flex_judgment(
+    prompt: str, criteria: tuple[str, ...], evidence: tuple[str, str], scores: tuple[int, int], reason: str
+) -> str:
+    """A flex judgment (compact JSON) whose every anchor holds `criteria`, each with the two images'
+    `evidence` and `scores`; the higher score's image wins every category and overall, for `reason`."""
+    winner = f"Image {1 if scores[0] > scores[1] else 2}"
     dims = [
-        {"name": name, "reason_1": one, "reason_2": two, "score_1": scores[0], "score_2": scores[1]}
-        for name in ("a", "b", "c")
+        {
+            "name": name,
+            "reason_1": evidence[0],
+            "reason_2": evidence[1],
+            "score_1": scores[0],
+            "score_2": scores[1],
+        }
+        for name in criteria
     ]
     categories = [
-        {"name": name, "dims": dims, "cat_reason": named, "cat_winner": f"Image {winner}"}
+        {"name": name, "dims": dims, "cat_reason": reason, "cat_winner": winner}
         for name in anchor_names("image", "flex")
     ]
-    answer = {"prompt": prompt, "categories": categories, "reason": named, "winner": f"Image {winner}"}
+    answer = {"prompt": prompt, "categories": categories, "reason": reason, "winner": winner}
     return json.dumps(answer, separators=(",", ":"))
 
 
