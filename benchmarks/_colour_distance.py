@@ -15,16 +15,11 @@ advantages); a broken route shows as a generator that does not learn.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import numpy as np
-from _colour_task import COLOURS, flex_judgment
+from _colour_task import COLOURS, ColourRuleJudge, flex_judgment
 
-from flexjudge.backends._probe import PROBE_TOKENS
-from flexjudge.backends.base import Generation, ImagePart, Request, TextPart, Usage
-
-_NAMED = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
 CLEAR_GAP = 30.0
 """Distance gap (0-255 levels) above which the winner takes 9 of 10 points instead of 7."""
 
@@ -55,9 +50,9 @@ def distance_judgment(prompt: str, colour: str, means: tuple[Any, Any]) -> str:
     return flex_judgment(prompt, ("Colour match", "Hue", "Brightness"), (shown[0], shown[1]), scores, reason)
 
 
-class ColourDistanceJudge:
-    """The rule judge as a `Backend`: judges from the request alone (the images' pixels, the prompt's text),
-    as a served model sees it. `answers` keeps every judgment it wrote (for the smoke test)."""
+class ColourDistanceJudge(ColourRuleJudge):
+    """The rule judge: the image whose mean colour is nearer the named one wins (`distance_judgment`).
+    `answers` keeps every judgment it wrote (for the smoke test)."""
 
     name = "colour-distance"
     model = "colour-distance"
@@ -65,26 +60,10 @@ class ColourDistanceJudge:
     def __init__(self) -> None:
         self.answers: list[tuple[str, str]] = []  # (prompt, judgment text)
 
-    async def generate(self, requests: list[Request]) -> list[Generation]:
-        return [self._answer(r) for r in requests]
-
-    def _answer(self, request: Request) -> Generation:
-        if request.max_new_tokens == PROBE_TOKENS:  # the openai backend's structured-output probe
-            return Generation('{"ok": true}', "stop", True, Usage(10, 4), model=self.model)
-        parts = [p for m in request.messages if m.role == "user" for p in m.parts]
-        images = [p.image for p in parts if isinstance(p, ImagePart)]
-        text = " ".join(p.text for p in parts if isinstance(p, TextPart))
-        named = set(_NAMED.findall(text))
-        if len(images) != 2 or len(named) != 1:  # not a colour pair: an unreadable answer, never a guess
-            return Generation("{}", "stop", True, Usage(10, 1), model=self.model)
-        colour = named.pop()
-        prompt = next(ln for ln in text.splitlines() if _NAMED.search(ln)).removeprefix("Prompt:").strip()
-        answer = distance_judgment(prompt, colour, (mean_colour(images[0]), mean_colour(images[1])))
+    def judgment(self, prompt: str, named: str, images: tuple[Any, Any]) -> str:
+        answer = distance_judgment(prompt, named, (mean_colour(images[0]), mean_colour(images[1])))
         self.answers.append((prompt, answer))
-        return Generation(answer, "stop", True, Usage(100, len(answer) // 4), model=self.model)
-
-    async def aclose(self) -> None:
-        return None
+        return answer
 
 
 def serve_colour_judge(port: int) -> None:

@@ -14,7 +14,7 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -136,9 +136,41 @@ def flex_judgment(
     return json.dumps(answer, separators=(",", ":"))
 
 
-class ColourTeacher:
-    """A rule-based stand-in model (a `Backend`) that judges the colour task from the request alone: the
-    images' pixels and the prompt's text, as a served model sees them."""
+class ColourRuleJudge:
+    """A rule-based stand-in model (a `Backend`) for the colour task: it judges from the request alone (the
+    images' pixels and the prompt's text, as a served model sees them); `judgment` writes the answer. A
+    request that is not a colour pair (not two images, not exactly one colour named) gets an unreadable
+    answer, never a guess; the openai backend's structured-output probe gets what passes it."""
+
+    name = "colour-rule"
+    model = "colour-rule"
+
+    async def generate(self, requests: list[Request]) -> list[Generation]:
+        return [self._answer(r) for r in requests]
+
+    def _answer(self, request: Request) -> Generation:
+        if request.max_new_tokens == PROBE_TOKENS:
+            return Generation('{"ok": true}', "stop", True, Usage(10, 4), model=self.model)
+        parts = [p for m in request.messages if m.role == "user" for p in m.parts]
+        images = [p.image for p in parts if isinstance(p, ImagePart)]
+        text = " ".join(p.text for p in parts if isinstance(p, TextPart))
+        named = set(_NAMED.findall(text))
+        if len(images) != 2 or len(named) != 1:
+            return Generation("{}", "stop", True, Usage(10, 1), model=self.model)
+        prompt = next(ln for ln in text.splitlines() if _NAMED.search(ln)).removeprefix("Prompt:").strip()
+        answer = self.judgment(prompt, named.pop(), (images[0], images[1]))
+        return Generation(answer, "stop", True, Usage(100, len(answer) // 4), model=self.model)
+
+    def judgment(self, prompt: str, named: str, images: tuple[Any, Any]) -> str:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ColourTeacher(ColourRuleJudge):
+    """The colour task's teacher: each image's colour read from its pixels (`colour_of`), the judgment
+    `colour_judgment` in evidence `style`."""
 
     name = "colour-teacher"
     model = "colour-teacher"
@@ -146,26 +178,8 @@ class ColourTeacher:
     def __init__(self, style: TraceStyle = "pairs") -> None:
         self.style: TraceStyle = style
 
-    async def generate(self, requests: list[Request]) -> list[Generation]:
-        return [self._answer(r) for r in requests]
-
-    def _answer(self, request: Request) -> Generation:
-        if request.max_new_tokens == PROBE_TOKENS:  # the openai backend's structured-output probe
-            return Generation('{"ok": true}', "stop", True, Usage(10, 4), model=self.model)
-        parts = [p for m in request.messages if m.role == "user" for p in m.parts]
-        images = [p.image for p in parts if isinstance(p, ImagePart)]
-        text = " ".join(p.text for p in parts if isinstance(p, TextPart))
-        found = _NAMED.findall(text)
-        if len(images) != 2 or len(set(found)) != 1:  # not a colour-task request: refuse to guess
-            return Generation("{}", "stop", True, Usage(10, 1), model=self.model)
-        named = found[0]
-        prompt = next(line for line in text.splitlines() if named in line).removeprefix("Prompt:").strip()
-        shown = (colour_of(images[0]), colour_of(images[1]))
-        answer = colour_judgment(prompt, shown, named, self.style)
-        return Generation(answer, "stop", True, Usage(100, len(answer) // 4), model=self.model)
-
-    async def aclose(self) -> None:
-        return None
+    def judgment(self, prompt: str, named: str, images: tuple[Any, Any]) -> str:
+        return colour_judgment(prompt, (colour_of(images[0]), colour_of(images[1])), named, self.style)
 
 
 def serve_teacher(port: int, style: TraceStyle = "pairs") -> None:
