@@ -19,28 +19,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flexjudge import __version__
-from flexjudge.backends._retry import retryable_status
+from flexjudge.backends._retry import HttpStatus, retryable_status
 from flexjudge.errors import BackendError
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-__all__ = ["DirectPost", "HttpStatus"]
+__all__ = ["DirectPost"]
 
 _MESSAGE_CHARS = 500  # of a non-JSON error body, in the error's message
-
-
-class HttpStatus(Exception):
-    """An HTTP error status, as the `original` of its `BackendError`; `headers` (case-insensitive: aiohttp's
-    or httpx's) carry `Retry-After`."""
-
-    def __init__(self, status: int, headers: Mapping[str, str]) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.headers = headers
 
 
 class DirectPost:

@@ -8,7 +8,7 @@ while building the body, say) is a bug, never a server error to retry.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -37,6 +37,16 @@ __all__ = [
     "retryable_status",
     "retrying",
 ]
+
+
+class HttpStatus(Exception):
+    """An HTTP error status, as the `original` of its `BackendError`; `headers` (case-insensitive: aiohttp's
+    or httpx's) carry `Retry-After`."""
+
+    def __init__(self, status: int, headers: Mapping[str, str]) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.headers = headers
 
 
 async def complete(
@@ -174,7 +184,7 @@ def _wait(backoff_s: float) -> Callable[[RetryCallState], float]:
 
 def _retry_after(exc: BaseException | None) -> float | None:
     """The wait a server asked for (`retry-after-ms` or `Retry-After` in seconds), capped. The headers are
-    the client's error's (`exc.response.headers`) or `_direct.HttpStatus`'s (`exc.headers`)."""
+    the client's error's (`exc.response.headers`) or `HttpStatus`'s (`exc.headers`)."""
     headers = getattr(exc, "headers", None) or getattr(getattr(exc, "response", None), "headers", None)
     if headers is None:
         return None

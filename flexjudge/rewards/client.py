@@ -23,8 +23,7 @@ from typing import Any, TypeVar
 
 from flexjudge._preflight import Candidate
 from flexjudge._sync import LoopThread
-from flexjudge.backends._direct import HttpStatus
-from flexjudge.backends._retry import retryable_status, retrying
+from flexjudge.backends._retry import HttpStatus, retryable_status, retrying
 from flexjudge.errors import BackendError, FlexjudgeError, UsageError
 from flexjudge.rewards._formula import GroupRewards, Outcome
 from flexjudge.rewards._group import GroupResult, JudgedPair, OnFailure, PairFailure, SwapMode
