@@ -21,7 +21,7 @@ up to `--concurrency` requests wait once, as a batching model server does).
 - memory: in a fresh process per size, `--memory` rows (all naming the same two small images) distilled
   with no latency; peak RSS (`resource.getrusage`) per size, and within the run after every tenth of
   its rows, shows whether memory grows with the rows. The server there is a canned chat endpoint in
-  plain asyncio (`_light_serve`): only the client's memory is measured, and on a shared machine
+  plain asyncio (`openai_overhead.light_serve`): only the client's memory is measured, and on a shared machine
   `flexjudge serve`'s CPU a request would make 100,000 rows take an hour.
 
     python benchmarks/distill_throughput.py --rows 512 --concurrency 64 --latency 0.05 \
@@ -42,10 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from _machine import machine
-from openai_overhead import CANNED, _serve, bare_judgment, report, spawn_server
+from openai_overhead import _serve, bare_judgment, light_serve, report, spawn_server
 from PIL import Image
 
-from flexjudge.backends._probe import PROBE_TOKENS
 from flexjudge.constraints import pair_constraint
 from flexjudge.evaluation.data import load_examples
 from flexjudge.media import to_data_url
@@ -114,54 +113,6 @@ async def distilled(url: str, data: Path, out: Path, concurrency: int) -> float:
     elapsed = time.perf_counter() - started
     assert totals.failed == 0 and totals.unfinished == 0, totals.as_dict()
     return elapsed
-
-
-def _light_serve(port: int) -> None:
-    """A canned OpenAI-compatible chat endpoint (HTTP/1.1 keep-alive, plain asyncio): every request gets
-    the canned flex judgment at once (the capability probe its `{"ok": true}`), with usage."""
-
-    def answer(content: str) -> bytes:
-        body = json.dumps(
-            {
-                "id": "c",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "canned",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 800, "total_tokens": 900},
-            }
-        ).encode()
-        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-        return head.encode() + body
-
-    answers = {True: answer('{"ok": true}'), False: answer(CANNED)}
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = json.loads(await reader.readexactly(length)) if length else {}
-                writer.write(answers[body.get("max_tokens") == PROBE_TOKENS])
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, limit=1 << 24)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
 
 
 def _rss_mib() -> float:
@@ -259,7 +210,7 @@ def main() -> None:
             f"latency, best of {args.repeat}"
         )
     if args.memory:
-        server, port = spawn_server(_light_serve)
+        server, port = spawn_server(light_serve)
         try:
             table += ["", "| rows | peak RSS (MiB) | after each tenth of the rows (MiB) | rows/s |"]
             table.append("|---:|---:|---|---:|")

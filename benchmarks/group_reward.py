@@ -2,9 +2,13 @@
 """One group's reward against a judge server with a fixed latency: how close to the ideal, and to a bare
 client making the same calls.
 
-The server (a bare ASGI app in its own process) reads each request, waits a fixed latency (default
-50 ms) and answers one valid flex judgment: a stand-in for a model server, doing nothing else (it decodes
-no image), so that scheduling and client cost show. A group of G = 9 images is 36 pairs (72 with swap).
+The server (in its own process) reads each request, waits a fixed latency (default 50 ms) and answers one
+valid flex judgment: a stand-in for a model server, doing nothing else (it decodes no image), so that
+scheduling and client cost show. `--server light` (the default) is plain asyncio
+(`openai_overhead.light_serve`); `--server uvicorn` a bare ASGI app under uvicorn, whose 0.8-1.4 ms of CPU
+a request, on the two cores the client shares, adds several ms to every round of 8 requests answered
+together: more than the client's own cost, and no part of the fixed latency a model server on its own
+machine would show. A group of G = 9 images is 36 pairs (72 with swap).
 
 - ideal: ceil(calls / concurrency) x latency, the best any client can do at that concurrency;
 - bare: the `openai` client making the same calls (images encoded once, `json.loads` of each answer);
@@ -18,7 +22,7 @@ of them); the table keeps each one's best. CPU is `time.process_time` of the cli
 server's own CPU per call (from /proc), best repeat: on 2 cores the client and the server share, the
 sum bounds how close to the ideal any client gets.
 
-    python benchmarks/group_reward.py [--latency-ms 50] [--repeat 5] [--record]
+    python benchmarks/group_reward.py [--latency-ms 50] [--repeat 5] [--server light|uvicorn] [--record]
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine
-from openai_overhead import CANNED, bare_judgment, report, spawn_server
+from openai_overhead import CANNED, bare_judgment, light_serve, report, spawn_server
 
 import flexjudge
 from flexjudge.constraints import pair_constraint
@@ -233,10 +237,11 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=50.0)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--transport", choices=["auto", "aiohttp", "httpx"], default="auto")
+    ap.add_argument("--server", choices=["light", "uvicorn"], default="light")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     latency = args.latency_ms / 1000
-    server, port = spawn_server(serve_with_latency, latency)
+    server, port = spawn_server(light_serve if args.server == "light" else serve_with_latency, latency)
     url = f"http://127.0.0.1:{port}/v1"
     images = _images()
     pairs = G * (G - 1) // 2
@@ -268,7 +273,8 @@ def main() -> None:
     ]
     setup = (
         f"{machine()}; G = {G}, 256x256 images, latency {args.latency_ms:.0f} ms, best of {args.repeat} "
-        f"interleaved, flexjudge transport {args.transport}, load average {os.getloadavg()[0]:.1f}"
+        f"interleaved, flexjudge transport {args.transport}, {args.server} server, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     report("group_reward", setup, table, args.record)
 

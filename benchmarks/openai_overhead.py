@@ -102,6 +102,58 @@ def spawn_server(target: Any, *args: Any) -> tuple[multiprocessing.process.BaseP
     return server, port
 
 
+def light_serve(port: int, latency_s: float = 0.0) -> None:
+    """A canned OpenAI-compatible chat endpoint (HTTP/1.1 keep-alive, plain asyncio): every request gets
+    the canned flex judgment (the capability probe its `{"ok": true}`), with usage, after `latency_s`.
+    A tenth of uvicorn's CPU a request or less: on a machine the client shares, the latency it adds is
+    the one asked for, not its own parsing."""
+
+    def answer(content: str) -> bytes:
+        body = json.dumps(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "canned",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 800, "total_tokens": 900},
+            }
+        ).encode()
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        return head.encode() + body
+
+    answers = {True: answer('{"ok": true}'), False: answer(CANNED)}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = json.loads(await reader.readexactly(length)) if length else {}
+                if latency_s:
+                    await asyncio.sleep(latency_s)
+                writer.write(answers[body.get("max_tokens") == PROBE_TOKENS])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, limit=1 << 24)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
 def report(name: str, setup: str, table: list[str], record: bool) -> None:
     """Print the table under its setup line; with `record`, append it to benchmarks/RESULTS.md."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from flexjudge.anchors import Modality
 from flexjudge.errors import UsageError
@@ -21,13 +22,52 @@ Candidate = Any
 """A path, PIL image, encoded bytes, numpy array, or (a video) a list of frames."""
 Frames = list["PILImage"]
 
-__all__ = ["Candidate", "Frames", "check_call", "check_settings", "load_candidates"]
+__all__ = [
+    "Candidate",
+    "Frames",
+    "check_call",
+    "check_settings",
+    "load_candidates",
+    "start_loading",
+    "stop_loading",
+]
 
 
 async def load_candidates(
-    candidates: Sequence[Candidate], modality: Modality | None, frames: int, limits: Limits | None
+    candidates: Sequence[Candidate],
+    modality: Modality | None,
+    frames: int,
+    limits: Limits | None,
+    prepare: Callable[[PILImage], object] | None = None,
 ) -> tuple[list[Frames], Modality]:
-    """Decode and size-check candidates in worker threads; they must all be images or all videos."""
+    """Decode and size-check candidates in worker threads; they must all be images or all videos.
+    `prepare` (a backend's `prepare_image`) runs on each loaded image in the thread that loaded it. The
+    first candidate, in order, that cannot be loaded raises its `MediaError` once every load has ended."""
+    loading, modality = start_loading(candidates, modality, frames, limits, prepare)
+    loaded = await asyncio.gather(*loading, return_exceptions=True)
+    for result in loaded:
+        if isinstance(result, BaseException):
+            raise result
+    return cast(list[Frames], loaded), modality
+
+
+_LOADS_AT_ONCE = max(
+    2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+)
+"""Candidates decoded at once, one per core: decoding and encoding are CPU work (Pillow lets go of the
+GIL), so more at once only finishes every candidate later, where in turn the first are ready first."""
+
+
+def start_loading(
+    candidates: Sequence[Candidate],
+    modality: Modality | None,
+    frames: int,
+    limits: Limits | None,
+    prepare: Callable[[PILImage], object] | None = None,
+) -> tuple[list[asyncio.Task[Frames]], Modality]:
+    """`load_candidates` without waiting for it: one task per candidate, in order, so that work on the
+    first candidates can start while the others load. The caller awaits every task, or cancels it
+    (`stop_loading`). Mixed modalities raise here, before anything loads."""
     from flexjudge import media
 
     bounds = limits or media.DEFAULT_LIMITS
@@ -38,16 +78,31 @@ async def load_candidates(
         modality = kinds.pop()
     elif modality not in ("image", "video"):
         raise UsageError(f"modality must be 'image' or 'video', not {modality!r}")
-    loaded = await asyncio.gather(
-        *(
-            asyncio.to_thread(media.load_candidate, c, modality=modality, frames=frames, limits=bounds)
-            for c in candidates
-        )
-    )
-    for images in loaded:
+    chosen = modality
+
+    def load(candidate: Candidate) -> Frames:
+        images = media.load_candidate(candidate, modality=chosen, frames=frames, limits=bounds)
         for image in images:
             media.mark_loaded(image)  # hashed once for this call's requests, not once per pair
-    return list(loaded), modality
+            if prepare is not None:
+                prepare(image)
+        return images
+
+    gate = asyncio.Semaphore(_LOADS_AT_ONCE)
+
+    async def load_in_turn(candidate: Candidate) -> Frames:
+        async with gate:  # first come, first loaded: a pair's two candidates are ready early
+            return await asyncio.to_thread(load, candidate)
+
+    return [asyncio.create_task(load_in_turn(c)) for c in candidates], modality
+
+
+async def stop_loading(loading: Sequence[asyncio.Task[Frames]]) -> None:
+    """Cancel the loads still running (their threads finish on their own) and collect every outcome, so no
+    failure is left unretrieved."""
+    for task in loading:
+        task.cancel()
+    await asyncio.gather(*loading, return_exceptions=True)
 
 
 def check_call(

@@ -18,7 +18,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
 
-from flexjudge._preflight import Candidate, Frames, check_call, check_settings, load_candidates
+from flexjudge._preflight import (
+    Candidate,
+    Frames,
+    check_call,
+    check_settings,
+    load_candidates,
+    start_loading,
+)
 from flexjudge._sync import LoopThread, run_sync
 from flexjudge.anchors import Modality
 from flexjudge.backends.auto import make_backend
@@ -52,6 +59,8 @@ from flexjudge.schema import Judgment, PointScale, PointwiseJudgment, Sampling, 
 from flexjudge.swap import merge_swapped, unswap
 
 if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
     from flexjudge.media import Limits
 
 DEFAULT_MODEL = "CodeGoat24/UnifiedReward-Flex-qwen3vl-8b"
@@ -280,7 +289,19 @@ class Judge:
         self, candidates: Sequence[Candidate], modality: Modality | None
     ) -> tuple[list[Frames], Modality]:
         """Decode and size-check the candidates (off the event loop); one modality for all of them."""
-        return await load_candidates(candidates, modality, self.frames_per_video, self.limits)
+        return await load_candidates(candidates, modality, self.frames_per_video, self.limits, self._prepare)
+
+    def start_loading(
+        self, candidates: Sequence[Candidate], modality: Modality | None
+    ) -> tuple[list[asyncio.Task[Frames]], Modality]:
+        """`load` without waiting: one task per candidate (see `_preflight.start_loading`)."""
+        return start_loading(candidates, modality, self.frames_per_video, self.limits, self._prepare)
+
+    @property
+    def _prepare(self) -> Callable[[PILImage], object] | None:
+        """The backend's per-image preparation, run where each image loads (`Backend`'s docstring)."""
+        prepare: Callable[[PILImage], object] | None = getattr(self.backend, "prepare_image", None)
+        return prepare
 
     async def judge_loaded(
         self, prompt: str, media: list[Frames], modality: Modality, call: Call

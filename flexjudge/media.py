@@ -201,7 +201,10 @@ def to_data_url(image: PILImage, *, format: Literal["PNG", "JPEG"] | None = None
         rgb = image if image.mode in ("RGB", "L") else _to_rgb(image, "<image>")
         rgb.save(buffer, format="JPEG", quality=quality)
         return f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-    image.save(buffer, format="PNG")
+    # zlib level 1: 2-7x faster than Pillow's default 6 on photographs (26 against 175 ms for a 512x512
+    # one here) for 10-20% more bytes, the trade OpenCV makes by default; a reward group encodes G images
+    # on the request path, where encoding costs more than the bytes do on a local network.
+    image.save(buffer, format="PNG", compress_level=1)
     return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 

@@ -12,6 +12,7 @@ the failure accounting to a known truth, which no real model offers.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from pathlib import Path
@@ -47,20 +48,29 @@ def judgment_text(winner: int, overall: int | None = None) -> str:
     return json.dumps(doc)
 
 
+_NO_JUDGMENT = "I cannot decide."
+
+
 class SimulatedJudge:
     """See the module docstring. `calls` counts the pairs it was asked to judge."""
 
     name = "simulated"
     model = "simulated-judge"
 
-    def __init__(self, *, first_bias: int = 0, broken: set[frozenset[int]] | None = None) -> None:
+    def __init__(
+        self, *, first_bias: int = 0, broken: set[frozenset[int]] | None = None, latency_s: float = 0.0
+    ) -> None:
         self.first_bias = first_bias
         self.broken = broken or set()
+        self.latency_s = latency_s  # judgments come after this long, as from a served model
         self.calls = 0
         self.shown: list[tuple[int, int]] = []
 
     async def generate(self, requests: list[Request]) -> list[Generation]:
-        return [self._one(r) for r in requests]
+        answers = [self._one(r) for r in requests]
+        if self.latency_s and any(a.text != _NO_JUDGMENT for a in answers):
+            await asyncio.sleep(self.latency_s)  # a broken pair's non-answer comes at once
+        return answers
 
     def _one(self, request: Request) -> Generation:
         images = [p.image for m in request.messages for p in m.parts if isinstance(p, ImagePart)]
@@ -68,7 +78,7 @@ class SimulatedJudge:
         self.calls += 1
         self.shown.append((one, two))
         if frozenset((one, two)) in self.broken:
-            return Generation(text="I cannot decide.", finish_reason="stop", constrained=False)
+            return Generation(text=_NO_JUDGMENT, finish_reason="stop", constrained=False)
         better = 1 if one > two else 2
         overall = 1 if abs(one - two) <= self.first_bias else better
         return Generation(text=judgment_text(better, overall), finish_reason="stop", constrained=False)

@@ -369,3 +369,17 @@ def test_chat_template_options_go_to_servers_that_take_them_but_not_to_openai() 
     }
     for url in ("https://api.openai.com/v1", "https://me.openai.azure.com/openai"):
         assert OpenAIBackend(url, model="m", api_key="k")._template_fields(request) == {}
+
+
+def test_each_images_data_url_is_built_where_it_loads() -> None:
+    """The backend's `prepare_image` runs in the loader's worker threads: once a call's candidates have
+    loaded, every image's data URL is ready, so no request waits on a thread to encode one. No server is
+    reached: loading is all this call does."""
+    from flexjudge.backends.openai import _DATA_URLS
+
+    images = [Image.new("RGB", (16, 16), (k, 90, 17)) for k in (3, 5, 3)]  # the first and last alike
+    encodings = _DATA_URLS.encodings
+    with Judge("m", backend="openai", base_url="http://127.0.0.1:9/v1") as judge:
+        loaded, modality = asyncio.run(judge.load(images, None))
+    assert modality == "image" and _DATA_URLS.encodings - encodings == 2  # by content: once each
+    assert all(_DATA_URLS.ready(frames[0]) is not None for frames in loaded)

@@ -7,14 +7,25 @@ truth; the same calls then run through the real server on 127.0.0.1 with injecte
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import random
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
+from PIL import Image
 
-from flexjudge import Judge, ParseError, UsageError
-from flexjudge.rewards import Outcome, RandomGraph, RoundRobin, Swiss, agroup_rewards, group_rewards
+from flexjudge import Judge, MediaError, ParseError, UsageError
+from flexjudge.rewards import (
+    GroupResult,
+    Outcome,
+    RandomGraph,
+    RoundRobin,
+    Swiss,
+    agroup_rewards,
+    group_rewards,
+)
 from flexjudge.rewards.schedules import Active, Posterior
 from tests.simulated import SimulatedJudge, candidate
 
@@ -166,3 +177,98 @@ def test_a_group_call_that_cannot_be_judged_is_refused_before_anything_loads(jud
         group_rewards("  ", [candidate(1), candidate(2)], judge)
     with pytest.raises(UsageError, match="on_failure"):
         group_rewards("a red fox", [candidate(1), candidate(2)], judge, on_failure="guess")  # type: ignore[arg-type]
+
+
+class _LateFile(io.BytesIO):
+    """An image file whose pixel data arrives late, as from a slow disk: once `arm`ed (after the header
+    has been read), every read waits for `arrived`."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.armed = False
+        self.arrived = threading.Event()
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self.armed and not self.arrived.wait(timeout=60):
+            raise TimeoutError("the test never let the pixels arrive")
+        return super().read(size)
+
+
+def _late_image(quality: int, *, corrupt: bool = False) -> tuple[Image.Image, _LateFile]:
+    """A lazily opened PNG of true quality `quality` whose pixels wait for `file.arrived`; `corrupt` breaks
+    its pixel data, so that decoding fails once it arrives."""
+    buffer = io.BytesIO()
+    candidate(quality).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    if corrupt:
+        start = data.index(b"IDAT") + 4
+        data[start : start + 16] = bytes(16)  # the deflate stream's first bytes: no longer a stream
+    file = _LateFile(bytes(data))
+    image = Image.open(file)  # reads the header only
+    file.armed = True
+    return image, file
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(6000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held within 60 s")
+
+
+def test_a_pair_is_judged_as_soon_as_its_two_candidates_have_loaded() -> None:
+    """The third candidate's pixels are late: the pair of the first two is judged before they arrive (it
+    would wait for them if the group loaded every candidate first), and the group completes after."""
+    sim = SimulatedJudge()
+    late, file = _late_image(40)
+
+    async def scenario() -> GroupResult:
+        with Judge("simulated", backend=sim) as judge:
+            group = asyncio.create_task(
+                agroup_rewards("a red fox", [candidate(120), candidate(200), late], judge)
+            )
+            await _until(lambda: sim.calls > 0)
+            assert sim.shown == [(120, 200)] and not group.done()
+            file.arrived.set()
+            return await group
+
+    result = asyncio.run(scenario())
+    assert sim.calls == 3 and result.failures == [] and result.rewards.overall == [0.5, 1.0, 0.0]
+
+
+def test_a_candidate_that_cannot_load_stops_the_group_and_its_requests() -> None:
+    """The late candidate turns out corrupt while the first pair is with the (slow) judge: the group
+    raises its MediaError, and the pair's request is cancelled, not left running behind the caller."""
+    sim = SimulatedJudge(latency_s=60)
+    late, file = _late_image(40, corrupt=True)
+
+    async def scenario() -> None:
+        with Judge("simulated", backend=sim) as judge:
+            group = asyncio.create_task(
+                agroup_rewards("a red fox", [candidate(120), candidate(200), late], judge)
+            )
+            await _until(lambda: sim.calls > 0)
+            file.arrived.set()
+            with pytest.raises(MediaError, match="decoded"):
+                await group
+            assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing left judging
+
+    asyncio.run(scenario())
+
+
+def test_on_failure_raise_cancels_the_rest_of_the_round() -> None:
+    """With on_failure="raise" the first failed pair stops the group: the round's slower pairs are
+    cancelled with it, not left running behind the caller."""
+    sim = SimulatedJudge(broken={frozenset((200, 40))}, latency_s=60)  # the last pair fails, at once
+
+    async def scenario() -> None:
+        with Judge("simulated", backend=sim) as judge:
+            group = agroup_rewards(
+                "a red fox", [candidate(120), candidate(200), candidate(40)], judge, on_failure="raise"
+            )
+            with pytest.raises(ParseError):
+                await group
+            assert sim.calls == 3 and asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(scenario())

@@ -174,7 +174,11 @@ class Generation:
 
 
 class Backend(Protocol):
-    """Runs a model. `generate` takes a batch and returns one `Generation` per request, in order."""
+    """Runs a model. `generate` takes a batch and returns one `Generation` per request, in order.
+
+    A backend that does work per image before sending it may also offer `prepare_image(image) -> None`
+    (the `openai` backend builds the image's data URL there): the judge calls it in the worker thread that
+    loaded the image, so a call's images are prepared in parallel, once, before its requests fan out."""
 
     name: str
     model: str

@@ -232,6 +232,10 @@ class OpenAIBackend:
             generation.engine, generation.enforced = "server", enforced
         return generation
 
+    def prepare_image(self, image: PILImage) -> None:
+        """Build the image's data URL (in the loader's worker thread): the requests then find it ready."""
+        _DATA_URLS.get(image)
+
     def _tail(self, request: Request, fields: dict[str, Any]) -> Tail:
         """The body's fields that are the same on every request with this constraint and these template
         options (the model, the constraint, the options), encoded once: the schema is most of a request."""

@@ -1,20 +1,24 @@
 """`group_rewards`: judge a group's scheduled pairs through one `Judge`, count every failure, reward.
 
-Each candidate's media is decoded once for the whole group (`Judge.load`), and a served backend encodes
-each image once (its data-URL memo), so the 36 pairs of G = 9 cost nine decodes, not 72. Pairs of a round
-are judged concurrently: a local model batches them, a server gets up to `max_concurrency` at once.
+Each candidate's media is decoded once for the whole group, and a served backend encodes each image once
+(its data-URL memo, filled where the image loads), so the 36 pairs of G = 9 cost nine decodes, not 72.
+Candidates load in parallel and a pair is judged as soon as its two have loaded, so the first requests
+are out while later images still encode (for 1024x1024 photographs, 0.1 s each). Pairs of a round are
+judged concurrently: a local model batches them, a server gets up to `max_concurrency` at once. A
+candidate that cannot be loaded stops the group with its `MediaError`, and a pair failing under
+`on_failure="raise"` with its error: either way the round's other requests are cancelled, not left running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from flexjudge._preflight import Candidate as Media
-from flexjudge._preflight import Frames, check_call
+from flexjudge._preflight import Frames, check_call, stop_loading
 from flexjudge.anchors import Modality
 from flexjudge.errors import FlexjudgeError, UsageError
 from flexjudge.judging import Judge
@@ -33,6 +37,8 @@ __all__ = [
     "agroup_rewards",
     "group_rewards",
 ]
+
+T = TypeVar("T")
 
 OnFailure = Literal["drop", "tie", "raise"]
 """What a failed pair counts as: `drop` nothing; `tie` 0.5 overall to each side and no dimensions (the
@@ -106,28 +112,34 @@ async def agroup_rewards(
         raise UsageError(f"swap must be False, True or 'both', got {swap!r}")
     check_call("group_rewards", prompt, candidates, 2, None)  # the checks every verb makes
     call = Call(preferences=Preferences.coerce(preferences), swap=swap is True, seed=seed, modality=modality)
-    media, loaded_modality = await judge.load(candidates, modality)
+    loading, loaded_modality = judge.start_loading(candidates, modality)
     rng = random.Random(seed)
     outcomes: list[Outcome] = []
     judged: list[JudgedPair] = []
     failures: list[PairFailure] = []
-    while pairs := schedule.next_pairs(len(media), outcomes, rng):
-        shown = [(i, j) for i, j in pairs] + ([(j, i) for i, j in pairs] if swap == "both" else [])
-        results = await asyncio.gather(
-            *(_judge_one(judge, prompt, media, a, b, loaded_modality, call, on_failure) for a, b in shown)
-        )
-        for (a, b), result in zip(shown, results, strict=True):
-            if isinstance(result, FlexjudgeError):
-                failures.append(PairFailure(a, b, result))
-                if on_failure == "tie":
-                    outcomes.append((min(a, b), max(a, b), None, ()))
-            else:
-                judged.append(JudgedPair(a, b, result))
-                outcomes.append(outcome_of(result, a, b))
-        if not any(isinstance(r, Judgment) for r in results) and on_failure == "drop":
-            break  # nothing new to schedule on: an adaptive schedule would ask the same pairs again
+    try:
+        while pairs := schedule.next_pairs(len(loading), outcomes, rng):
+            shown = [(i, j) for i, j in pairs] + ([(j, i) for i, j in pairs] if swap == "both" else [])
+            results = await _judge_round(
+                [
+                    _judge_one(judge, prompt, loading, a, b, loaded_modality, call, on_failure)
+                    for a, b in shown
+                ],
+            )
+            for (a, b), result in zip(shown, results, strict=True):
+                if isinstance(result, FlexjudgeError):
+                    failures.append(PairFailure(a, b, result))
+                    if on_failure == "tie":
+                        outcomes.append((min(a, b), max(a, b), None, ()))
+                else:
+                    judged.append(JudgedPair(a, b, result))
+                    outcomes.append(outcome_of(result, a, b))
+            if not any(isinstance(r, Judgment) for r in results) and on_failure == "drop":
+                break  # nothing new to schedule on: an adaptive schedule would ask the same pairs again
+    finally:
+        await stop_loading(loading)  # all done already, unless the group stopped early
     rewards = from_outcomes(
-        len(media),
+        len(loading),
         outcomes,
         alpha=alpha,
         category_weights=category_weights,
@@ -168,18 +180,31 @@ def group_rewards(
     )
 
 
+async def _judge_round(pairs: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """The pairs' results, in order; the first exception cancels the others before it propagates."""
+    tasks = [asyncio.ensure_future(pair) for pair in pairs]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 async def _judge_one(
     judge: Judge,
     prompt: str,
-    media: list[Frames],
+    loading: list[asyncio.Task[Frames]],
     first: int,
     second: int,
     modality: Modality,
     call: Call,
     on_failure: OnFailure,
 ) -> Judgment | FlexjudgeError:
+    media = [await loading[first], await loading[second]]  # a candidate that cannot load stops the group
     try:
-        return await judge.judge_loaded(prompt, [media[first], media[second]], modality, call)
+        return await judge.judge_loaded(prompt, media, modality, call)
     except FlexjudgeError as error:
         if on_failure == "raise":
             raise
