@@ -102,6 +102,9 @@ def spawn_server(target: Any, *args: Any) -> tuple[multiprocessing.process.BaseP
     return server, port
 
 
+_PROBE_BODY_MAX = 1 << 16
+
+
 def light_serve(port: int, latency_s: float = 0.0) -> None:
     """A canned OpenAI-compatible chat endpoint (HTTP/1.1 keep-alive, plain asyncio): every request gets
     the canned flex judgment (the capability probe its `{"ok": true}`), with usage, after `latency_s`.
@@ -138,7 +141,10 @@ def light_serve(port: int, latency_s: float = 0.0) -> None:
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":", 1)[1])
-                body = json.loads(await reader.readexactly(length)) if length else {}
+                raw = await reader.readexactly(length)
+                # Only a small body can be the probe: a judgment's images are not parsed (on a machine
+                # the client shares, parsing megabytes of data URLs would be the server's cost, not its).
+                body = json.loads(raw) if 0 < length < _PROBE_BODY_MAX else {}
                 if latency_s:
                     await asyncio.sleep(latency_s)
                 writer.write(answers[body.get("max_tokens") == PROBE_TOKENS])

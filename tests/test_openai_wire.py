@@ -21,11 +21,12 @@ import pytest
 from openai import AsyncOpenAI
 from openai._utils._json import openapi_dumps
 
+from flexjudge.backends import openai_wire
 from flexjudge.backends._probe import PROBE_TOKENS
 from flexjudge.backends._retry import complete, json_fields
 from flexjudge.backends.base import Constraint, ImagePart, Message, Request, TextPart, TokenLogprob, Usage
 from flexjudge.backends.openai import OpenAIBackend
-from flexjudge.backends.openai_wire import Tail, encode, read
+from flexjudge.backends.openai_wire import Encoded, Tail, encode, plain, read
 from flexjudge.constraints import pair_constraint
 from flexjudge.errors import BackendError, UsageError
 from flexjudge.prompting import PromptSpec, render_prompt
@@ -170,6 +171,45 @@ def test_the_splice_is_the_clients_own_encoding_byte_for_byte() -> None:
     assert encode(head, Tail.of({})) == openapi_dumps(head)
     with pytest.raises(ValueError):  # as the client's encoder: no NaN on the wire
         encode({**head, "temperature": float("nan")}, Tail.of(tail))
+
+
+def test_encoded_values_are_spliced_in_as_the_client_would_encode_them() -> None:
+    """Image URLs encoded once (`Encoded`) go into the body as their bytes: the body is still the client's
+    own encoding of the plain values, byte for byte, whatever the text around them holds."""
+    payload = json_fields(_body())
+    constant = ("model", "response_format", "chat_template_kwargs")
+    head = {k: v for k, v in payload.items() if k not in constant}
+    fields = {k: payload[k] for k in constant}
+    tail = Tail.of(fields)
+    urls = [_png_url(), "data:image/png;base64,QUJD", 'caf\u00e9 "quoted" \u2028 \u0000']
+    for message in head["messages"]:
+        message["content"] += [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+        message["content"].append({"type": "text", "text": "after the images \u00e9"})
+    spliced = {
+        **head,
+        "messages": [
+            {
+                **m,
+                "content": [
+                    {**c, "image_url": {"url": Encoded.of(c["image_url"]["url"])}} if "image_url" in c else c
+                    for c in m["content"]
+                ],
+            }
+            for m in head["messages"]
+        ],
+    }
+    assert plain(spliced) == head
+    assert encode(spliced, tail) == openapi_dumps({**head, **fields})
+    assert encode(spliced, Tail.of({})) == openapi_dumps(head)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode({"x": object()}, tail)
+
+
+def test_a_text_holding_the_splice_mark_is_still_encoded_right() -> None:
+    """The mark `encode` cuts at is random, so no caller writes it; one that did (here, reading it from the
+    module) still gets the right body, encoded the slow way."""
+    head = {"a": openai_wire._HOLE, "b": Encoded.of("data:image/png;base64,QUJD"), "c": [openai_wire._HOLE]}
+    assert encode(head, Tail.of({})) == openapi_dumps(plain(head))
 
 
 def _png() -> Any:

@@ -53,7 +53,7 @@ from flexjudge.backends._direct import DirectPost
 from flexjudge.backends._probe import PROBE_CONSTRAINT, PROBE_PROMPT, PROBE_TOKENS, probe, refused
 from flexjudge.backends._retry import client_post, complete, complete_raw, json_fields
 from flexjudge.backends.base import Constraint, Generation, ImagePart, Message, Request
-from flexjudge.backends.openai_wire import Answer, Tail, encode, read, read_data
+from flexjudge.backends.openai_wire import Answer, Encoded, Tail, encode, plain, read, read_data
 from flexjudge.errors import BackendError, ConstraintError, UsageError
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ class OpenAIBackend:
         fields, enforced = await self._constraint_fields(request)
         async with self._state().semaphore:
             if self.instructor_retries > 0 and request.response_model is not None:
-                body = {"model": self.model, **body, **self._template_fields(request)}
+                body = {"model": self.model, **plain(body), **self._template_fields(request)}
                 generation = await self._with_instructor(body, fields, request)
             else:
                 content = encode(body, self._tail(request, fields))
@@ -422,11 +422,11 @@ def _merged(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _messages(
-    messages: tuple[Message, ...], url_of: Callable[[PILImage], str | None] | None = None
+    messages: tuple[Message, ...], url_of: Callable[[PILImage], Encoded | None] | None = None
 ) -> list[dict[str, Any]] | None:
-    """The messages as the API takes them, images as data URLs from `url_of` (default: built as needed);
-    None as soon as `url_of` has none for an image (`_DataUrls.ready`: the caller then builds them off
-    the loop)."""
+    """The messages as the API takes them, images as data URLs from `url_of` (default: built as needed),
+    encoded already (`openai_wire.plain` decodes them for the client's own paths); None as soon as
+    `url_of` has none for an image (`_DataUrls.ready`: the caller then builds them off the loop)."""
     url_of = url_of or _DATA_URLS.get
     out = []
     for message in messages:
@@ -444,37 +444,42 @@ def _messages(
 
 
 class _DataUrls:
-    """Data URLs by pixel content, so an image is PNG-encoded once while it is in use: a group reward
-    sends each of G images in G - 1 pairs, often at the same moment, and encoding costs far more than
-    hashing the pixels (about 20x for a 1024x1024 photo). Keyed by content, not by object, so an image
-    changed in place is encoded afresh. A `BoundedCache` (64 entries, 256 M characters): threads asking
-    for an image being encoded wait for that encoding instead of starting their own."""
+    """Data URLs by pixel content, as JSON strings encoded once (`Encoded`), so an image is PNG-, base64-
+    and JSON-encoded once while it is in use: a group reward sends each of G images in G - 1 pairs,
+    often at the same moment, and encoding costs far more than hashing the pixels (about 20x for a
+    1024x1024 photo). Keyed by content, not by object, so an image changed in place is encoded afresh.
+    A `BoundedCache` (64 entries, 256 MB): threads asking for an image being encoded wait for that
+    encoding instead of starting their own."""
 
     def __init__(self) -> None:
         self.encodings = 0
         self._counting = threading.Lock()  # builds of different images run at once
-        self._urls: BoundedCache[str, str] = BoundedCache(64, max_weight=256 << 20)
+        self._urls: BoundedCache[str, Encoded] = BoundedCache(64, max_weight=256 << 20)
 
-    def get(self, image: PILImage) -> str:
+    def get(self, image: PILImage) -> Encoded:
         from flexjudge.media import call_digest
 
-        url, _ = self._urls.get_or_build(call_digest(image), lambda: self._encode(image), len)
+        url, _ = self._urls.get_or_build(call_digest(image), lambda: self._encode(image), _size)
         return url
 
-    def ready(self, image: PILImage) -> str | None:
+    def ready(self, image: PILImage) -> Encoded | None:
         """The URL when it costs nothing: the image's digest known for this call and its URL built."""
         from flexjudge.media import known_digest
 
         digest = known_digest(image)
         return self._urls.get(digest) if digest is not None else None
 
-    def _encode(self, image: PILImage) -> str:
+    def _encode(self, image: PILImage) -> Encoded:
         from flexjudge.media import to_data_url
 
-        url = to_data_url(image)
+        url = Encoded.of(to_data_url(image))
         with self._counting:
             self.encodings += 1
         return url
+
+
+def _size(url: Encoded) -> int:
+    return len(url.json)
 
 
 _DATA_URLS = _DataUrls()
