@@ -70,3 +70,11 @@ def test_schedules_benchmark_runs(tmp_path: Path) -> None:
         assert tau[judge, "Active(fraction=0.5)"] > tau[judge, "RandomGraph(k=7)"]
         assert {s for j, s in tau if j == judge} >= {"round robin", "round robin + swap", "pointwise"}
     assert "| 16 | err 25% | round robin | 120.0 |" in record.read_text(encoding="utf-8")
+
+
+@pytest.mark.slow  # two processes judging small groups against a spawned server: ~15 s
+def test_group_photos_benchmark_runs() -> None:
+    stdout = _run_benchmark(
+        "group_photos.py", ["--checkout", ".", "--repeat", "1", "--rounds", "1", "--size", "64"]
+    )
+    assert "| . |" in stdout and "| 1.00 |" in stdout
