@@ -27,6 +27,7 @@ __all__ = [
     "Frames",
     "check_call",
     "check_settings",
+    "finish_loading",
     "load_candidates",
     "start_loading",
     "stop_loading",
@@ -44,11 +45,17 @@ async def load_candidates(
     `prepare` (a backend's `prepare_image`) runs on each loaded image in the thread that loaded it. The
     first candidate, in order, that cannot be loaded raises its `MediaError` once every load has ended."""
     loading, modality = start_loading(candidates, modality, frames, limits, prepare)
+    return await finish_loading(loading), modality
+
+
+async def finish_loading(loading: Sequence[asyncio.Task[Frames]]) -> list[Frames]:
+    """Every candidate of `start_loading`, once all have loaded; the first, in order, that could not be
+    loaded raises its error."""
     loaded = await asyncio.gather(*loading, return_exceptions=True)
     for result in loaded:
         if isinstance(result, BaseException):
             raise result
-    return cast(list[Frames], loaded), modality
+    return cast(list[Frames], loaded)
 
 
 _LOADS_AT_ONCE = max(

@@ -194,16 +194,21 @@ class _LateFile(io.BytesIO):
         return super().read(size)
 
 
-def _late_image(quality: int, *, corrupt: bool = False) -> tuple[Image.Image, _LateFile]:
-    """A lazily opened PNG of true quality `quality` whose pixels wait for `file.arrived`; `corrupt` breaks
-    its pixel data, so that decoding fails once it arrives."""
+def _png(quality: int, *, corrupt: bool = False) -> bytes:
+    """A PNG file of true quality `quality`; `corrupt` keeps its header and breaks its pixel data."""
     buffer = io.BytesIO()
     candidate(quality).save(buffer, format="PNG")
     data = bytearray(buffer.getvalue())
     if corrupt:
         start = data.index(b"IDAT") + 4
         data[start : start + 16] = bytes(16)  # the deflate stream's first bytes: no longer a stream
-    file = _LateFile(bytes(data))
+    return bytes(data)
+
+
+def _late_image(quality: int, *, corrupt: bool = False) -> tuple[Image.Image, _LateFile]:
+    """A lazily opened PNG of true quality `quality` whose pixels wait for `file.arrived`; `corrupt` breaks
+    its pixel data, so that decoding fails once it arrives."""
+    file = _LateFile(_png(quality, corrupt=corrupt))
     image = Image.open(file)  # reads the header only
     file.armed = True
     return image, file
@@ -272,3 +277,30 @@ def test_on_failure_raise_cancels_the_rest_of_the_round() -> None:
             assert sim.calls == 3 and asyncio.all_tasks() == {asyncio.current_task()}
 
     asyncio.run(scenario())
+
+
+class _FirstPairOnly:
+    """A schedule that judges candidates 0 and 1 only, whatever the group."""
+
+    complete = False
+
+    def next_pairs(
+        self, num_candidates: int, outcomes: list[Outcome], rng: random.Random
+    ) -> list[tuple[int, int]]:
+        return [] if outcomes else [(0, 1)]
+
+
+def test_a_candidate_no_pair_shows_must_still_load(judge: Judge) -> None:
+    """Loading is the caller's contract for every candidate: one that cannot be decoded raises even when
+    the schedule never shows it (it is not quietly left unscored)."""
+    with pytest.raises(MediaError):
+        group_rewards(
+            "a red fox",
+            [candidate(120), candidate(200), _png(40, corrupt=True)],
+            judge,
+            schedule=_FirstPairOnly(),
+        )
+    result = group_rewards(
+        "a red fox", [candidate(120), candidate(200), candidate(40)], judge, schedule=_FirstPairOnly()
+    )
+    assert len(result.judgments) == 1 and result.rewards.unscored == [2]

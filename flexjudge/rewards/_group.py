@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from flexjudge._preflight import Candidate as Media
-from flexjudge._preflight import Frames, check_call, stop_loading
+from flexjudge._preflight import Frames, check_call, finish_loading, stop_loading
 from flexjudge.anchors import Modality
 from flexjudge.errors import FlexjudgeError, UsageError
 from flexjudge.judging import Judge
@@ -136,6 +136,7 @@ async def agroup_rewards(
                     outcomes.append(outcome_of(result, a, b))
             if not any(isinstance(r, Judgment) for r in results) and on_failure == "drop":
                 break  # nothing new to schedule on: an adaptive schedule would ask the same pairs again
+        await finish_loading(loading)  # a candidate no pair showed must load all the same
     finally:
         await stop_loading(loading)  # all done already, unless the group stopped early
     rewards = from_outcomes(
