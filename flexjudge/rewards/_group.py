@@ -120,7 +120,7 @@ async def agroup_rewards(
     try:
         while pairs := schedule.next_pairs(len(loading), outcomes, rng):
             shown = [(i, j) for i, j in pairs] + ([(j, i) for i, j in pairs] if swap == "both" else [])
-            results = await _judge_round(
+            results = await _gather_cancelling(
                 [
                     _judge_one(judge, prompt, loading, a, b, loaded_modality, call, on_failure)
                     for a, b in shown
@@ -181,9 +181,10 @@ def group_rewards(
     )
 
 
-async def _judge_round(pairs: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """The pairs' results, in order; the first exception cancels the others before it propagates."""
-    tasks = [asyncio.ensure_future(pair) for pair in pairs]
+async def _gather_cancelling(work: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """`asyncio.gather` of `work`, except that the first exception cancels the rest (and waits for them)
+    before it propagates: nothing is left running behind a caller that got an error."""
+    tasks = [asyncio.ensure_future(one) for one in work]
     try:
         return await asyncio.gather(*tasks)
     except BaseException:
