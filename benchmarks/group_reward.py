@@ -13,7 +13,10 @@ machine would show. A group of G = 9 images is 36 pairs (72 with swap).
 - ideal: ceil(calls / concurrency) x latency, the best any client can do at that concurrency;
 - bare: the `openai` client making the same calls (images encoded once, `json.loads` of each answer);
 - flexjudge: `flexjudge.rewards.agroup_rewards` with a `Judge(max_concurrency=c)`: media checks, prompt,
-  constraint, parse into typed judgments, outcomes, the reward formula;
+  constraint, parse into typed judgments, outcomes, the reward formula. The judge has judged one group
+  before the clock starts (its capability probe and c connections, as in a training loop's every step
+  after the first, and as the floor opens its connections first); the timed group's images are new, so
+  each is loaded, hashed and encoded inside the window;
 - floor: the least a Python client can do here: aiohttp posting bodies encoded before the clock starts
   and `json.loads` of each answer (no SDK, no retries, no checks): what the machine allows.
 
@@ -205,7 +208,9 @@ async def _flexjudge(
     judge = flexjudge.Judge(
         "canned", backend="openai", base_url=url, max_concurrency=concurrency, backend_options=options
     )
-    await agroup_rewards(PROMPT, images[:2], judge)  # the capability probe and connections, once
+    # The capability probe and `concurrency` connections, as the floor warms its own: a training loop
+    # reuses its judge, so every group after the first finds them open.
+    await agroup_rewards(PROMPT, images, judge, swap=swap)
     fresh = [im.copy() for im in images]  # new pixels objects, same content: the encode memo is by content
     for im, k in zip(fresh, range(G), strict=True):
         im.putpixel((0, 0), (k, k, k + 1))  # distinct from the warm-up's, so nothing is pre-encoded
