@@ -78,20 +78,26 @@ def colour_of(image: Image.Image) -> str:
     return min(COLOURS, key=lambda name: sum((m - v) ** 2 for m, v in zip(mean, COLOURS[name], strict=True)))
 
 
-TraceStyle = Literal["pairs", "marks", "words", "plain"]
-TRACE_STYLES: tuple[TraceStyle, ...] = ("pairs", "marks", "words", "plain")
+TraceStyle = Literal["match", "pairs", "marks", "words", "plain"]
+TRACE_STYLES: tuple[TraceStyle, ...] = ("match", "pairs", "marks", "words", "plain")
 
 
 def evidence(colour: str, named: str, style: TraceStyle) -> str:
-    """One image's evidence, at most 16 characters (the evals' string bound). `plain`: its colour word alone
-    (`"green"`, one token with its quotes to the task's tokenizer, unlike the prompt's ` green`). `words`:
-    "A green", the colour as the prompt's own token. `marks`: "A green yes" / "A yellow no", whether the
-    colour is the named one, a token of its own before the scores, so each score is a look-up of a mark;
-    the mark still needs the colour token to find its copy in the prompt, far back. `pairs`: "green green
-    ok" / "green yellow no", the named colour (a copy of the echoed prompt's, which a model learns first),
-    then the image's, then the mark: the comparison becomes a function of two adjacent tokens."""
+    """One image's evidence, at most 16 characters (18 for `match`; the evals' string bound). `plain`: its
+    colour word alone (`"green"`, one token with its quotes to the task's tokenizer, unlike the prompt's
+    ` green`). `words`: "A green", the colour as the prompt's own token. `marks`: "A green yes" / "A yellow
+    no", whether the colour is the named one, a token of its own before the scores, so each score is a
+    look-up of a mark; the mark still needs the colour token to find its copy in the prompt, far back.
+    `pairs`: "green green ok" / "green yellow no", the named colour (a copy of the echoed prompt's, which a
+    model learns first), then the image's, then the mark: a function of two adjacent tokens, but the first
+    is `"green` (one token with its quote) and the second ` yellow`, two kinds of token the model must learn
+    to match as a 6 x 6 table (it stayed at chance in some runs). `match` (the default): "A green yellow
+    no", both colours the prompt's own tokens (` green`), so the mark asks whether two adjacent tokens are
+    the same token: learnt in one SFT stage where `pairs` needed two or three, when it was learnt at all."""
     if style == "plain":
         return colour
+    if style == "match":
+        return f"A {named} {colour} {'ok' if colour == named else 'no'}"
     if style == "words":
         return f"A {colour}"
     if style == "pairs":
@@ -99,7 +105,7 @@ def evidence(colour: str, named: str, style: TraceStyle) -> str:
     return f"A {colour} {'yes' if colour == named else 'no'}"
 
 
-def colour_judgment(prompt: str, shown: tuple[str, str], named: str, style: TraceStyle = "pairs") -> str:
+def colour_judgment(prompt: str, shown: tuple[str, str], named: str, style: TraceStyle = "match") -> str:
     """The teacher's flex judgment (compact JSON): candidates showing `shown`, the prompt naming `named`.
 
     The shortest trace the flex format and `check()` accept, so the decisions are a large share of what the
@@ -175,14 +181,14 @@ class ColourTeacher(ColourRuleJudge):
     name = "colour-teacher"
     model = "colour-teacher"
 
-    def __init__(self, style: TraceStyle = "pairs") -> None:
+    def __init__(self, style: TraceStyle = "match") -> None:
         self.style: TraceStyle = style
 
     def judgment(self, prompt: str, named: str, images: tuple[Any, Any]) -> str:
         return colour_judgment(prompt, (colour_of(images[0]), colour_of(images[1])), named, self.style)
 
 
-def serve_teacher(port: int, style: TraceStyle = "pairs") -> None:
+def serve_teacher(port: int, style: TraceStyle = "match") -> None:
     """Serve `ColourTeacher(style)` with `flexjudge serve`'s app on 127.0.0.1:`port` (a spawned process's
     target)."""
     import uvicorn

@@ -37,7 +37,7 @@ def _task_corpus(style: TraceStyle) -> list[str]:
     return lines
 
 
-def colour_tokenizer(style: TraceStyle = "pairs", vocab_size: int = 1024) -> Any:
+def colour_tokenizer(style: TraceStyle = "match", vocab_size: int = 1024) -> Any:
     # A quoted identifier takes the space before it (`: "reason_1"` in the prompt's JSON example).
     split = r' ?"[A-Za-z_][A-Za-z0-9_]*"|' + _SPLIT_PATTERN
     return build_tokenizer(vocab_size, _task_corpus(style), split)

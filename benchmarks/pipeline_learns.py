@@ -12,15 +12,17 @@ writes short, correct flex traces. Then the documented commands run as subproces
 on a small Qwen2.5-VL built here (`build_tiny_model`, its language model set by `--hidden`, `--layers` and
 `--heads`, with a tokenizer trained on the task's prompt and trace text, `_colour_tokenizer`), full finetuning
 on the CPU, SFT in `--sft-stages` runs in a row (each a fresh optimizer). The teacher's evidence (`--trace`,
-`_colour_task.evidence`) writes the named colour beside each image's and whether they match, so the comparison
-a score needs is a token the model is taught. The untrained model is evaluated too (step 0). Every eval judges
-the same `--test` held-out pairs, one candidate order each drawn from the seed, under the flex constraint with
-every string bounded at `--max-string-length` characters (the longest string the teacher writes fits; an
-untrained model never closes an unbounded one). Accuracy is `flexjudge eval --json`'s (failed runs and tie
-verdicts dropped, bootstrap 95% interval); "right of all" also counts every failed run as wrong. After SFT,
-`decision_probe.py` measures teacher-forced accuracy at the few tokens that decide a trace (the prompt's
-colour, each image's colour and mark, the first score, the winner) on the SFT data's held-out rows: which
-decision a model has not learnt, in seconds.
+`_colour_task.evidence`; default `match`, "A green yellow no") writes the named colour beside each image's and
+whether they match, both colours as the prompt's own tokens, so the comparison a score needs is a token the
+model is taught and a question whether two adjacent tokens are the same one (with the named colour as another
+kind of token, `pairs`, the comparison stayed at chance in some runs). The untrained model is evaluated too
+(step 0). Every eval judges the same `--test` held-out pairs, one candidate order each drawn from the seed,
+under the flex constraint with every string bounded at `--max-string-length` characters (the longest string
+the teacher writes fits; an untrained model never closes an unbounded one). Accuracy is `flexjudge eval
+--json`'s (failed runs and tie verdicts dropped, bootstrap 95% interval); "right of all" also counts every
+failed run as wrong. After SFT, `decision_probe.py` measures teacher-forced accuracy at the few tokens that
+decide a trace (the prompt's colour, each image's colour and mark, the first score, the winner) on the SFT
+data's held-out rows: which decision a model has not learnt, in seconds.
 
     python benchmarks/pipeline_learns.py [--record]
     python benchmarks/pipeline_learns.py --smoke --work DIR        # the smallest scale, every stage
@@ -201,9 +203,11 @@ def pipeline(run: Run) -> None:
         argv = [*PYTHON, "training/sft.py", "--model", str(start), "--data", str(work / "sft-data")]
         # A seed of its own, so each stage sees the rows in another order (as the recorded runs did).
         seed = args.seed + stage - 1
-        flags = training_flags(
-            args, lr=args.sft_lr, epochs=args.sft_epochs, schedule=args.sft_schedule, seed=seed
-        )
+        # The last stage decays to 0: a fresh optimizer's first steps at the full rate shake what the model
+        # has learnt (a constant last stage lost image 1's colour from 1.000 to 0.839 in one run).
+        last = stage == args.sft_stages and args.sft_stages > 1
+        schedule = args.sft_last_schedule if last else args.sft_schedule
+        flags = training_flags(args, lr=args.sft_lr, epochs=args.sft_epochs, schedule=schedule, seed=seed)
         argv += ["--output-dir", str(out), *flags]
         run.command("sft" if args.sft_stages == 1 else f"sft stage {stage}", argv)
         start = out
@@ -316,6 +320,11 @@ def main() -> None:
         default="constant_with_warmup",
         help="SFT learning-rate schedule (a linear decay stalled the long-range lookups it has to learn).",
     )
+    ap.add_argument(
+        "--sft-last-schedule",
+        default="linear",
+        help="The last SFT stage's schedule (of two or more), which settles what the others taught.",
+    )
     ap.add_argument("--dpo-lr", type=float, default=1e-5)
     ap.add_argument("--dpo-epochs", type=float, default=1)
     ap.add_argument("--max-steps", type=int, default=None, help="Cap the optimizer steps of SFT and DPO.")
@@ -323,13 +332,14 @@ def main() -> None:
     ap.add_argument(
         "--max-string-length",
         type=int,
-        default=16,
-        help="Bound on every decoded string (16: the longest the teacher writes, 'A yellow picture').",
+        default=None,
+        help="Bound on every decoded string (default: the longest the teacher writes, 18 characters for "
+        "'match' evidence, 'A yellow orange no', else 16, 'A yellow picture').",
     )
     ap.add_argument(
         "--trace",
         choices=TRACE_STYLES,
-        default="pairs",
+        default="match",
         help="The teacher's evidence (`_colour_task.evidence`).",
     )
     ap.add_argument("--seed", type=int, default=0)
@@ -338,6 +348,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="Keep the run's files here (else a temp dir).")
     ap.add_argument("--record", nargs="?", const=str(Path(__file__).parent / "RESULTS.md"), default=None)
     args = ap.parse_args()
+    if args.max_string_length is None:
+        args.max_string_length = 18 if args.trace == "match" else 16
     if args.smoke:
         args.train, args.dpo, args.test, args.hidden, args.layers, args.max_steps = 4, 3, 2, 64, 2, 2
         args.max_new_tokens, args.max_string_length = 64, 1
@@ -354,8 +366,9 @@ def main() -> None:
         f"{machine()}; {args.train} pairs distilled in both orders, {args.dpo} for DPO pairs, {args.test} "
         f"held out; {args.size}px images; Qwen2.5-VL built here (text {args.hidden} wide, {args.layers} "
         f"layers, {args.heads} heads; the task's own 1,024-token BPE), full finetuning; teacher evidence "
-        f"{args.trace!r}; SFT lr {args.sft_lr} ({args.sft_schedule}) x {args.sft_epochs} epochs x "
-        f"{args.sft_stages} stages, DPO lr {args.dpo_lr} x {args.dpo_epochs} epochs, batch {args.batch}; "
+        f"{args.trace!r}; SFT lr {args.sft_lr} ({args.sft_schedule}, the last stage "
+        f"{args.sft_last_schedule}) x {args.sft_epochs} epochs x {args.sft_stages} stages, DPO lr "
+        f"{args.dpo_lr} x {args.dpo_epochs} epochs, batch {args.batch}; "
         f"decoding: {args.max_new_tokens} new tokens, strings bounded at "
         f"{args.max_string_length} characters; `{command}`"
     )

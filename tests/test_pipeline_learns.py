@@ -67,12 +67,15 @@ def test_pipeline_benchmark_runs_every_stage(tmp_path: Path) -> None:
 
 def test_teacher_trace_is_checked_and_decided_by_colours(monkeypatch: pytest.MonkeyPatch) -> None:
     """The rule teacher's trace passes `check()`, writes the named colour beside each image's colour and
-    whether they are the same before any score, fits the eval's 16-character string bound, and its winner
-    is the image showing the named colour, in either order."""
+    whether they are the same before any score, both colours as the prompt's own tokens, fits the eval's
+    18-character string bound, and its winner is the image showing the named colour, in either order."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from _colour_task import colour_judgment
+    from _colour_tokenizer import colour_tokenizer
 
     from flexjudge import check, parse
+
+    tokenizer = colour_tokenizer()
 
     for shown, winner in ((("red", "blue"), 1), (("blue", "red"), 2)):
         raw = colour_judgment("A red picture", shown, "red")
@@ -81,8 +84,34 @@ def test_teacher_trace_is_checked_and_decided_by_colours(monkeypatch: pytest.Mon
         assert judgment.verdict.winner == winner
         marks = ("ok", "no") if winner == 1 else ("no", "ok")
         first = raw.index('"score_1"')
-        assert raw.index(f'"reason_1":"red {shown[0]} {marks[0]}"') < first
-        assert raw.index(f'"reason_2":"red {shown[1]} {marks[1]}"') < first
+        assert raw.index(f'"reason_1":"A red {shown[0]} {marks[0]}"') < first
+        assert raw.index(f'"reason_2":"A red {shown[1]} {marks[1]}"') < first
+        # Every colour is the prompt's own token (` red`, as in "A red picture"), so the mark compares two
+        # adjacent tokens of one kind.
+        pieces = [tokenizer.decode([i]) for i in tokenizer(raw)["input_ids"]]
+        assert pieces[3:6] == ['"A', " red", " picture"]
+        for colour, mark in zip(shown, marks, strict=True):
+            evidence = ['"A', " red", f" {colour}", f" {mark}"]
+            assert any(pieces[k : k + 4] == evidence for k in range(len(pieces)))
         strings = [c.name for d in judgment.dimensions for c in d.criteria]
         strings += [e for d in judgment.dimensions for c in d.criteria for e in (c.evidence_1, c.evidence_2)]
-        assert max(map(len, strings)) <= 16
+        assert max(map(len, strings)) <= 18
+
+
+def test_probe_finds_every_decision_of_every_trace_style(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`decision_probe` scores the right characters in each evidence style: the image's colour, never the
+    named one beside it, and a mark only where the style writes one."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from _colour_task import TRACE_STYLES, colour_judgment
+    from decision_probe import decision_spans
+
+    for style in TRACE_STYLES:
+        raw = colour_judgment("A red picture", ("blue", "red"), "red", style)
+        found = {name: raw[lo:hi] for name, (lo, hi) in decision_spans(raw).items()}
+        expected = {"prompt colour": "red", "image 1 colour": "blue", "image 2 colour": "red"}
+        expected |= {"first score": "2", "winner": "2"}
+        if style in ("match", "pairs"):
+            expected |= {"named colour in evidence": "red", "image 1 mark": "no", "image 2 mark": "ok"}
+        if style == "marks":
+            expected |= {"image 1 mark": "no", "image 2 mark": "yes"}
+        assert found == expected, style
