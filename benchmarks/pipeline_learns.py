@@ -69,6 +69,8 @@ class Run:
     stages: list[Stage] = field(default_factory=list)
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
     decisions: dict[str, Any] = field(default_factory=dict)
+    dpo_pairs: dict[str, int] = field(default_factory=dict)
+    """`flexjudge dpo-pairs`'s counts (its stats.json)."""
     started: float = 0.0
 
     def env(self) -> dict[str, str]:
@@ -220,11 +222,14 @@ def pipeline(run: Run) -> None:
     run.evaluate("after SFT", sft)
 
     argv = [*FLEXJUDGE, "dpo-pairs", "--data", str(work / "dpo.jsonl"), "--model", str(sft)]
-    argv += ["--out", str(work / "dpo-pairs"), "--samples", "2", "--temperature", "0.7"]
+    argv += ["--out", str(work / "dpo-pairs"), "--samples", "2", "--temperature", str(args.dpo_temperature)]
     argv += ["--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed), *run.string_bound()]
     if args.smoke:  # two SFT steps teach nothing: a long budget lets one-character strings finish
         argv += ["--max-new-tokens", "1024"]
     run.command("dpo-pairs", argv)
+    run.dpo_pairs = json.loads((work / "dpo-pairs" / "stats.json").read_text(encoding="utf-8"))
+    if not run.dpo_pairs.get("pairs"):
+        return  # a student right in every sample leaves DPO nothing to learn: the table says so
     dpo = work / "runs" / "dpo"
     argv = [*PYTHON, "training/dpo.py", "--model", str(sft), "--data", str(work / "dpo-pairs")]
     flags = training_flags(args, lr=args.dpo_lr, epochs=args.dpo_epochs, schedule="linear")
@@ -281,6 +286,10 @@ def table(run: Run) -> list[str]:
             f"| {stage} | {_ci(summary, 'accuracy')} | {_ci(summary, 'first_position_win_rate')} | "
             f"{summary['right_of_all']:.3f} | {summary['failed']:.3f} | {summary['rows']} |"
         )
+    if run.dpo_pairs:
+        counts = ", ".join(f"{name} {count}" for name, count in run.dpo_pairs.items())
+        ran = "" if run.dpo_pairs.get("pairs") else ": no pair, so DPO did not run"
+        lines += ["", f"`flexjudge dpo-pairs` on the {run.args.dpo} DPO examples: {counts}{ran}."]
     if run.decisions.get("accuracy"):
         lines += [
             "",
@@ -325,6 +334,13 @@ def main() -> None:
         default="linear",
         help="The last SFT stage's schedule (of two or more), which settles what the others taught.",
     )
+    ap.add_argument(
+        "--dpo-temperature",
+        type=float,
+        default=1.5,
+        help="dpo-pairs' sampling temperature: hot, so that a student right at 0.7 still errs on some "
+        "examples (at 0.7 the SFT model of seed 0 was right in all 100 samples: no pair)",
+    )
     ap.add_argument("--dpo-lr", type=float, default=1e-5)
     ap.add_argument("--dpo-epochs", type=float, default=1)
     ap.add_argument("--max-steps", type=int, default=None, help="Cap the optimizer steps of SFT and DPO.")
@@ -368,7 +384,8 @@ def main() -> None:
         f"layers, {args.heads} heads; the task's own 1,024-token BPE), full finetuning; teacher evidence "
         f"{args.trace!r}; SFT lr {args.sft_lr} ({args.sft_schedule}, the last stage "
         f"{args.sft_last_schedule}) x {args.sft_epochs} epochs x {args.sft_stages} stages, DPO lr "
-        f"{args.dpo_lr} x {args.dpo_epochs} epochs, batch {args.batch}; "
+        f"{args.dpo_lr} x {args.dpo_epochs} epochs on pairs sampled at temperature {args.dpo_temperature}, "
+        f"batch {args.batch}; "
         f"decoding: {args.max_new_tokens} new tokens, strings bounded at "
         f"{args.max_string_length} characters; `{command}`"
     )
