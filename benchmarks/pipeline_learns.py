@@ -368,6 +368,7 @@ def main() -> None:
         args.max_string_length = 18 if args.trace == "match" else 16
     if args.smoke:
         args.train, args.dpo, args.test, args.hidden, args.layers, args.max_steps = 4, 3, 2, 64, 2, 2
+        args.dpo_temperature = 0.7  # an untrained model's samples vary enough already
         args.max_new_tokens, args.max_string_length = 64, 1
     command = "python benchmarks/pipeline_learns.py " + " ".join(sys.argv[1:])
     work = args.work or Path(tempfile.mkdtemp(prefix="pipeline-learns-"))

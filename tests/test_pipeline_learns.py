@@ -115,3 +115,20 @@ def test_probe_finds_every_decision_of_every_trace_style(monkeypatch: pytest.Mon
         if style == "marks":
             expected |= {"image 1 mark": "no", "image 2 mark": "yes"}
         assert found == expected, style
+
+
+def test_a_run_whose_student_left_no_dpo_pair_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A student right in every sample gives dpo-pairs nothing to pair: the table reports the counts and
+    that DPO did not run, instead of the benchmark dying at DPO without a table."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from pipeline_learns import Run, table
+
+    run = Run(argparse.Namespace(dpo=50), ROOT, dpo_pairs={"both_correct_tied": 50, "pairs": 0})
+    assert (
+        "`flexjudge dpo-pairs` on the 50 DPO examples: both_correct_tied 50, pairs 0: no pair, so DPO did "
+        "not run." in table(run)
+    )
+    run.dpo_pairs = {"one_correct": 8, "pairs": 9}
+    assert "`flexjudge dpo-pairs` on the 50 DPO examples: one_correct 8, pairs 9." in table(run)
