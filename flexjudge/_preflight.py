@@ -30,7 +30,6 @@ __all__ = [
     "finish_loading",
     "load_candidates",
     "start_loading",
-    "stop_loading",
 ]
 
 
@@ -74,7 +73,8 @@ def start_loading(
 ) -> tuple[list[asyncio.Task[Frames]], Modality]:
     """`load_candidates` without waiting for it: one task per candidate, in order, so that work on the
     first candidates can start while the others load. The caller awaits every task, or cancels it
-    (`stop_loading`). Mixed modalities raise here, before anything loads."""
+    (`_sync.cancel_and_collect`; a load's thread finishes on its own). Mixed modalities raise here,
+    before anything loads."""
     from flexjudge import media
 
     bounds = limits or media.DEFAULT_LIMITS
@@ -102,14 +102,6 @@ def start_loading(
             return await asyncio.to_thread(load, candidate)
 
     return [asyncio.create_task(load_in_turn(c)) for c in candidates], modality
-
-
-async def stop_loading(loading: Sequence[asyncio.Task[Frames]]) -> None:
-    """Cancel the loads still running (their threads finish on their own) and collect every outcome, so no
-    failure is left unretrieved."""
-    for task in loading:
-        task.cancel()
-    await asyncio.gather(*loading, return_exceptions=True)
 
 
 def check_call(

@@ -1,16 +1,17 @@
-"""The synchronous facade's plumbing: a loop thread per Judge, and running a coroutine from sync code."""
+"""The synchronous facade's plumbing: a loop thread per Judge, and running a coroutine from sync code; and
+cancelling tasks without leaving their failures unretrieved."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["LoopThread", "run_sync"]
+__all__ = ["LoopThread", "cancel_and_collect", "run_sync"]
 
 
 class LoopThread:
@@ -39,3 +40,11 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     # A loop already runs in this thread (a notebook, an async server): run ours in a worker thread.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+async def cancel_and_collect(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel every task not done yet and wait for all of them, so none is left running and no failure
+    goes unretrieved (done tasks keep their results)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from flexjudge._preflight import Candidate as Media
-from flexjudge._preflight import Frames, check_call, finish_loading, stop_loading
+from flexjudge._preflight import Frames, check_call, finish_loading
+from flexjudge._sync import cancel_and_collect
 from flexjudge.anchors import Modality
 from flexjudge.errors import FlexjudgeError, UsageError
 from flexjudge.judging import Judge
@@ -138,7 +139,7 @@ async def agroup_rewards(
                 break  # nothing new to schedule on: an adaptive schedule would ask the same pairs again
         await finish_loading(loading)  # a candidate no pair showed must load all the same
     finally:
-        await stop_loading(loading)  # all done already, unless the group stopped early
+        await cancel_and_collect(loading)  # all done already, unless the group stopped early
     rewards = from_outcomes(
         len(loading),
         outcomes,
@@ -188,9 +189,7 @@ async def _gather_cancelling(work: list[Coroutine[Any, Any, T]]) -> list[T]:
     try:
         return await asyncio.gather(*tasks)
     except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_collect(tasks)
         raise
 
 
