@@ -64,25 +64,86 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
     return (sum(s > 0 for s in signs) - sum(s < 0 for s in signs)) / len(signs)
 
 
+def brute_force_order_probabilities(g: int, outcomes: list[Outcome], error: float) -> list[list[float]]:
+    """P(a better than b), summed over all G! rankings; each weighed relative to the least contradicted
+    one, so the sum stays in the float range however many decisions every ranking contradicts."""
+    contradicted: dict[tuple[int, ...], float] = {}
+    for ranking in itertools.permutations(range(g)):  # best first
+        place = {c: n for n, c in enumerate(ranking)}
+        count = 0.0
+        for i, j, overall, anchors in outcomes:
+            for winner in (overall, *anchors):
+                loser = j if winner == i else i
+                count += 0.5 if winner is None else float(place[winner] > place[loser])
+        contradicted[ranking] = count
+    fewest = min(contradicted.values())
+    weight = {r: (error / (1 - error)) ** (c - fewest) for r, c in contradicted.items()}
+    total = sum(weight.values())
+
+    def above(a: int, b: int) -> float:
+        return sum(w for r, w in weight.items() if r.index(a) < r.index(b)) / total
+
+    return [[0.0 if a == b else above(a, b) for b in range(g)] for a in range(g)]
+
+
+def cycles(repeats: int) -> list[Outcome]:
+    """Two unanimous three-cycles (0 > 1 > 2 > 0, 3 > 4 > 5 > 3), each judgment repeated `repeats` times,
+    and two judgments linking them and candidate 6: every ranking contradicts 8 * `repeats` decisions."""
+    loop: list[Outcome] = [(0, 1, 0, (0, 0, 0)), (1, 2, 1, (1, 1, 1)), (0, 2, 2, (2, 2, 2))]
+    loop += [(3, 4, 3, (3, 3, 3)), (4, 5, 4, (4, 4, 4)), (3, 5, 5, (5, 5, 5))]
+    return loop * repeats + [(2, 3, 2, (2, 2, 2)), (5, 6, 6, (5, 6, 6))]
+
+
 def test_the_posterior_is_the_brute_force_sum_over_every_ranking() -> None:
     group = NoisyGroup(5, seed=4, err=0.3)
     outcomes = [group.answers[p] for p in [(0, 1), (1, 2), (0, 3), (2, 4), (3, 4), (1, 4)]]
     outcomes.append((0, 2, None, (0, None, 2)))  # ties count half a contradiction either way
-    error = 0.2
-    weight: dict[tuple[int, ...], float] = {}
-    for ranking in itertools.permutations(range(5)):  # best first
-        place = {c: n for n, c in enumerate(ranking)}
-        contradictions = 0.0
-        for i, j, overall, anchors in outcomes:
-            for winner in (overall, *anchors):
-                loser = j if winner == i else i
-                contradictions += 0.5 if winner is None else float(place[winner] > place[loser])
-        weight[ranking] = (error / (1 - error)) ** contradictions
-    total = sum(weight.values())
-    p = order_probabilities(5, outcomes, error)
+    p = order_probabilities(5, outcomes, 0.2)
+    expected = brute_force_order_probabilities(5, outcomes, 0.2)
     for a, b in itertools.permutations(range(5), 2):
-        expected = sum(w for r, w in weight.items() if r.index(a) < r.index(b)) / total
-        assert p[a][b] == pytest.approx(expected, abs=1e-12)
+        assert p[a][b] == pytest.approx(expected[a][b], abs=1e-12)
+
+
+def test_the_posterior_turns_to_logarithms_when_floats_underflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 repeats: every ranking weighs at most (0.02 / 0.98) ** 320, about 1e-541, below the smallest
+    float, so the fast pass underflows; the passes in logarithms still give the exact answer. 2 repeats
+    stay in range and on the fast pass."""
+    import flexjudge.rewards._posterior as posterior
+
+    in_logs: list[int] = []
+    original = posterior._shares_in_logs
+    monkeypatch.setattr(posterior, "_shares_in_logs", lambda *a: in_logs.append(1) or original(*a))
+    for repeats, logs_used in ((2, []), (40, [1])):
+        in_logs.clear()
+        p = order_probabilities(7, cycles(repeats), 0.02)
+        expected = brute_force_order_probabilities(7, cycles(repeats), 0.02)
+        assert in_logs == logs_used
+        for a, b in itertools.permutations(range(7), 2):
+            assert p[a][b] == pytest.approx(expected[a][b], abs=1e-9)
+    assert p[0][1] == pytest.approx(2 / 3) and p[2][3] > 0.99  # a cycle: each order of it equally likely
+
+
+def test_the_posterior_of_sixteen_is_the_posterior_of_the_judged_few() -> None:
+    """At G = 16 (the largest), five judged candidates spread over both halves of the subset index and
+    eleven never judged: the judged ones' orders are the brute-force posterior of five, the unjudged
+    ones a coin flip against anyone."""
+    judged = [0, 3, 8, 11, 15]
+    group = NoisyGroup(5, seed=9, err=0.25)
+    small = list(group.answers.values())[:7]
+    rename = dict(enumerate(judged))
+    big: list[Outcome] = [
+        (rename[i], rename[j], rename[o] if o is not None else None, tuple(rename[c] for c in cats))
+        for i, j, o, cats in small
+    ]
+    p = order_probabilities(schedules.MAX_EXACT, big, 0.25)
+    expected = brute_force_order_probabilities(5, small, 0.25)
+    for a, b in itertools.permutations(range(5), 2):
+        assert p[judged[a]][judged[b]] == pytest.approx(expected[a][b], abs=1e-12)
+    assert p[4][12] == pytest.approx(0.5)  # two never judged
+    # an unjudged one falls in any of the six slots around the judged five: above 15 in as many slots as
+    # 15's expected place among them
+    assert p[1][15] == pytest.approx((1 + sum(expected[b][4] for b in range(4))) / 6)
+    assert schedules.MAX_EXACT == 16
 
 
 @pytest.mark.parametrize(("g", "fraction", "calls"), [(9, 0.5, 18), (6, 1.0, 15), (4, 0.5, 3)])
@@ -170,7 +231,7 @@ def test_posterior_refuses_what_it_cannot_do() -> None:
     for bad in bad_ones:
         with pytest.raises(UsageError):
             bad.next_pairs(9, [], rng)
-    with pytest.raises(UsageError):  # 2^13 subsets: beyond its exact sum
+    with pytest.raises(UsageError):  # 2^17 subsets: beyond its exact sum
         Posterior().next_pairs(schedules.MAX_EXACT + 1, [], rng)
     assert not Posterior().complete
 
@@ -195,6 +256,23 @@ def test_bayesian_spends_its_budget_one_pair_a_round_after_a_matching(
     assert group.play(Bayesian(fraction=fraction), seed=7) == (outcomes, rounds)  # deterministic
     if calls > g // 2 + 1:
         assert any(group.play(Bayesian(fraction=fraction), seed=s)[1] != rounds for s in range(8, 12))
+
+
+def test_bayesian_per_round_asks_a_matching_of_the_most_doubted_pairs_at_sixteen() -> None:
+    group = NoisyGroup(16, seed=12, err=0.25)
+    outcomes, rounds = group.play(Bayesian(fraction=0.5, per_round=4), seed=3)
+    assert len(outcomes) == 60 and len(rounds[0]) == 8
+    assert all(len(r) == 4 for r in rounds[1:]) and len(rounds) == 1 + 52 // 4
+    _rounds_are_matchings_of_distinct_valid_pairs(rounds, 16)
+    seen = outcomes[: 8 + 4 * 5]  # before round 7: its pairs are the most doubted matching
+    better = order_probabilities(16, seen, estimated_error(seen))
+    judged = {(i, j) for i, j, _, _ in seen}
+    open_pairs = [p for p in itertools.combinations(range(16), 2) if p not in judged]
+    doubt = {p: abs(better[p[0]][p[1]] - 0.5) for p in open_pairs}
+    assert min(doubt[p] for p in rounds[6]) == pytest.approx(min(doubt.values()))
+    assert statistics.fmean(doubt[p] for p in rounds[6]) < statistics.fmean(doubt.values())
+    with pytest.raises(UsageError):
+        Bayesian(per_round=0).next_pairs(9, [], random.Random(0))
 
 
 def test_bayesian_asks_the_open_pair_the_posterior_most_doubts() -> None:
@@ -229,7 +307,7 @@ def test_the_posterior_estimate_fills_every_rate_with_the_posterior_win_rate() -
     assert all(rates[:9] == pytest.approx(expected[:9]) for rates in rewards.anchors)
     assert rewards.unscored == [9] and rewards.advantages[9] == 0.0
     assert sum(expected) == pytest.approx(10 / 2)  # P(a > b) + P(b > a) = 1 over every pair
-    with pytest.raises(UsageError):  # 2^13 subsets: beyond the exact sum
+    with pytest.raises(UsageError):  # 2^17 subsets: beyond the exact sum
         from_outcomes(schedules.MAX_EXACT + 1, [(0, 1, 0, (0, 0, 0))], estimate="posterior")
 
 
@@ -237,7 +315,8 @@ def test_the_posterior_estimate_fills_every_rate_with_the_posterior_win_rate() -
 def test_ranking_by_the_posterior_beats_bradley_terry_on_the_same_pairs() -> None:
     """The same outcomes (Bayesian's, 24 groups of 9, err 10%), two estimators: the posterior's mean rank
     and the per-decision Bradley-Terry fill the other incomplete schedules use."""
-    posterior, fitted = [], []
+    posterior: list[float] = []
+    fitted: list[float] = []
     for seed in range(24):
         group = NoisyGroup(9, seed=200 + seed)
         outcomes, _ = group.play(Bayesian(), seed=seed)
@@ -275,7 +354,7 @@ def test_active_per_round_caps_every_round_after_the_first(per_round: int) -> No
 
 
 def test_the_reward_server_and_adapters_carry_the_new_schedules() -> None:
-    for schedule in (Bayesian(0.4), Active(0.5, per_round=2), Active(0.6)):
+    for schedule in (Bayesian(0.4), Bayesian(0.5, per_round=3), Active(0.5, per_round=2), Active(0.6)):
         spec = schedule_spec(schedule)
         body = RewardsRequest.model_validate(
             {"groups": [{"prompt": "p", "candidates": ["a", "b"]}], "schedule": spec}

@@ -191,7 +191,7 @@ def schedule_spec(schedule: Schedule | None) -> dict[str, Any] | None:
         per_round = {} if schedule.per_round is None else {"per_round": schedule.per_round}
         return {"kind": "active", "fraction": schedule.fraction, **per_round}
     if isinstance(schedule, Bayesian):
-        return {"kind": "bayesian", "fraction": schedule.fraction}
+        return {"kind": "bayesian", "fraction": schedule.fraction, "per_round": schedule.per_round}
     if isinstance(schedule, Posterior):
         fields = {"fraction": schedule.fraction, "per_round": schedule.per_round, "error": schedule.error}
         return {"kind": "posterior", **fields}

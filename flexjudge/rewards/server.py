@@ -69,6 +69,7 @@ class ActiveSpec(_Body):
 class BayesianSpec(_Body):
     kind: Literal["bayesian"]
     fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    per_round: _Small = 1
 
 
 class PosteriorSpec(_Body):
@@ -114,7 +115,7 @@ class RewardsRequest(_Body):
         if isinstance(spec, ActiveSpec):
             return Active(fraction=spec.fraction, per_round=spec.per_round)
         if isinstance(spec, BayesianSpec):
-            return Bayesian(fraction=spec.fraction)
+            return Bayesian(fraction=spec.fraction, per_round=spec.per_round)
         if isinstance(spec, PosteriorSpec):
             return Posterior(fraction=spec.fraction, per_round=spec.per_round, error=spec.error)
         return RoundRobin()
