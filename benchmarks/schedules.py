@@ -202,7 +202,7 @@ Runner = Callable[[Group, random.Random], list[float]]
 SEQUENTIAL_UP_TO = 12
 """Up to this G, `Posterior` and `Bayesian` run as their defaults do (two pairs a round, one pair a round);
 above it, up to `MAX_EXACT`, only `Bayesian` with 4 pairs a round: at G = 16 one exact posterior costs
-about 35 ms, so one pair a round (53 posteriors a group) would take 1.5 CPU-hours over 3,000 groups.
+about 30 ms, so one pair a round (53 posteriors a group) would take 1.3 CPU-hours over 3,000 groups.
 Exploratory, 150 groups at G = 16, err 25% (not recorded): 1, 2 and 4 pairs a round gave +0.059, +0.064
 and +0.054 tau over round robin (s.e. 0.006-0.007)."""
 

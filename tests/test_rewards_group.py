@@ -121,6 +121,50 @@ def test_cheaper_schedules_judge_fewer_pairs_and_still_rank(schedule: object) ->
     assert concordant >= 0.9 * 36  # Bradley-Terry on half the pairs still orders a perfect judge's group
 
 
+class _WhereItRuns:
+    """A schedule that records, at each call, whether it runs on the event loop's thread."""
+
+    def __init__(self, inner: RoundRobin | Active) -> None:
+        self.inner = inner
+        self.complete = inner.complete
+        self.on_loop: list[bool] = []
+
+    def next_pairs(self, g: int, outcomes: list[Outcome], rng: random.Random) -> list[tuple[int, int]]:
+        try:
+            asyncio.get_running_loop()
+            self.on_loop.append(True)
+        except RuntimeError:  # no loop runs in this thread: a worker's
+            self.on_loop.append(False)
+        return self.inner.next_pairs(g, outcomes, rng)
+
+
+def test_an_incomplete_schedule_thinks_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model fit at G = 16 takes about 30 ms: in a worker thread, the loop keeps serving
+    the other groups' requests meanwhile. Round robin's one cheap call stays on the loop."""
+    import flexjudge.rewards._group as group_module
+
+    rewards_on_loop: list[bool] = []
+    original = group_module.from_outcomes
+
+    def recording(*args: object, **kwargs: object) -> object:
+        rewards_on_loop.append(threading.current_thread() is threading.main_thread())
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(group_module, "from_outcomes", recording)
+    images = [candidate(q) for q in (10, 30, 50, 70, 90, 110)]
+    cheap, adaptive = _WhereItRuns(RoundRobin()), _WhereItRuns(Active(fraction=0.5, per_round=1))
+
+    async def both() -> None:
+        async with Judge("simulated", backend=SimulatedJudge()) as judge:
+            await agroup_rewards("a red fox", images, judge, schedule=cheap, seed=1)  # type: ignore[arg-type]
+            await agroup_rewards("a red fox", images, judge, schedule=adaptive, seed=1)  # type: ignore[arg-type]
+
+    asyncio.run(both())  # on this, the main thread
+    assert cheap.on_loop == [True, True]
+    assert len(adaptive.on_loop) >= 4 and not any(adaptive.on_loop)
+    assert rewards_on_loop == [True, False]
+
+
 def test_round_robin_is_complete_and_the_cheaper_ones_are_not() -> None:
     assert RoundRobin().complete and not RandomGraph().complete and not Swiss().complete
     assert not Active().complete and not Posterior().complete

@@ -14,7 +14,7 @@ When not every pair was judged (a cheaper schedule), points / comparisons depend
 the group under Bradley-Terry strengths fitted on the observed outcomes (`_bradley_terry.py`); with
 `estimate="posterior"` (the `Bayesian` schedule's) every rate, overall and per anchor, is the expected win
 rate under the exact posterior over rankings fitted on all four decisions of every outcome at once
-(`_posterior.py`, G <= 12): one order for all rates, so alpha and the category weights do not change
+(`_posterior.py`, G <= 16): one order for all rates, so alpha and the category weights do not change
 the ranking it induces. The generated
 dimension D is not an anchor: it moves a candidate's reward only through the overall winner.
 """

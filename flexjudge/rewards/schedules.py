@@ -59,7 +59,9 @@ class Schedule(Protocol):
         ...
 
     def next_pairs(self, num_candidates: int, outcomes: Sequence[Outcome], rng: random.Random) -> list[Pair]:
-        """The pairs to judge next (0-based, lower index first), given every outcome so far; [] when done."""
+        """The pairs to judge next (0-based, lower index first), given every outcome so far; [] when done.
+        `group_rewards` calls an incomplete schedule's in a worker thread (it may fit a model), one call
+        at a time."""
         ...
 
 
