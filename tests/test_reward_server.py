@@ -259,6 +259,7 @@ BAD: list[tuple[Any, int, str]] = [
     ({"groups": [group()], "schedule": {"kind": "swiss", "rounds": 0}}, 400, "rounds"),
     ({"groups": [group()], "schedule": {"kind": "active", "fraction": 0}}, 400, "fraction"),
     ({"groups": [group()], "schedule": {"kind": "posterior", "error": 0.5}}, 400, "error"),
+    ({"groups": [group()], "schedule": {"kind": "bayesian", "per_round": 0}}, 400, "per_round"),
     ({"groups": [group(3)], "schedule": {"kind": "random_graph", "k": 1}}, 400, "RandomGraph"),
     ({"groups": [group(1)]}, 400, "candidates"),
     ({"groups": [group(prompt="")]}, 400, "prompt"),
