@@ -35,6 +35,10 @@ Besides the library's schedules:
   judge's pointwise twin is plain err 10%. The scores are turned into outcomes for every pair (higher
   score wins) and rewarded by `from_outcomes` with points, as round robin is.
 
+- `ScoreFirst`: the pointwise judge's G calls first (its scores, as `pointwise` draws them), then the
+  rest of the half budget on pairs of the pairwise judge (`flexjudge.rewards.ScoreFirst`; 4 pairs a round
+  above `SEQUENTIAL_UP_TO`), rewarded by the latent posterior of both.
+
 - `oracle: true order (bound)`: not a schedule (it reads the true order): the budget's pairs nearest in
   the true order (rank distance 1, then 2, ...), rewarded like any incomplete schedule. What half the
   calls reach with this estimator when the pairs are chosen as well as the truth allows.
@@ -49,6 +53,7 @@ Kendall tau within 0.02 of round robin's.
     python benchmarks/schedules.py                  # 1,000 groups per setting, G = 9 and 16
     python benchmarks/schedules.py --groups 50      # quick
     python benchmarks/schedules.py --record         # append the table to benchmarks/RESULTS.md
+    python benchmarks/schedules.py --only ScoreFirst   # round robin and the named schedules only
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flexjudge.rewards import Outcome, RandomGraph, RoundRobin, Schedule, Swiss, from_outcomes
-from flexjudge.rewards.schedules import MAX_EXACT, Active, Bayesian, Posterior, estimate_of
+from flexjudge.rewards.schedules import MAX_EXACT, Active, Bayesian, Posterior, ScoreFirst, estimate_of
 
 sys.path.insert(0, str(Path(__file__).parent))  # run from anywhere: the shared machine line
 from _machine import machine
@@ -128,6 +133,12 @@ class Group:
         votes_i, votes_j = anchors.count(i), anchors.count(j)
         return i, j, (i if votes_i > votes_j else j if votes_j > votes_i else None), anchors
 
+    def scores(self) -> list[list[float]]:
+        """The pointwise judge's four scores of every candidate (see `pointwise`); G calls."""
+        self.calls += self.g
+        s = math.tan(math.pi * self.judge.err)
+        return [[q + s * e for e in noise] for q, noise in zip(self.quality, self.noise, strict=True)]
+
     def pointwise(self) -> list[Outcome]:
         """Every pair compared by its candidates' noisy scores; G calls."""
         self.calls += self.g
@@ -141,12 +152,18 @@ class Group:
 
 
 def drive(schedule: Schedule, group: Group, rng: random.Random, swap: bool = False) -> list[float]:
-    """Advantages from `schedule`, driven as `flexjudge.rewards.agroup_rewards` drives it."""
+    """Advantages from `schedule`, driven as `flexjudge.rewards.agroup_rewards` drives it (`ScoreFirst`
+    first gets every candidate's scores: G calls in one round)."""
     outcomes: list[Outcome] = []
+    scores = None
+    if isinstance(schedule, ScoreFirst):
+        scores = group.scores()
+        group.rounds += 1
+        schedule = schedule.with_scores(scores)
     while pairs := schedule.next_pairs(group.g, outcomes, rng):
         group.rounds += 1
         outcomes.extend(group.ask_swapped(i, j) if swap else group.ask(i, j) for i, j in pairs)
-    rewards = from_outcomes(group.g, outcomes, estimate=estimate_of(schedule))
+    rewards = from_outcomes(group.g, outcomes, estimate=estimate_of(schedule), scores=scores)
     return rewards.advantages
 
 
@@ -207,9 +224,12 @@ Exploratory, 150 groups at G = 16, err 25% (not recorded): 1, 2 and 4 pairs a ro
 and +0.054 tau over round robin (s.e. 0.006-0.007)."""
 
 
-def runners(g: int) -> list[tuple[str, Runner]]:
-    """The schedules at G, the cheaper ones sized to at most half of round robin's C(G, 2) calls."""
+def runners(g: int, only: tuple[str, ...] = ()) -> list[tuple[str, Runner]]:
+    """The schedules at G, the cheaper ones sized to at most half of round robin's C(G, 2) calls; with
+    `only`, round robin (the reference) and those whose name contains one of its strings."""
     half = g * (g - 1) // 4
+    score_first_per_round = 1 if g <= SEQUENTIAL_UP_TO else 4
+    score_first_rounds = "" if score_first_per_round == 1 else f", per_round={score_first_per_round}"
     k = max(k for k in range(1, g) if g * k // 2 <= half and (g * k) % 2 == 0)
     rounds = half // (g // 2)
     table: list[tuple[str, Runner]] = [
@@ -234,9 +254,15 @@ def runners(g: int) -> list[tuple[str, Runner]]:
             if g <= MAX_EXACT
             else []
         ),
+        (
+            f"ScoreFirst(fraction=0.5{score_first_rounds})",
+            lambda grp, rng: drive(ScoreFirst(fraction=0.5, per_round=score_first_per_round), grp, rng),
+        ),
         ("pointwise", lambda grp, rng: from_outcomes(grp.g, grp.pointwise(), estimate="points").advantages),
         ("oracle: true order (bound)", lambda grp, rng: drive(Oracle(tuple(grp.quality), half), grp, rng)),
     ]
+    if only:
+        table = [(n, r) for n, r in table if n == "round robin" or any(o in n for o in only)]
     return table
 
 
@@ -259,9 +285,11 @@ Samples = dict[str, tuple[list[int], list[int], list[float], list[float], int]]
 undefined."""
 
 
-def measure(g: int, judge: JudgeModel, first: int, stop: int, seed: int) -> Samples:
+def measure(
+    g: int, judge: JudgeModel, first: int, stop: int, seed: int, only: tuple[str, ...] = ()
+) -> Samples:
     """Groups `first` to `stop - 1` of a setting; each group seeds its own rng, so chunks can run anywhere."""
-    named = runners(g)
+    named = runners(g, only)
     samples: Samples = {name: ([], [], [], [], 0) for name, _ in named}
     for n in range(first, stop):
         group = Group(g, judge, random.Random(f"{seed}:{g}:{judge.name}:{n}"))
@@ -282,10 +310,10 @@ def measure(g: int, judge: JudgeModel, first: int, stop: int, seed: int) -> Samp
     return samples
 
 
-def run(sizes: list[int], groups: int, seed: int, jobs: int) -> list[Row]:
+def run(sizes: list[int], groups: int, seed: int, jobs: int, only: tuple[str, ...] = ()) -> list[Row]:
     chunk = max(1, groups // 8)
     tasks = [
-        (g, judge, first, min(first + chunk, groups), seed)
+        (g, judge, first, min(first + chunk, groups), seed, only)
         for g in sizes
         for judge in JUDGES
         for first in range(0, groups, chunk)
@@ -300,7 +328,7 @@ def run(sizes: list[int], groups: int, seed: int, jobs: int) -> list[Row]:
         for judge in JUDGES:
             parts = [r for task, r in zip(tasks, results, strict=True) if task[0] == g and task[1] == judge]
             base = [t for part in parts for t in part["round robin"][2]]
-            for name, _ in runners(g):
+            for name, _ in runners(g, only):
                 calls = [c for part in parts for c in part[name][0]]
                 rounds = [c for part in parts for c in part[name][1]]
                 taus = [t for part in parts for t in part[name][2]]
@@ -351,16 +379,22 @@ def main() -> None:
     ap.add_argument("--sizes", default="9,16", help="comma-separated group sizes G")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    ap.add_argument(
+        "--only", default="", help="comma-separated parts of schedule names to run (round robin always runs)"
+    )
     default_record = str(Path(__file__).with_name("RESULTS.md"))
     ap.add_argument("--record", nargs="?", const=default_record, metavar="PATH", help="append to RESULTS.md")
     args = ap.parse_args()
     if args.groups < 1:
         ap.error("--groups must be at least 1")
 
-    rows = run([int(s) for s in args.sizes.split(",")], args.groups, args.seed, args.jobs)
+    only = tuple(part for part in args.only.split(",") if part)
+    rows = run([int(s) for s in args.sizes.split(",")], args.groups, args.seed, args.jobs, only)
     stamp = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}"
     info = (
-        f"{stamp}; {machine()}\n\n`python benchmarks/schedules.py --groups {args.groups} --seed {args.seed}`"
+        f"{stamp}; {machine()}\n\n`python benchmarks/schedules.py --groups {args.groups} --seed {args.seed}"
+        + (f" --only {args.only}" if only else "")
+        + "`"
     )
     text = table(rows)
     print(info + "\n\n" + text)

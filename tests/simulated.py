@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+import flexjudge
 from flexjudge.backends.base import Generation, ImagePart, Request
 
 _TEMPLATE = json.loads(
@@ -51,8 +52,34 @@ def judgment_text(winner: int, overall: int | None = None) -> str:
 _NO_JUDGMENT = "I cannot decide."
 
 
+def point_text(quality: int) -> str:
+    """A pointwise flex judgment that scores an image of `quality` (0..255) on 1..10, higher for better,
+    every anchor and the overall score alike."""
+    score = 1 + round(quality * 9 / 255)
+    judgment = flexjudge.PointwiseJudgment(
+        prompt="the prompt",
+        modality="image",
+        observations=["an image"],
+        dimensions=[
+            flexjudge.PointDimension(
+                name=name,
+                origin="predefined",
+                analysis="as seen",
+                score=score,
+                criteria=[
+                    flexjudge.PointCriterion(name=f"c{i}", evidence="visible", score=score) for i in range(3)
+                ],
+            )
+            for name in flexjudge.anchor_dimensions("image")
+        ],
+        verdict=flexjudge.PointVerdict(analysis="as seen", score=score),
+    )
+    return flexjudge.render_pointwise(judgment)
+
+
 class SimulatedJudge:
-    """See the module docstring. `calls` counts the pairs it was asked to judge."""
+    """See the module docstring. `calls` counts the pairs it was asked to judge, `scored` the single
+    images it was asked to score (each by its quality: `point_text`)."""
 
     name = "simulated"
     model = "simulated-judge"
@@ -65,6 +92,7 @@ class SimulatedJudge:
         self.latency_s = latency_s  # judgments come after this long, as from a served model
         self.calls = 0
         self.shown: list[tuple[int, int]] = []
+        self.scored: list[int] = []
 
     async def generate(self, requests: list[Request]) -> list[Generation]:
         answers = [self._one(r) for r in requests]
@@ -74,6 +102,11 @@ class SimulatedJudge:
 
     def _one(self, request: Request) -> Generation:
         images = [p.image for m in request.messages for p in m.parts if isinstance(p, ImagePart)]
+        if len(images) == 1:
+            self.scored.append(quality(images[0]))
+            if frozenset((quality(images[0]),)) in self.broken:
+                return Generation(text=_NO_JUDGMENT, finish_reason="stop", constrained=False)
+            return Generation(text=point_text(quality(images[0])), finish_reason="stop", constrained=False)
         one, two = quality(images[0]), quality(images[1])
         self.calls += 1
         self.shown.append((one, two))

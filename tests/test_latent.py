@@ -1,8 +1,5 @@
-"""The latent-quality posterior of `flexjudge.rewards._latent`: scores and pairwise judgments together.
-
-Work in progress on branch `scored` (issue 9, point 3, G = 9 with a 25% judge): the model and its
-estimate, not yet a schedule that `group_rewards` drives.
-"""
+"""`ScoreFirst` and its latent-quality posterior (`flexjudge.rewards._latent`): every candidate scored
+first, then the pairs the scores and the judgments so far leave most in doubt."""
 
 from __future__ import annotations
 
@@ -13,10 +10,16 @@ import statistics
 
 import pytest
 
+from flexjudge import Judge, ParseError
 from flexjudge.errors import UsageError
-from flexjudge.rewards import Bayesian, Outcome
-from flexjudge.rewards._latent import latent_order_probabilities, latent_prior
+from flexjudge.rewards import Bayesian, Outcome, ScoreFirst, from_outcomes, group_rewards
+from flexjudge.rewards._group import score_readings
+from flexjudge.rewards._latent import latent_order_probabilities, latent_prior, latent_win_rates
 from flexjudge.rewards._posterior import estimated_error, posterior_win_rates
+from flexjudge.rewards.adapters import schedule_spec
+from flexjudge.rewards.schedules import estimate_of
+from flexjudge.rewards.server import RewardsRequest
+from tests.simulated import SimulatedJudge, candidate
 
 SCORES = [[7.0, 6.0, 8.0, 7.0], [5.0, 5.0, 6.0, 4.0], [7.0, 7.0, 6.0, 8.0], [2.0, 3.0, 2.0, 1.0]]
 
@@ -117,3 +120,54 @@ def test_scoring_first_ranks_better_than_pairs_alone_at_half_the_calls() -> None
         mixed.append(_tau(_score_then_compare(quality, 0.25, random.Random(seed)), quality))
         paired.append(_tau(_bayesian(quality, 0.25, random.Random(seed)), quality))
     assert statistics.fmean(mixed) - statistics.fmean(paired) > 0.05
+
+
+QUALITIES = [90, 10, 170, 50, 130, 30, 150, 70, 110]
+
+
+def test_group_rewards_scores_every_candidate_then_judges_the_rest_of_half_the_calls() -> None:
+    sim = SimulatedJudge()
+    with Judge("simulated", backend=sim) as judge:
+        result = group_rewards(
+            "a red fox", [candidate(q) for q in QUALITIES], judge, schedule=ScoreFirst(), seed=2
+        )
+    assert sorted(sim.scored) == sorted(QUALITIES) and sim.calls == 18 - 9  # 9 scores + 9 pairs: half of 36
+    assert len({(i, j) for i, j, _, _ in result.outcomes}) == 9 and result.failures == []
+    readings = [score_readings(j) for j in result.scores if j is not None]
+    assert len(readings) == 9 and all(len(r) == 4 for r in readings)  # overall and the three anchors
+    expected = latent_win_rates(readings, result.outcomes)
+    assert result.rewards.overall == pytest.approx(expected)
+    assert _tau(result.rewards.advantages, [float(q) for q in QUALITIES]) > 0.9
+    assert estimate_of(ScoreFirst()) == "latent"
+
+
+def test_a_failed_score_call_is_counted_and_the_candidate_keeps_the_groups_prior() -> None:
+    sim = SimulatedJudge(broken={frozenset((170,))})  # candidate 2's score call gets no judgment
+    images = [candidate(q) for q in QUALITIES]
+    with Judge("simulated", backend=sim) as judge:
+        result = group_rewards("a red fox", images, judge, schedule=ScoreFirst(), seed=2)
+        (failure,) = result.failures
+        assert (failure.first, failure.second) == (2, 2) and isinstance(failure.error, ParseError)
+        assert result.scores[2] is None and result.rewards.overall[2] is not None
+        assert any(2 in (i, j) for i, j, _, _ in result.outcomes)  # its order is left to the pairs
+        with pytest.raises(ParseError):
+            group_rewards("a red fox", images, judge, schedule=ScoreFirst(), on_failure="raise", seed=2)
+
+
+def test_score_first_refuses_what_it_cannot_do() -> None:
+    rng = random.Random(0)
+    for bad in (ScoreFirst(fraction=0.0), ScoreFirst(per_round=0), ScoreFirst()):  # the last: no scores
+        with pytest.raises(UsageError):
+            bad.next_pairs(4, [], rng)
+    with pytest.raises(UsageError):
+        from_outcomes(4, [], estimate="latent")  # the latent estimate needs the scores
+    assert ScoreFirst().with_scores(SCORES).next_pairs(4, [], rng) == []  # 6 calls at G = 4: all scores
+    assert len(ScoreFirst(fraction=1.0).with_scores(SCORES).next_pairs(4, [], rng)) == 1
+
+
+def test_the_reward_server_and_adapters_carry_score_first() -> None:
+    for schedule in (ScoreFirst(), ScoreFirst(0.6, per_round=2)):
+        body = RewardsRequest.model_validate(
+            {"groups": [{"prompt": "p", "candidates": ["a", "b"]}], "schedule": schedule_spec(schedule)}
+        )
+        assert body.to_schedule() == schedule

@@ -18,7 +18,16 @@ from flexjudge.rewards._group import (
     group_rewards,
 )
 from flexjudge.rewards._outcome import outcome_of
-from flexjudge.rewards.schedules import Active, Bayesian, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import (
+    Active,
+    Bayesian,
+    Posterior,
+    RandomGraph,
+    RoundRobin,
+    Schedule,
+    ScoreFirst,
+    Swiss,
+)
 
 __all__ = [
     "RELEASED_IMAGE_WEIGHTS",
@@ -34,6 +43,7 @@ __all__ = [
     "RandomGraph",
     "RoundRobin",
     "Schedule",
+    "ScoreFirst",
     "SwapMode",
     "Swiss",
     "agroup_rewards",

@@ -15,7 +15,8 @@ the group under Bradley-Terry strengths fitted on the observed outcomes (`_bradl
 `estimate="posterior"` (the `Bayesian` schedule's) every rate, overall and per anchor, is the expected win
 rate under the exact posterior over rankings fitted on all four decisions of every outcome at once
 (`_posterior.py`, G <= 16): one order for all rates, so alpha and the category weights do not change
-the ranking it induces. The generated
+the ranking it induces; `estimate="latent"` (the `ScoreFirst` schedule's) does the same under the
+posterior of the candidates' pointwise scores and the judgments together (`_latent.py`). The generated
 dimension D is not an anchor: it moves a candidate's reward only through the overall winner.
 """
 
@@ -28,6 +29,7 @@ from typing import Literal
 
 from flexjudge.errors import UsageError
 from flexjudge.rewards._bradley_terry import bradley_terry, expected_win_rates
+from flexjudge.rewards._latent import latent_win_rates
 from flexjudge.rewards._posterior import posterior_win_rates
 
 __all__ = ["RELEASED_IMAGE_WEIGHTS", "GroupRewards", "Outcome", "from_outcomes"]
@@ -90,9 +92,11 @@ def from_outcomes(
     *,
     alpha: float = 0.7,
     category_weights: Sequence[float] | None = None,
-    estimate: Literal["points", "bradley_terry", "posterior"] = "points",
+    estimate: Literal["points", "bradley_terry", "posterior", "latent"] = "points",
+    scores: Sequence[Sequence[float] | None] | None = None,
 ) -> GroupRewards:
-    """The group's rates and advantages from its pairwise outcomes: see the module docstring."""
+    """The group's rates and advantages from its pairwise outcomes: see the module docstring. `scores`
+    (for `estimate="latent"` only): each candidate's pointwise scores, None for one never scored."""
     weights = _weights(category_weights)
     if num_candidates < 1:
         raise UsageError(f"a group needs at least one candidate, got {num_candidates}")
@@ -125,8 +129,17 @@ def from_outcomes(
         shared = posterior_win_rates(num_candidates, list(outcomes_seen))
         overall_rate = [r if c else None for r, c in zip(shared, counts, strict=True)]
         anchor_rates = [[r if c else None for r, c in zip(shared, n, strict=True)] for n in anchor_counts]
+    elif estimate == "latent":
+        if scores is None or len(scores) != num_candidates:
+            raise UsageError("estimate='latent' needs scores: one entry (a list, or None) per candidate")
+        shared = latent_win_rates(scores, list(outcomes_seen))
+        rated = [bool(s) or c > 0 for s, c in zip(scores, counts, strict=True)]
+        overall_rate = [r if k else None for r, k in zip(shared, rated, strict=True)]
+        anchor_rates = [list(overall_rate) for _ in range(ANCHOR_COUNT)]
     else:
-        raise UsageError(f"estimate must be 'points', 'bradley_terry' or 'posterior', got {estimate!r}")
+        raise UsageError(
+            f"estimate must be 'points', 'bradley_terry', 'posterior' or 'latent', got {estimate!r}"
+        )
     dimension = [_weighted_mean([rates[k] for rates in anchor_rates], weights) for k in range(num_candidates)]
     advantages = [
         alpha * zd + (1.0 - alpha) * zo for zd, zo in zip(_z(dimension), _z(overall_rate), strict=True)

@@ -27,10 +27,10 @@ from flexjudge.anchors import Modality
 from flexjudge.errors import FlexjudgeError, UsageError
 from flexjudge.judging import Judge
 from flexjudge.options import Call
-from flexjudge.rewards._formula import GroupRewards, Outcome, from_outcomes
+from flexjudge.rewards._formula import ANCHOR_COUNT, GroupRewards, Outcome, from_outcomes
 from flexjudge.rewards._outcome import outcome_of
-from flexjudge.rewards.schedules import RoundRobin, Schedule, estimate_of
-from flexjudge.schema import Judgment, Preferences
+from flexjudge.rewards.schedules import RoundRobin, Schedule, ScoreFirst, estimate_of
+from flexjudge.schema import Judgment, PointwiseJudgment, Preferences
 
 __all__ = [
     "GroupResult",
@@ -64,7 +64,8 @@ class JudgedPair:
 
 @dataclass(frozen=True)
 class PairFailure:
-    """A pair whose judgment failed, with the error: never turned into a result silently."""
+    """A pair whose judgment failed, with the error: never turned into a result silently. `first ==
+    second` is that candidate's `score` call (the `ScoreFirst` schedule's)."""
 
     first: int
     second: int
@@ -80,6 +81,8 @@ class GroupResult:
     outcomes: list[Outcome]
     """The outcomes counted, failures read as ties included (on_failure="tie")."""
     failures: list[PairFailure] = field(default_factory=list)
+    scores: list[PointwiseJudgment | None] = field(default_factory=list)
+    """`ScoreFirst`'s score call of each candidate (None where it failed); empty for other schedules."""
 
     def matrix(self) -> list[list[float | None]]:
         """`m[a][b]`: the points candidate a took from its games against b (a win 1, a tie 0.5 each, over
@@ -122,7 +125,22 @@ async def agroup_rewards(
     judged: list[JudgedPair] = []
     failures: list[PairFailure] = []
     off_loop = not schedule.complete  # see the module docstring
+    scored: list[PointwiseJudgment | None] = []
     try:
+        if isinstance(schedule, ScoreFirst):
+            score_results = await _gather_cancelling(
+                [
+                    _score_one(judge, prompt, loading, k, loaded_modality, call, on_failure)
+                    for k in range(len(loading))
+                ]
+            )
+            for k, score in enumerate(score_results):
+                if isinstance(score, FlexjudgeError):
+                    failures.append(PairFailure(k, k, score))
+                    scored.append(None)
+                else:
+                    scored.append(score)
+            schedule = schedule.with_scores([None if j is None else score_readings(j) for j in scored])
         while pairs := await _call(off_loop, schedule.next_pairs, len(loading), outcomes, rng):
             shown = [(i, j) for i, j in pairs] + ([(j, i) for i, j in pairs] if swap == "both" else [])
             results = await _gather_cancelling(
@@ -152,8 +170,9 @@ async def agroup_rewards(
         alpha=alpha,
         category_weights=category_weights,
         estimate=estimate_of(schedule),
+        scores=schedule.scores if isinstance(schedule, ScoreFirst) else None,
     )
-    return GroupResult(rewards=rewards, judgments=judged, outcomes=outcomes, failures=failures)
+    return GroupResult(rewards=rewards, judgments=judged, outcomes=outcomes, failures=failures, scores=scored)
 
 
 async def _call(off_loop: bool, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -204,6 +223,30 @@ async def _gather_cancelling(work: list[Coroutine[Any, Any, T]]) -> list[T]:
     except BaseException:
         await cancel_and_collect(tasks)
         raise
+
+
+def score_readings(judgment: PointwiseJudgment) -> list[float]:
+    """What `ScoreFirst` reads of a score call: the overall score and the anchors' scores (a generated
+    dimension, like the generated dimension D of a pair, speaks through the overall score only)."""
+    return [float(judgment.verdict.score)] + [float(d.score) for d in judgment.dimensions[:ANCHOR_COUNT]]
+
+
+async def _score_one(
+    judge: Judge,
+    prompt: str,
+    loading: list[asyncio.Task[Frames]],
+    k: int,
+    modality: Modality,
+    call: Call,
+    on_failure: OnFailure,
+) -> PointwiseJudgment | FlexjudgeError:
+    images = await loading[k]  # a candidate that cannot load stops the group
+    try:
+        return await judge.score_loaded(prompt, images, modality, call)
+    except FlexjudgeError as error:
+        if on_failure == "raise":
+            raise
+        return error
 
 
 async def _judge_one(

@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from flexjudge.errors import UsageError
-from flexjudge.rewards._posterior import _numpy
+from flexjudge.rewards._posterior import _numpy, estimated_error
 
 if TYPE_CHECKING:
     from flexjudge.rewards._formula import Outcome
 
-__all__ = ["DRAWS", "LatentPrior", "latent_order_probabilities", "latent_prior"]
+__all__ = ["DRAWS", "LatentPrior", "latent_order_probabilities", "latent_prior", "latent_win_rates"]
 
 DRAWS = 20_000
 """Draws of the group's qualities: the Monte Carlo error of a probability is at most about 0.004 (one
@@ -89,9 +89,21 @@ def latent_order_probabilities(
     log_weight = _log_likelihood(np, q, outcomes, error)
     weight = np.exp(log_weight - log_weight.max())
     weight /= weight.sum()
-    above = (q[:, :, None] > q[:, None, :]).astype(np.float64)  # [draw, a, b]
-    p: list[list[float]] = np.einsum("d,dab->ab", weight, above).tolist()
+    p: list[list[float]] = [((q[:, [a]] > q).T @ weight).tolist() for a in range(g)]  # one row at a time
     return p
+
+
+def latent_win_rates(scores: Sequence[Sequence[float] | None], outcomes: Sequence[Outcome]) -> list[float]:
+    """Each candidate's expected win rate against a random other member of the group under the latent
+    posterior, the error rate read from the judgments (`estimated_error`). Its draws are seeded with 0:
+    the same scores and outcomes give the same rates."""
+    g = len(scores)
+    if g < 2:
+        return [0.5] * g
+    p = latent_order_probabilities(
+        latent_prior(scores), outcomes, estimated_error(outcomes), random.Random(0)
+    )
+    return [sum(row) / (g - 1) for row in p]
 
 
 def _log_likelihood(np: Any, q: Any, outcomes: Sequence[Outcome], error: float) -> Any:
@@ -99,11 +111,9 @@ def _log_likelihood(np: Any, q: Any, outcomes: Sequence[Outcome], error: float) 
     tie = (right + wrong) / 2
     total = np.zeros(q.shape[0])
     for i, j, overall, categories in outcomes:
-        i_better = q[:, i] > q[:, j]
-        for winner in (overall, *categories):
-            if winner is None:
-                total += tie
-            else:
-                agrees = i_better if winner == i else ~i_better
-                total += np.where(agrees, right, wrong)
+        decisions = (overall, *categories)
+        for_i, for_j = decisions.count(i), decisions.count(j)
+        if_i_better = for_i * right + for_j * wrong
+        if_j_better = for_j * right + for_i * wrong
+        total += np.where(q[:, i] > q[:, j], if_i_better, if_j_better) + decisions.count(None) * tie
     return total

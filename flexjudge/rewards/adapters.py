@@ -20,7 +20,16 @@ from flexjudge.errors import UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, OnFailure, SwapMode, agroup_rewards
 from flexjudge.rewards.client import RewardClient
-from flexjudge.rewards.schedules import Active, Bayesian, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import (
+    Active,
+    Bayesian,
+    Posterior,
+    RandomGraph,
+    RoundRobin,
+    Schedule,
+    ScoreFirst,
+    Swiss,
+)
 
 __all__ = ["FlowGRPOReward", "GroupReward", "RewardOutput", "schedule_spec", "to_candidates"]
 
@@ -192,6 +201,8 @@ def schedule_spec(schedule: Schedule | None) -> dict[str, Any] | None:
         return {"kind": "active", "fraction": schedule.fraction, **per_round}
     if isinstance(schedule, Bayesian):
         return {"kind": "bayesian", "fraction": schedule.fraction, "per_round": schedule.per_round}
+    if isinstance(schedule, ScoreFirst):
+        return {"kind": "score_first", "fraction": schedule.fraction, "per_round": schedule.per_round}
     if isinstance(schedule, Posterior):
         fields = {"fraction": schedule.fraction, "per_round": schedule.per_round, "error": schedule.error}
         return {"kind": "posterior", **fields}

@@ -37,7 +37,8 @@ Schedule = dict[str, Any]
 """A schedule as the server takes it: {"kind": "round_robin"}, {"kind": "random_graph", "k": 4},
 {"kind": "swiss", "rounds": 4}, {"kind": "active", "fraction": 0.5},
 {"kind": "posterior", "fraction": 0.5, "per_round": 2, "error": 0.15},
-{"kind": "bayesian", "fraction": 0.5, "per_round": 1}
+{"kind": "bayesian", "fraction": 0.5, "per_round": 1},
+{"kind": "score_first", "fraction": 0.5, "per_round": 1}
 (`flexjudge.rewards.adapters.schedule_spec` turns a `Schedule` into one)."""
 
 

@@ -29,7 +29,16 @@ from flexjudge._serve_limits import (
 from flexjudge.errors import MediaError, UsageError
 from flexjudge.judging import Judge
 from flexjudge.rewards._group import GroupResult, agroup_rewards
-from flexjudge.rewards.schedules import Active, Bayesian, Posterior, RandomGraph, RoundRobin, Schedule, Swiss
+from flexjudge.rewards.schedules import (
+    Active,
+    Bayesian,
+    Posterior,
+    RandomGraph,
+    RoundRobin,
+    Schedule,
+    ScoreFirst,
+    Swiss,
+)
 
 if TYPE_CHECKING:
     from fastapi.responses import JSONResponse
@@ -72,6 +81,12 @@ class BayesianSpec(_Body):
     per_round: _Small = 1
 
 
+class ScoreFirstSpec(_Body):
+    kind: Literal["score_first"]
+    fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    per_round: _Small = 1
+
+
 class PosteriorSpec(_Body):
     kind: Literal["posterior"]
     fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
@@ -80,7 +95,7 @@ class PosteriorSpec(_Body):
 
 
 ScheduleSpec = Annotated[
-    RoundRobinSpec | RandomGraphSpec | SwissSpec | ActiveSpec | PosteriorSpec | BayesianSpec,
+    RoundRobinSpec | RandomGraphSpec | SwissSpec | ActiveSpec | PosteriorSpec | BayesianSpec | ScoreFirstSpec,
     Field(discriminator="kind"),
 ]
 _Candidate = str | Annotated[list[str], Field(min_length=1)]
@@ -116,6 +131,8 @@ class RewardsRequest(_Body):
             return Active(fraction=spec.fraction, per_round=spec.per_round)
         if isinstance(spec, BayesianSpec):
             return Bayesian(fraction=spec.fraction, per_round=spec.per_round)
+        if isinstance(spec, ScoreFirstSpec):
+            return ScoreFirst(fraction=spec.fraction, per_round=spec.per_round)
         if isinstance(spec, PosteriorSpec):
             return Posterior(fraction=spec.fraction, per_round=spec.per_round, error=spec.error)
         return RoundRobin()
