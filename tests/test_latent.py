@@ -15,7 +15,7 @@ from flexjudge.errors import UsageError
 from flexjudge.rewards import Bayesian, Outcome, ScoreFirst, from_outcomes, group_rewards
 from flexjudge.rewards._group import score_readings
 from flexjudge.rewards._latent import latent_order_probabilities, latent_prior, latent_win_rates
-from flexjudge.rewards._posterior import estimated_error, posterior_win_rates
+from flexjudge.rewards._posterior import posterior_win_rates
 from flexjudge.rewards.adapters import schedule_spec
 from flexjudge.rewards.schedules import estimate_of
 from flexjudge.rewards.server import RewardsRequest
@@ -71,26 +71,21 @@ def test_what_cannot_be_read_is_refused() -> None:
 
 
 def _score_then_compare(quality: list[float], err: float, rng: random.Random) -> list[float]:
-    """G pointwise calls (four scores each, quality plus noise that errs on `err` of pairs), then the rest
-    of half the calls, one pair a round, on the open pair most in doubt; posterior mean rank."""
+    """`ScoreFirst` driven as `group_rewards` drives it, at the outcome level: four scores per candidate
+    (quality plus noise that errs on `err` of pairs), then its pairs; the rewards' overall rates."""
     g = len(quality)
     s = math.tan(math.pi * err)
     scores = [[q + s * rng.gauss(0.0, 1.0) for _ in range(4)] for q in quality]
-    prior = latent_prior(scores)
+    schedule = ScoreFirst().with_scores(scores)
     outcomes: list[Outcome] = []
-    for _ in range(g * (g - 1) // 4 - g):
-        error = estimated_error(outcomes)
-        p = latent_order_probabilities(prior, outcomes, error, rng, draws=4000)
-        judged = {(i, j) for i, j, _, _ in outcomes}
-        a, b = min(
-            (pair for pair in itertools.combinations(range(g), 2) if pair not in judged),
-            key=lambda pair: abs(p[pair[0]][pair[1]] - 0.5),
-        )
-        better, worse = (a, b) if quality[a] > quality[b] else (b, a)
-        picks = [better if rng.random() >= err else worse for _ in range(4)]
-        outcomes.append((a, b, picks[0], (picks[1], picks[2], picks[3])))
-    p = latent_order_probabilities(prior, outcomes, estimated_error(outcomes), rng, draws=4000)
-    return [sum(row) for row in p]
+    while pairs := schedule.next_pairs(g, outcomes, rng):
+        for a, b in pairs:
+            better, worse = (a, b) if quality[a] > quality[b] else (b, a)
+            picks = [better if rng.random() >= err else worse for _ in range(4)]
+            outcomes.append((a, b, picks[0], (picks[1], picks[2], picks[3])))
+    assert len(outcomes) == 18 - 9  # half of 36 calls, 9 of them the scores
+    rates = from_outcomes(g, outcomes, estimate="latent", scores=scores).overall
+    return [r if r is not None else 0.5 for r in rates]
 
 
 def _bayesian(quality: list[float], err: float, rng: random.Random) -> list[float]:
