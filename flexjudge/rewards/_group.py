@@ -241,12 +241,7 @@ async def _score_one(
     on_failure: OnFailure,
 ) -> PointwiseJudgment | FlexjudgeError:
     images = await loading[k]  # a candidate that cannot load stops the group
-    try:
-        return await judge.score_loaded(prompt, images, modality, call)
-    except FlexjudgeError as error:
-        if on_failure == "raise":
-            raise
-        return error
+    return await _result_or_error(judge.score_loaded(prompt, images, modality, call), on_failure)
 
 
 async def _judge_one(
@@ -260,8 +255,13 @@ async def _judge_one(
     on_failure: OnFailure,
 ) -> Judgment | FlexjudgeError:
     media = [await loading[first], await loading[second]]  # a candidate that cannot load stops the group
+    return await _result_or_error(judge.judge_loaded(prompt, media, modality, call), on_failure)
+
+
+async def _result_or_error(work: Coroutine[Any, Any, T], on_failure: OnFailure) -> T | FlexjudgeError:
+    """The judge call's result, or its error as a value (raised instead under `on_failure="raise"`)."""
     try:
-        return await judge.judge_loaded(prompt, media, modality, call)
+        return await work
     except FlexjudgeError as error:
         if on_failure == "raise":
             raise
