@@ -62,14 +62,20 @@ def test_schedules_benchmark_runs(tmp_path: Path) -> None:
     """A few groups of 16: the adaptive schedule already ranks better than the random graph at a like
     budget (a gap of about 0.1 in Kendall tau at 1,000 groups; a few groups show it too)."""
     record = tmp_path / "RESULTS.md"
-    args = ["--groups", "8", "--sizes", "16", "--jobs", "1", "--record", str(record)]
+    only = "Active(fraction=0.5),RandomGraph,swap,pointwise"  # the posterior-driven ones run below, smaller
+    args = ["--groups", "8", "--sizes", "16", "--jobs", "1", "--only", only, "--record", str(record)]
     stdout = _run_benchmark("schedules.py", args)
     rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| 16 |")]
     tau = {(r[1].strip(), r[2].strip()): float(r[5]) for r in rows}  # after calls and rounds
     for judge in ("err 10%", "err 25%", "err 10% + first bias"):
         assert tau[judge, "Active(fraction=0.5)"] > tau[judge, "RandomGraph(k=7)"]
         assert {s for j, s in tau if j == judge} >= {"round robin", "round robin + swap", "pointwise"}
+        assert not any("Bayesian" in s for j, s in tau)  # --only left them out
     assert "| 16 | err 25% | round robin | 120.0 |" in record.read_text(encoding="utf-8")
+    small = ["--groups", "2", "--sizes", "9", "--jobs", "1", "--only", "Posterior,Bayesian,ScoreFirst"]
+    lines = _run_benchmark("schedules.py", small).splitlines()
+    names = {line.split("|")[3].strip() for line in lines if line.startswith("| 9 |")}
+    assert {"Posterior(fraction=0.5)", "Bayesian(fraction=0.5)", "ScoreFirst(fraction=0.5)"} <= names
 
 
 @pytest.mark.slow  # two processes judging small groups against a spawned server: ~15 s
