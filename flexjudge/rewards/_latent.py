@@ -39,7 +39,8 @@ still leave some doubt."""
 
 
 class LatentPrior:
-    """What the scores say: each candidate's posterior mean and variance of q (None: never scored)."""
+    """What the scores say: each candidate's posterior mean and variance of q (the group's prior for a
+    candidate never scored)."""
 
     def __init__(self, means: list[float], variances: list[float]) -> None:
         self.means = means

@@ -178,9 +178,9 @@ class Active:
             return []
         games = [(i, j, winner) for i, j, overall, anchors in outcomes for winner in (overall, *anchors)]
         strength = bradley_terry(g, games, prior_games=CHOICE_PRIOR_GAMES)
-        played = {(i, j) for i, j, _, _ in outcomes}
-        unplayed = [p for p in itertools.combinations(range(g), 2) if p not in played]
-        closest = sorted(unplayed, key=lambda p: (abs(strength[p[0]] - strength[p[1]]), rng.random()))
+        closest = sorted(
+            _open_pairs(g, outcomes), key=lambda p: (abs(strength[p[0]] - strength[p[1]]), rng.random())
+        )
         size = g // 2 if not outcomes or self.per_round is None else self.per_round
         return _matching(closest, min(left, size))
 
@@ -220,11 +220,10 @@ class Posterior:
         left = int(self.fraction * g * (g - 1) / 2) - len(outcomes)
         if left <= 0:
             return []
-        judged = {(i, j) for i, j, _, _ in outcomes}
-        open_pairs = [p for p in itertools.combinations(range(g), 2) if p not in judged]
+        open_pairs = _open_pairs(g, outcomes)
         if outcomes:
             better = order_probabilities(g, outcomes, self.error)
-            doubt = sorted(open_pairs, key=lambda p: (abs(better[p[0]][p[1]] - 0.5), rng.random()))
+            doubt = _by_doubt(open_pairs, better, rng)
             size = self.per_round
         else:  # nothing known: every order is a coin flip, so a random matching
             doubt = sorted(open_pairs, key=lambda _: rng.random())
@@ -267,12 +266,11 @@ class Bayesian:
         left = int(self.fraction * g * (g - 1) / 2) - len(outcomes)
         if left <= 0:
             return []
-        judged = {(i, j) for i, j, _, _ in outcomes}
-        open_pairs = [p for p in itertools.combinations(range(g), 2) if p not in judged]
+        open_pairs = _open_pairs(g, outcomes)
         if not outcomes:  # nothing known: every order is a coin flip, so a random matching
             return _matching(sorted(open_pairs, key=lambda _: rng.random()), min(left, g // 2))
         better = order_probabilities(g, outcomes, estimated_error(outcomes))
-        doubt = sorted(open_pairs, key=lambda p: (abs(better[p[0]][p[1]] - 0.5), rng.random()))
+        doubt = _by_doubt(open_pairs, better, rng)
         return _matching(doubt, min(left, self.per_round))
 
 
@@ -318,11 +316,10 @@ class ScoreFirst:
         left = score_first_pair_budget(self.fraction, g) - len(outcomes)
         if left <= 0:
             return []
-        judged = {(i, j) for i, j, _, _ in outcomes}
-        open_pairs = [p for p in itertools.combinations(range(g), 2) if p not in judged]
+        open_pairs = _open_pairs(g, outcomes)
         prior = latent_prior(self.scores)
         better = latent_order_probabilities(prior, outcomes, estimated_error(outcomes), rng)
-        doubt = sorted(open_pairs, key=lambda p: (abs(better[p[0]][p[1]] - 0.5), rng.random()))
+        doubt = _by_doubt(open_pairs, better, rng)
         return _matching(doubt, min(left, self.per_round))
 
 
@@ -339,6 +336,17 @@ def estimate_of(schedule: Schedule) -> Literal["points", "bradley_terry", "poste
     if isinstance(schedule, ScoreFirst):
         return "latent"
     return "posterior" if isinstance(schedule, Bayesian) else "bradley_terry"
+
+
+def _open_pairs(g: int, outcomes: Sequence[Outcome]) -> list[Pair]:
+    """The pairs not judged yet, in index order."""
+    judged = {(i, j) for i, j, _, _ in outcomes}
+    return [p for p in itertools.combinations(range(g), 2) if p not in judged]
+
+
+def _by_doubt(pairs: Sequence[Pair], better: Sequence[Sequence[float]], rng: random.Random) -> list[Pair]:
+    """`pairs`, the one whose P(a better than b) is nearest 1/2 first; the rng breaks ties."""
+    return sorted(pairs, key=lambda p: (abs(better[p[0]][p[1]] - 0.5), rng.random()))
 
 
 def _matching(ranked: Sequence[Pair], size: int) -> list[Pair]:
